@@ -1,0 +1,1 @@
+"""Baton's actor core: pure trio, no network I/O."""

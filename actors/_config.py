@@ -1,0 +1,280 @@
+"""Baton's configuration as frozen attrs objects, and their validation.
+
+``config_from_dict`` turns plain data (what a TOML file parses into) into a ``BatonConfig``
+and raises ``ConfigError`` naming the file, the key and what is wrong. Reading the file is the
+CLI's job; everything here is pure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from ._errors import ConfigError
+
+ContinuationMode = Literal["auto", "prefill", "instruct", "replay"]
+Strategy = Literal["priority", "weighted", "least_latency"]
+ProbeKindName = Literal["models", "chat"]
+ProviderKind = Literal["openai", "anthropic"]
+
+DEFAULT_INSTRUCT_PROMPT = (
+    "Your previous reply was cut off. Continue it exactly where it stopped, starting with the "
+    "very next character. Do not repeat any of it and do not add any preamble."
+)
+
+
+@attrs.frozen(kw_only=True)
+class HealthConfig:
+    """Circuit breaker and probe settings for one provider."""
+
+    failure_threshold: int = 3
+    cooldown: float = 30.0
+    max_cooldown: float = 300.0
+    stable_period: float = 60.0  # healthy this long and the cooldown doubling starts over
+    half_open_requests: int = 1
+    probe_interval: float = 30.0
+    probe_interval_unhealthy: float = 5.0
+    probe_timeout: float = 5.0
+    probe_kind: ProbeKindName = "models"
+    slow_ttft: float = 5.0
+    ttft_alpha: float = 0.3  # EWMA weight of the newest time-to-first-token sample
+
+
+@attrs.frozen(kw_only=True)
+class ProviderConfig:
+    """One upstream provider; ``name`` is its key under ``[providers]``."""
+
+    name: str
+    kind: ProviderKind
+    base_url: str
+    api_key_env: str | None = None
+    max_connections: int = 10
+    pool_timeout: float = 10.0  # longest wait for a free upstream slot
+    connect_timeout: float = 5.0
+    first_token_timeout: float = 15.0
+    idle_timeout: float = 10.0
+    retries: int = 1
+    max_retry_wait: float = 5.0
+    continuation: ContinuationMode = "auto"
+    prefill: bool | None = None  # None: true for anthropic, false for openai-compatible
+    instruct_prompt: str = DEFAULT_INSTRUCT_PROMPT
+    anthropic_version: str = "2023-06-01"
+    health: HealthConfig = attrs.field(factory=HealthConfig)
+
+    @property
+    def honours_prefill(self) -> bool:
+        """Whether this provider really continues a trailing assistant message."""
+        if self.prefill is not None:
+            return self.prefill
+        return self.kind == "anthropic"
+
+
+@attrs.frozen(kw_only=True)
+class Target:
+    """One place a route can send a request: a provider and the model to ask it for."""
+
+    provider: str
+    model: str
+    weight: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class RouteConfig:
+    """A named, ordered list of targets; clients ask for it as their ``model``."""
+
+    name: str
+    targets: tuple[Target, ...]
+    strategy: Strategy = "priority"
+    max_attempts: int = 4
+    hedge_after: float | Literal["auto"] | None = None
+    retry_budget: float = 0.2
+    queue_timeout: float = 10.0
+    queue_size: int = 1000
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    ws_port: int = 8765
+    http_port: int = 8080
+    max_request_bytes: int = 4 * 1024 * 1024
+    event_log_cap: int = 4096  # events a stream keeps for resuming; older ones are dropped
+
+
+@attrs.frozen(kw_only=True)
+class BatonConfig:
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    providers: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
+    routes: Mapping[str, RouteConfig] = attrs.field(factory=dict)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+_POSITIVE = {
+    "cooldown", "max_cooldown", "stable_period", "probe_interval", "probe_interval_unhealthy",
+    "probe_timeout", "slow_ttft", "pool_timeout", "connect_timeout", "first_token_timeout",
+    "idle_timeout", "queue_timeout",
+}  # fmt: skip
+_AT_LEAST_ONE = {
+    "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
+    "max_request_bytes", "event_log_cap", "queue_size",
+}  # fmt: skip
+_NON_NEGATIVE = {"retries", "max_retry_wait", "retry_budget"}
+_PORTS = {"ws_port", "http_port"}
+
+
+def _type_name(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def _check_value(where: str, key: str, value: Any, annotation: str) -> Any:
+    """Check one scalar against its field's annotation string; return the converted value."""
+    literal_choices: list[str] = []
+    if "Literal[" in annotation:
+        inside = annotation.split("Literal[", 1)[1].split("]", 1)[0]
+        literal_choices = [c.strip().strip("\"'") for c in inside.split(",")]
+    if annotation in _LITERAL_ALIASES:
+        literal_choices = list(_LITERAL_ALIASES[annotation])
+    optional = "None" in annotation
+    if value is None and optional:
+        return None
+    if literal_choices and isinstance(value, str):
+        if value not in literal_choices:
+            raise ConfigError(where, f"must be one of {', '.join(map(repr, literal_choices))}, not {value!r}")
+        return value
+    if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(where, "must be a finite number")
+    elif "int" in annotation.replace("Literal", "") and annotation.startswith("int"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(where, f"must be an integer, not {_type_name(value)}")
+    elif annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"must be true or false, not {_type_name(value)}")
+    elif annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(where, f"must be a string, not {_type_name(value)}")
+    elif literal_choices:
+        raise ConfigError(where, f"must be one of {', '.join(map(repr, literal_choices))}")
+    else:
+        raise ConfigError(where, f"has the wrong type ({_type_name(value)})")
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(where, f"must be greater than 0, not {value}")
+    if key in _AT_LEAST_ONE and value < 1:
+        raise ConfigError(where, f"must be at least 1, not {value}")
+    if key in _NON_NEGATIVE and value < 0:
+        raise ConfigError(where, f"must not be negative, not {value}")
+    if key in _PORTS and not 0 <= value <= 65535:
+        raise ConfigError(where, f"must be a port number from 0 to 65535, not {value}")
+    return value
+
+
+_LITERAL_ALIASES = {
+    "ContinuationMode": ("auto", "prefill", "instruct", "replay"),
+    "Strategy": ("priority", "weighted", "least_latency"),
+    "ProbeKindName": ("models", "chat"),
+    "ProviderKind": ("openai", "anthropic"),
+}
+
+
+def _build(cls: type, where: str, data: Any, extra: Mapping[str, Any], nested: Mapping[str, Any]) -> Any:
+    """Build an attrs config object from a table, rejecting unknown keys and wrong types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, f"must be a table, not {_type_name(data)}")
+    fields = {f.name: f for f in attrs.fields(cls)}
+    kwargs: dict[str, Any] = dict(extra)
+    for key, value in data.items():
+        key_where = f"{where}.{key}" if where else key
+        if key not in fields or key in extra:
+            known = ", ".join(sorted(k for k in fields if k not in extra))
+            raise ConfigError(key_where, f"unknown key (known keys here: {known})")
+        if key in nested:
+            kwargs[key] = nested[key](key_where, value)
+        else:
+            kwargs[key] = _check_value(key_where, key, value, str(fields[key].type))
+    return cls(**kwargs)
+
+
+def _health(where: str, data: Any) -> HealthConfig:
+    health = _build(HealthConfig, where, data, {}, {})
+    if health.max_cooldown < health.cooldown:
+        raise ConfigError(f"{where}.max_cooldown", "must not be smaller than cooldown")
+    return health
+
+
+def _targets(where: str, data: Any) -> tuple[Target, ...]:
+    if not isinstance(data, list) or not data:
+        raise ConfigError(where, "must be a non-empty list of { provider = ..., model = ... }")
+    targets = []
+    for i, item in enumerate(data):
+        item_where = f"{where}[{i}]"
+        target = _build(Target, item_where, item, {}, {})
+        targets.append(target)
+    return tuple(targets)
+
+
+def _hedge_after(where: str, value: Any) -> float | str | None:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ConfigError(where, 'must be a number of seconds greater than 0, or "auto"')
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfig:
+    """Validate plain data and build a ``BatonConfig``.
+
+    Raises ``ConfigError`` whose ``where`` names ``source`` and the key at fault.
+    """
+    prefix = f"{source}: " if source else ""
+
+    def where(key: str) -> str:
+        return f"{prefix}{key}"
+
+    for key in data:
+        if key not in ("server", "providers", "routes"):
+            raise ConfigError(where(key), "unknown section (known sections: server, providers, routes)")
+    server = _build(ServerConfig, where("server"), data.get("server", {}), {}, {})
+    raw_providers = data.get("providers", {})
+    if not isinstance(raw_providers, Mapping):
+        raise ConfigError(where("providers"), "must be a table of [providers.NAME] tables")
+    providers: dict[str, ProviderConfig] = {}
+    for name, table in raw_providers.items():
+        pwhere = where(f"providers.{name}")
+        if isinstance(table, Mapping):
+            for required in ("kind", "base_url"):
+                if required not in table:
+                    raise ConfigError(f"{pwhere}.{required}", "is required")
+        provider = _build(ProviderConfig, pwhere, table, {"name": name}, {"health": _health})
+        if not provider.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{pwhere}.base_url", f"must start with http:// or https://, not {provider.base_url!r}")
+        providers[name] = provider
+    raw_routes = data.get("routes", {})
+    if not isinstance(raw_routes, Mapping):
+        raise ConfigError(where("routes"), "must be a table of [routes.NAME] tables")
+    routes: dict[str, RouteConfig] = {}
+    for name, table in raw_routes.items():
+        rwhere = where(f"routes.{name}")
+        if isinstance(table, Mapping) and "targets" not in table:
+            raise ConfigError(f"{rwhere}.targets", "is required")
+        route = _build(
+            RouteConfig, rwhere, table, {"name": name},
+            {"targets": _targets, "hedge_after": _hedge_after},
+        )  # fmt: skip
+        for i, target in enumerate(route.targets):
+            if target.provider not in providers:
+                known = ", ".join(sorted(providers)) or "none are configured"
+                raise ConfigError(
+                    f"{rwhere}.targets[{i}].provider",
+                    f"names unknown provider {target.provider!r} (known providers: {known})",
+                )
+        routes[name] = route
+    if not routes:
+        raise ConfigError(where("routes"), "at least one route is required, e.g. [routes.default]")
+    return BatonConfig(server=server, providers=providers, routes=routes)

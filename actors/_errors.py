@@ -1,0 +1,92 @@
+"""Baton's error tree.
+
+Every error that Baton raises on purpose derives from ``BatonError``::
+
+    BatonError
+    ├── ConfigError          a configuration value is wrong; names the key
+    ├── RequestError         a client request is wrong (``code`` is stable, e.g. ``bad_request``)
+    └── UpstreamError        one upstream attempt failed; ``failure`` says how
+
+Foreign exceptions (httpx, OS errors) are translated into ``UpstreamError`` at the transport
+boundary with ``raise UpstreamError(...) from exc`` so that the actors never see them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class BatonError(Exception):
+    """Root of every error Baton raises on purpose."""
+
+
+class ConfigError(BatonError):
+    """A configuration value is invalid.
+
+    ``where`` names the file and key (``baton.toml: providers.openai.cooldown``); the message is
+    a sentence a person can act on.
+    """
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where = where
+        self.message = message
+
+
+class RequestError(BatonError):
+    """A client request is invalid; ``code`` is the stable machine code sent to the client."""
+
+    def __init__(self, code: str, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class FailureKind(enum.Enum):
+    """How an upstream attempt failed, as far as the transport could tell."""
+
+    CONNECT = "connect"  # refused, reset or timed out before any response
+    STATUS = "status"  # an HTTP error status, with the provider's body
+    RESET = "reset"  # the connection broke after the response started
+    TIMEOUT = "timeout"  # no response, no first token, or silence too long
+    EOF = "eof"  # the stream ended without a finish reason
+    STREAM_ERROR = "stream_error"  # the provider sent an error event inside the stream
+    MALFORMED = "malformed"  # too many undecodable events
+    PROTOCOL = "protocol"  # something else the provider should not have sent
+
+
+@attrs.frozen(kw_only=True)
+class Failure:
+    """A classified upstream failure: the facts the failover policy decides on.
+
+    ``status`` is the HTTP status (or the status implied by an in-stream error type);
+    ``code`` is the provider's machine code (``context_length_exceeded``,
+    ``overloaded_error``); ``retry_after`` is a delay in seconds when the provider named one.
+    """
+
+    kind: FailureKind
+    message: str
+    status: int | None = None
+    code: str | None = None
+    retry_after: float | None = None
+
+    def describe(self) -> str:
+        """One short phrase for logs and client messages (never contains secrets)."""
+        parts = [self.kind.value]
+        if self.status is not None:
+            parts.append(str(self.status))
+        if self.code:
+            parts.append(self.code)
+        head = " ".join(parts)
+        return f"{head}: {self.message}" if self.message else head
+
+
+class UpstreamError(BatonError):
+    """One upstream attempt failed; ``failure`` carries the classification."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure

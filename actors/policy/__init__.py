@@ -1,0 +1,1 @@
+"""Pure decisions: no awaits, no I/O."""

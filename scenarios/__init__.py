@@ -1,0 +1,1 @@
+"""Fault injection for Baton: fake providers, fault models, suites."""

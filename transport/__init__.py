@@ -1,0 +1,1 @@
+"""Baton's network and process edges."""
