@@ -1,0 +1,266 @@
+"""HealthActor: one per provider, the owner of its circuit breaker.
+
+Live traffic reports each attempt's outcome; a ticker probes the provider actively; the actor
+applies both to the pure breaker (``policy.breaker``) and publishes every new state to the
+``HealthBoard``, which the router reads. Each state change is logged once and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import attrs
+import trio
+
+from ._config import HealthConfig
+from ._errors import UpstreamError
+from ._provider import Provider
+from .policy import _breaker as breaker
+from .policy._breaker import BreakerState, Status
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class HealthSnapshot:
+    """One provider's health as last published."""
+
+    provider: str
+    status: Status
+    consecutive_failures: int
+    next_try_at: float | None
+    ttft_ewma: float | None
+    since: float
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("healthy", "degraded", "probing")
+
+
+class HealthBoard:
+    """The latest health snapshot of every provider: written by health actors, read by others.
+
+    Like an OTP named table: each provider's actor is the only writer of its entry; readers get
+    immutable snapshots. ``changed`` wakes those waiting for any provider to change.
+    """
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, HealthSnapshot] = {}
+        self._changed = trio.Event()
+
+    def publish(self, snapshot: HealthSnapshot) -> None:
+        self._snapshots[snapshot.provider] = snapshot
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def get(self, provider: str) -> HealthSnapshot | None:
+        return self._snapshots.get(provider)
+
+    def all(self) -> Mapping[str, HealthSnapshot]:
+        return dict(self._snapshots)
+
+    async def wait_changed(self) -> None:
+        """Wait until any provider publishes a new state."""
+        await self._changed.wait()
+
+
+Outcome = Literal["success", "failure", "rate_limited", "abandoned", "neutral"]
+
+
+@attrs.frozen(kw_only=True)
+class Report:
+    """What became of one live attempt."""
+
+    outcome: Outcome
+    ttft: float | None = None
+    trip: bool = False
+    retry_after: float | None = None
+    admitted: bool = False  # the attempt held a half-open trial place
+
+
+@attrs.frozen(kw_only=True)
+class Admit:
+    reply: trio.MemorySendChannel[bool]
+
+
+@attrs.frozen(kw_only=True)
+class ProbeDone:
+    ok: bool
+    kind: str
+    detail: str = ""
+
+
+HealthMsg = Report | Admit | ProbeDone
+TransitionHook = Callable[[str, str, str], None]  # (provider, from, to)
+
+
+class HealthActor:
+    """Owns one provider's breaker; talk to it with ``report_nowait`` and ``admit``."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        config: HealthConfig,
+        board: HealthBoard,
+        *,
+        on_transition: TransitionHook | None = None,
+    ) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self._config = config
+        self._board = board
+        self._on_transition = on_transition
+        self._state = breaker.initial(config, 0.0)
+        # Reports are tells from sessions that must never block on a busy actor.
+        self._send, self._receive = trio.open_memory_channel[HealthMsg](math.inf)
+        self.probes_run = 0
+
+    def __repr__(self) -> str:
+        return f"<HealthActor {self.name} {self._state.status}>"
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def report_nowait(self, report: Report) -> None:
+        """Tell the actor an attempt's outcome (never blocks)."""
+        try:
+            self._send.send_nowait(report)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("health of %s is shut down; report dropped", self.name)
+
+    async def admit(self) -> bool:
+        """Ask whether one live request may go to the provider now."""
+        reply_send, reply_receive = trio.open_memory_channel[bool](1)
+        try:
+            self._send.send_nowait(Admit(reply=reply_send))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        with reply_receive:
+            try:
+                return await reply_receive.receive()
+            except trio.EndOfChannel:
+                return False
+
+    def close(self) -> None:
+        """End the actor in order: its loop sees the end of its mailbox."""
+        self._send.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply reports and probe results until the mailbox closes; probe on a ticker."""
+        now = trio.current_time()
+        self._state = breaker.initial(self._config, now)
+        self._publish()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe_loop)
+            task_status.started()
+            while True:
+                wake_at = self._next_timer()
+                with trio.move_on_at(wake_at):
+                    try:
+                        msg = await self._receive.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                    self._apply(msg)
+                self._set(breaker.advance(self._state, self._config, trio.current_time()))
+            nursery.cancel_scope.cancel()
+
+    def _next_timer(self) -> float:
+        state = self._state
+        times = [t for t in (state.reopen_at, state.rate_limited_until) if t is not None]
+        if state.status == "healthy" and state.cooldown != self._config.cooldown and state.healthy_since is not None:
+            times.append(state.healthy_since + self._config.stable_period)
+        return min(times, default=math.inf)
+
+    def _apply(self, msg: HealthMsg) -> None:
+        now = trio.current_time()
+        cfg = self._config
+        state = self._state
+        match msg:
+            case Admit(reply=reply):
+                state, ok = breaker.admit(state, cfg, now)
+                try:
+                    reply.send_nowait(ok)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    if ok:
+                        state = breaker.on_trial_abandoned(state, cfg, now)
+            case Report(outcome="success", ttft=ttft):
+                state = breaker.on_success(state, cfg, now, ttft=ttft)
+            case Report(outcome="failure", trip=trip):
+                if trip:
+                    log.error(
+                        "provider %s rejected Baton's credentials; marked unhealthy until it "
+                        "answers again (check its API key)", self.name,
+                    )  # fmt: skip
+                state = breaker.on_failure(state, cfg, now, trip=trip)
+            case Report(outcome="rate_limited", retry_after=retry_after):
+                state = breaker.on_rate_limited(state, cfg, now, retry_after=retry_after)
+            case Report(outcome="abandoned" | "neutral", admitted=True):
+                state = breaker.on_trial_abandoned(state, cfg, now)
+            case Report():
+                pass
+            case ProbeDone(ok=ok, kind=kind, detail=detail):
+                if not ok:
+                    log.info("probe of %s failed: %s", self.name, detail)
+                state = breaker.on_probe(state, cfg, now, ok=ok, kind=kind)
+        self._set(state)
+
+    def _set(self, state: BreakerState) -> None:
+        old = self._state
+        self._state = state
+        if state.status != old.status:
+            log.warning(
+                "provider %s is now %s (was %s; %d consecutive failures)",
+                self.name, state.status, old.status, state.consecutive_failures,
+            )  # fmt: skip
+            if self._on_transition is not None:
+                self._on_transition(self.name, old.status, state.status)
+        if (
+            state.status != old.status
+            or state.consecutive_failures != old.consecutive_failures
+            or state.ttft_ewma != old.ttft_ewma
+            or state.reopen_at != old.reopen_at
+        ):
+            self._publish()
+
+    def _publish(self) -> None:
+        s = self._state
+        self._board.publish(
+            HealthSnapshot(
+                provider=self.name,
+                status=s.status,
+                consecutive_failures=s.consecutive_failures,
+                next_try_at=s.next_try_at(),
+                ttft_ewma=s.ttft_ewma,
+                since=s.last_change,
+            )
+        )
+
+    async def _probe_loop(self) -> None:
+        cfg = self._config
+        while True:
+            unwell = self._state.status in ("unhealthy", "probing")
+            await trio.sleep(cfg.probe_interval_unhealthy if unwell else cfg.probe_interval)
+            state = breaker.advance(self._state, cfg, trio.current_time())
+            if state.status in ("unhealthy", "rate_limited"):
+                continue  # an open breaker rests for its cooldown; probes would only hammer it
+            await self._probe_once()
+
+    async def _probe_once(self) -> None:
+        kind = self._config.probe_kind
+        self.probes_run += 1
+        ok, detail = True, ""
+        with trio.move_on_after(self._config.probe_timeout) as scope:
+            try:
+                await self.provider.probe(kind)
+            except UpstreamError as exc:
+                ok, detail = False, str(exc)
+        if scope.cancelled_caught:
+            ok, detail = False, f"no answer within {self._config.probe_timeout:g} s"
+        try:
+            self._send.send_nowait(ProbeDone(ok=ok, kind=kind, detail=detail))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

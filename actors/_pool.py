@@ -1,0 +1,172 @@
+"""PoolActor: the bounded upstream capacity of every provider, handed out in FIFO order.
+
+Callers take a slot with ``async with pool.slot(provider, timeout=...)``; when a provider is
+at ``max_connections``, callers wait in arrival order until a slot frees or their timeout
+passes (``PoolTimeout``), never silently dropped. The decisions live in ``PoolState``
+(synchronous, like httpcore's pool); the actor loop only applies messages to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from ._errors import BatonError
+
+log = logging.getLogger(__name__)
+
+# Each waiter's reply channel holds one grant so the actor never blocks on a slow caller.
+GRANT_BUFFER = 1
+
+
+class PoolTimeout(BatonError):
+    """No upstream slot of the provider freed up within the caller's timeout."""
+
+
+@attrs.frozen(kw_only=True)
+class Acquire:
+    provider: str
+    token: object
+    reply: trio.MemorySendChannel[bool]
+
+
+@attrs.frozen(kw_only=True)
+class Release:
+    """Give back a slot, or stop waiting for one (whichever the token has)."""
+
+    provider: str
+    token: object
+    waited: float = 0.0
+
+
+PoolMsg = Acquire | Release
+
+
+@attrs.frozen(kw_only=True)
+class ProviderPoolStatistics:
+    max_connections: int
+    in_use: int
+    waiting: int
+    total_acquired: int
+    total_waited: float  # seconds callers spent waiting, summed
+    total_timeouts: int
+
+
+@attrs.frozen(kw_only=True)
+class PoolStatistics:
+    providers: Mapping[str, ProviderPoolStatistics]
+
+
+class _ProviderPool:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.holders: set[object] = set()
+        self.waiters: deque[Acquire] = deque()
+        self.total_acquired = 0
+        self.total_waited = 0.0
+        self.total_timeouts = 0
+
+
+class PoolState:
+    """The synchronous core: who holds a slot, who waits, in what order."""
+
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        self._pools = {name: _ProviderPool(limit) for name, limit in limits.items()}
+
+    def apply(self, msg: PoolMsg) -> None:
+        pool = self._pools[msg.provider]
+        match msg:
+            case Acquire():
+                pool.waiters.append(msg)
+            case Release(token=token, waited=waited):
+                pool.total_waited += waited
+                if token in pool.holders:
+                    pool.holders.discard(token)
+                else:
+                    for waiter in pool.waiters:
+                        if waiter.token is token:
+                            pool.waiters.remove(waiter)
+                            pool.total_timeouts += 1
+                            break
+        self._grant(pool)
+
+    def _grant(self, pool: _ProviderPool) -> None:
+        while pool.waiters and len(pool.holders) < pool.limit:
+            waiter = pool.waiters.popleft()
+            try:
+                waiter.reply.send_nowait(True)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # the caller is gone; its Release will find nothing to free
+            pool.holders.add(waiter.token)
+            pool.total_acquired += 1
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            providers={
+                name: ProviderPoolStatistics(
+                    max_connections=p.limit,
+                    in_use=len(p.holders),
+                    waiting=len(p.waiters),
+                    total_acquired=p.total_acquired,
+                    total_waited=p.total_waited,
+                    total_timeouts=p.total_timeouts,
+                )
+                for name, p in self._pools.items()
+            }
+        )
+
+
+class PoolActor:
+    """Owns ``PoolState``; others talk to it through ``slot()``."""
+
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        self._limits = dict(limits)
+        self._state = PoolState(self._limits)
+        self._send, self._receive = trio.open_memory_channel[PoolMsg](0)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve slot requests until the mailbox closes. A restart starts from empty state."""
+        self._state = PoolState(self._limits)
+        task_status.started()
+        async for msg in self._receive:
+            self._state.apply(msg)
+
+    def close(self) -> None:
+        """End the actor in order: its loop sees the end of its mailbox."""
+        self._send.close()
+
+    def statistics(self) -> PoolStatistics:
+        return self._state.statistics()
+
+    @asynccontextmanager
+    async def slot(self, provider: str, *, timeout: float) -> AsyncIterator[float]:
+        """Hold one upstream slot of ``provider`` for the body; yields the seconds waited.
+
+        Waits in FIFO order; raises ``PoolTimeout`` after ``timeout`` seconds. Cancellation
+        while waiting or holding gives the slot back.
+        """
+        token = object()
+        reply_send, reply_receive = trio.open_memory_channel[bool](GRANT_BUFFER)
+        started = trio.current_time()
+        waited = 0.0
+        await self._send.send(Acquire(provider=provider, token=token, reply=reply_send))
+        try:
+            with trio.move_on_after(timeout) as waiting:
+                await reply_receive.receive()
+            waited = trio.current_time() - started
+            if waiting.cancelled_caught:
+                # A grant racing the timeout is harmless: the Release below frees it.
+                raise PoolTimeout(f"no upstream slot of {provider} freed up within {timeout:g} s")
+            yield waited
+        finally:
+            reply_receive.close()
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._send.send(Release(provider=provider, token=token, waited=waited))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the pool is shutting down; there is nothing left to give back

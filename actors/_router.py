@@ -1,0 +1,116 @@
+"""RouterActor: picks the target of each attempt for a route, from the providers' health.
+
+Sessions ask with ``pick``; the router reads the ``HealthBoard`` and keeps each route's
+strategy memory (weighted round-robin) and the retry budget. It is consulted per attempt,
+never per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Mapping
+
+import attrs
+import trio
+
+from ._config import RouteConfig, Target
+from ._health import HealthBoard, HealthSnapshot
+from .policy._route import choose
+
+log = logging.getLogger(__name__)
+
+RETRY_WINDOW = 10.0  # seconds over which the retry budget is measured
+RETRY_FLOOR = 3  # retries always allowed inside the window, however few requests there were
+
+
+@attrs.frozen(kw_only=True)
+class Picked:
+    index: int
+    target: Target
+
+
+@attrs.frozen(kw_only=True)
+class Unavailable:
+    """No target can take the attempt; ``snapshots`` says why, provider by provider."""
+
+    reason: str  # "none_usable" | "exhausted" | "retry_budget"
+    snapshots: Mapping[str, HealthSnapshot | None]
+
+
+PickResult = Picked | Unavailable
+
+
+@attrs.frozen(kw_only=True)
+class Pick:
+    route: str
+    exclude: frozenset[int]
+    retry: bool
+    reply: trio.MemorySendChannel[PickResult]
+
+
+RouterMsg = Pick
+
+
+class RouterActor:
+    """Owns the routes' strategy state; ``pick`` is its one question."""
+
+    def __init__(self, routes: Mapping[str, RouteConfig], board: HealthBoard, *, seed: int | None = None) -> None:
+        self._routes = dict(routes)
+        self._board = board
+        self._send, self._receive = trio.open_memory_channel[RouterMsg](0)
+        self._random = random.Random(seed)
+        self._weights: dict[str, dict[int, float]] = {}
+        self._budget: deque[tuple[float, bool]] = deque()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Answer picks until the mailbox closes."""
+        task_status.started()
+        async for msg in self._receive:
+            result = self._pick(msg)
+            try:
+                msg.reply.send_nowait(result)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the asker is gone
+
+    def close(self) -> None:
+        """End the actor in order: its loop sees the end of its mailbox."""
+        self._send.close()
+
+    async def pick(self, route: str, *, exclude: frozenset[int] = frozenset(), retry: bool = False) -> PickResult:
+        """Ask for the target of the next attempt on ``route``."""
+        reply_send, reply_receive = trio.open_memory_channel[PickResult](1)
+        await self._send.send(Pick(route=route, exclude=exclude, retry=retry, reply=reply_send))
+        with reply_receive:
+            return await reply_receive.receive()
+
+    def _within_budget(self, route: RouteConfig, now: float, retry: bool) -> bool:
+        budget = self._budget
+        while budget and budget[0][0] < now - RETRY_WINDOW:
+            budget.popleft()
+        if retry:
+            retries = sum(1 for _, is_retry in budget if is_retry)
+            requests = len(budget) - retries
+            if retries >= RETRY_FLOOR + route.retry_budget * requests:
+                return False
+        budget.append((now, retry))
+        return True
+
+    def _pick(self, msg: Pick) -> PickResult:
+        route = self._routes[msg.route]
+        snapshots = self._board.all()
+        named = {t.provider: snapshots.get(t.provider) for t in route.targets}
+        if len(msg.exclude) >= len(route.targets):
+            return Unavailable(reason="exhausted", snapshots=named)
+        index = choose(
+            route, snapshots, msg.exclude,
+            weights_state=self._weights.setdefault(route.name, {}),
+            random=self._random.random(),
+        )  # fmt: skip
+        if index is None:
+            return Unavailable(reason="none_usable", snapshots=named)
+        if not self._within_budget(route, trio.current_time(), msg.retry):
+            log.warning("route %s: retry budget spent; not failing over", route.name)
+            return Unavailable(reason="retry_budget", snapshots=named)
+        return Picked(index=index, target=route.targets[index])

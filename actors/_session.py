@@ -1,0 +1,483 @@
+"""StreamSession: one client stream, from the first pick to exactly one terminal event.
+
+The session asks the router for a target, takes a pool slot, streams from the provider through
+the splice guard into the stream's numbered log, and on a failure decides (``policy``) whether
+to retry the target, fail over, or give up. It is temporary: it ends with its stream, and
+whatever ends it (the answer, an error, the client cancelling, shutdown, a bug) the log gets
+exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from ._config import ProviderConfig, RouteConfig, Target
+from ._errors import Failure, FailureKind, UpstreamError
+from ._health import HealthActor, HealthSnapshot, Report
+from ._messages import (
+    Done, Failover, Finish, Malformed, Message, Started, StreamError, TextDelta, UpstreamRequest,
+    Usage, UsageReport,
+)  # fmt: skip
+from ._pool import PoolActor, PoolTimeout
+from ._provider import Provider
+from ._router import Picked, RouterActor, Unavailable
+from ._streamlog import StreamLog
+from ._telemetry import Telemetry
+from .policy._continuation import continuation_form, continuation_request
+from .policy._failover import FailOver, Reject, Retry, decide, health_verdict, reason_code
+from .policy._splice import Diverged, Hold, SpliceGuard
+
+log = logging.getLogger(__name__)
+
+MAX_MALFORMED = 3  # more undecodable events than this in one attempt fail it
+FINISH_GRACE = 1.0  # seconds to wait after a finish reason for the usage that may follow
+
+
+@attrs.frozen(kw_only=True)
+class AttemptStatistics:
+    """One upstream attempt of a stream, as it ended."""
+
+    provider: str
+    model: str
+    form: str  # fresh | prefill | instruct | replay
+    outcome: str  # done | failed | rejected | diverged | cancelled | pool_full
+    reason: str | None
+    ttft: float | None
+    deltas: int
+    malformed: int
+    usage: Usage | None
+
+
+@attrs.frozen(kw_only=True)
+class StreamStatistics:
+    stream: str
+    route: str
+    attempts: tuple[AttemptStatistics, ...]
+    failovers: int
+    outcome: str | None
+
+
+@attrs.frozen(kw_only=True)
+class SessionContext:
+    """What every session of one actor system shares."""
+
+    router: RouterActor
+    pool: PoolActor
+    health: Mapping[str, HealthActor]
+    providers: Mapping[str, Provider]
+    provider_configs: Mapping[str, ProviderConfig]
+    telemetry: Telemetry
+    random: random.Random
+
+
+@attrs.define
+class _Attempt:
+    """The outcome of one attempt, as ``_attempt`` saw it."""
+
+    kind: Literal["done", "failed", "pool_full", "ended"]
+    failure: Failure | None = None
+    produced_text: bool = False
+
+
+class StreamSession:
+    """Runs one stream; ``run`` returns when the stream's terminal event is in its log."""
+
+    def __init__(
+        self,
+        *,
+        stream_log: StreamLog,
+        route: RouteConfig,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        ref: str | None,
+        can_reset: bool,
+        transport: str,
+        context: SessionContext,
+    ) -> None:
+        self.log = stream_log
+        self.id = stream_log.stream_id
+        self._route = route
+        self._messages = tuple(messages)
+        self._params = dict(params)
+        self._ref = ref
+        self._can_reset = can_reset
+        self._transport = transport
+        self._ctx = context
+        self.cancel_scope = trio.CancelScope()
+        self._delivered: list[str] = []
+        self._serving: Target | None = None
+        self._pending: tuple[str, Literal["prestream", "midstream"]] | None = None
+        self._attempts: list[AttemptStatistics] = []
+        self._failovers = 0
+        self._delivered_deltas = 0
+        self._started_at = 0.0
+        self._first_text_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<StreamSession {self.id} route={self._route.name}>"
+
+    def statistics(self) -> StreamStatistics:
+        terminal = self.log.terminal
+        outcome = None if terminal is None else ("done" if isinstance(terminal, Done) else terminal.code)
+        return StreamStatistics(
+            stream=self.id, route=self._route.name, attempts=tuple(self._attempts),
+            failovers=self._failovers, outcome=outcome,
+        )  # fmt: skip
+
+    # --- the stream's life -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the stream. Cancelling ``cancel_scope`` is the client cancelling it."""
+        self._started_at = trio.current_time()
+        telemetry = self._ctx.telemetry
+        telemetry.active_streams.add(1, {"transport": self._transport})
+        try:
+            with self.cancel_scope:
+                await self._serve()
+            if self.cancel_scope.cancelled_caught:
+                self._error("cancelled", "The client cancelled the stream.", retryable=False)
+        except Exception:
+            log.exception("stream %s crashed", self.id)
+            self._error("internal_error", "Baton failed while serving this stream; please retry.", retryable=True)
+        finally:
+            # Shutdown cancels us from outside: the client still gets its one terminal event.
+            self._error("shutting_down", "Baton is shutting down; please retry.", retryable=True)
+            telemetry.active_streams.add(-1, {"transport": self._transport})
+            self._record_end()
+
+    async def _serve(self) -> None:
+        route = self._route
+        exclude: set[int] = set()
+        failures: list[str] = []
+        starts: dict[int, list[float]] = {}
+        prefill_rejected: set[int] = set()
+        attempts = 0
+        ctx = self._ctx
+        while True:
+            if attempts >= route.max_attempts:
+                return self._exhausted(failures, f"gave up after {attempts} attempts")
+            picked = await ctx.router.pick(route.name, exclude=frozenset(exclude), retry=attempts > 0)
+            if isinstance(picked, Unavailable):
+                return self._exhausted(failures, _unavailable_sentence(picked), picked.snapshots)
+            assert isinstance(picked, Picked)
+            index, target = picked.index, picked.target
+            health = ctx.health[target.provider]
+            if not await health.admit():
+                exclude.add(index)
+                failures.append(f"{target.provider} ({target.model}): not taking traffic now")
+                continue
+            if self._serving is None:
+                self._serving = target
+                self.log.append(
+                    Started, ref=self._ref, route=route.name, provider=target.provider, model=target.model
+                )
+            while True:
+                attempts += 1
+                now = trio.current_time()
+                target_starts = starts.setdefault(index, [])
+                target_starts.append(now)
+                outcome = await self._attempt(target, prefill_rejected=index in prefill_rejected)
+                if outcome.kind in ("done", "ended"):
+                    return
+                if outcome.kind == "pool_full":
+                    exclude.add(index)
+                    failures.append(f"{target.provider} ({target.model}): all upstream slots busy")
+                    self._pending = self._pending or ("pool_full", self._phase())
+                    break
+                failure = outcome.failure
+                assert failure is not None
+                midstream = bool(self._delivered)
+                cfg = ctx.provider_configs[target.provider]
+                decision = decide(
+                    failure, produced_text=outcome.produced_text, midstream=midstream,
+                    was_prefill=self._last_form == "prefill", previous_starts=tuple(target_starts),
+                    config=cfg, now=trio.current_time(), jitter=ctx.random.random(),
+                )  # fmt: skip
+                self._report_failure(health, failure, outcome.produced_text)
+                failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
+                log.warning(
+                    "stream %s: attempt on %s failed (%s); %s",
+                    self.id, target.provider, failure.describe(), type(decision).__name__,
+                )  # fmt: skip
+                if isinstance(decision, Reject):
+                    self._reject(target, failure)
+                    return
+                self._pending = (decision.reason, self._phase()) if self._pending is None else self._pending
+                if isinstance(decision, Retry) and attempts < route.max_attempts:
+                    if decision.instruct:
+                        prefill_rejected.add(index)
+                    await trio.sleep(decision.delay)
+                    continue
+                assert isinstance(decision, (FailOver, Retry))
+                exclude.add(index)
+                break
+
+    def _phase(self) -> Literal["prestream", "midstream"]:
+        return "midstream" if self._delivered else "prestream"
+
+    # --- one attempt ---------------------------------------------------------------------------
+
+    async def _attempt(self, target: Target, *, prefill_rejected: bool) -> _Attempt:
+        ctx = self._ctx
+        cfg = ctx.provider_configs[target.provider]
+        provider = ctx.providers[target.provider]
+        health = ctx.health[target.provider]
+        delivered = "".join(self._delivered)
+        form = continuation_form(cfg, delivered=delivered, prefill_rejected=prefill_rejected)
+        self._last_form = form
+        original = UpstreamRequest(model=target.model, messages=self._messages, params=self._params)
+        request = continuation_request(original, delivered=delivered, form=form, instruct_prompt=cfg.instruct_prompt)
+        guard = SpliceGuard(delivered) if delivered else None
+        produced = False
+        ttft: float | None = None
+        deltas = malformed = 0
+        finish: Finish | None = None
+        usage: Usage | None = None
+        reported = False
+
+        def record(outcome: str, reason: str | None) -> None:
+            self._attempts.append(
+                AttemptStatistics(
+                    provider=target.provider, model=target.model, form=form, outcome=outcome,
+                    reason=reason, ttft=ttft, deltas=deltas, malformed=malformed, usage=usage,
+                )
+            )  # fmt: skip
+
+        try:
+            async with ctx.pool.slot(target.provider, timeout=cfg.pool_timeout) as waited:
+                ctx.telemetry.pool_wait.record(waited, {"provider": target.provider})
+                began = trio.current_time()
+                with trio.CancelScope(deadline=began + cfg.first_token_timeout) as timer:
+                    async with provider.stream(request) as events:
+                        async for event in events:
+                            kind = type(event)
+                            if kind is TextDelta:
+                                now = trio.current_time()
+                                if not produced:
+                                    produced = True
+                                    ttft = now - began
+                                timer.deadline = now + cfg.idle_timeout
+                                text = event.text  # type: ignore[union-attr]
+                                if guard is not None:
+                                    step = guard.feed(text)
+                                    if type(step) is Hold:
+                                        continue
+                                    if type(step) is Diverged:
+                                        if not self._diverged(target, step.text):
+                                            record("diverged", "stream_diverged")
+                                            reported = True
+                                            health.report_nowait(Report(outcome="neutral", admitted=True))
+                                            return _Attempt(kind="ended")
+                                        guard = None
+                                        deltas += 1
+                                        continue
+                                    guard = None if guard.decided else guard
+                                    text = step.text  # type: ignore[union-attr]
+                                if text:
+                                    self._deliver(target, text)
+                                deltas += 1
+                            elif kind is Finish:
+                                finish = event  # type: ignore[assignment]
+                                usage = finish.usage or usage
+                                if usage is not None:
+                                    break
+                                timer.deadline = trio.current_time() + min(cfg.idle_timeout, FINISH_GRACE)
+                            elif kind is UsageReport:
+                                usage = event.usage  # type: ignore[union-attr]
+                                if finish is not None:
+                                    break
+                            elif kind is Malformed:
+                                malformed += 1
+                                ctx.telemetry.malformed_events.add(1, {"provider": target.provider})
+                                if malformed > MAX_MALFORMED:
+                                    raise UpstreamError(
+                                        Failure(kind=FailureKind.MALFORMED, message=f"{malformed} undecodable events")
+                                    )
+                if finish is None:
+                    if timer.cancelled_caught:
+                        limit = cfg.idle_timeout if produced else cfg.first_token_timeout
+                        what = "no text for" if produced else "no first token within"
+                        raise UpstreamError(Failure(kind=FailureKind.TIMEOUT, message=f"{what} {limit:g} s"))
+                    raise UpstreamError(Failure(kind=FailureKind.EOF, message="the stream ended without a finish reason"))
+                if guard is not None:
+                    step = guard.finish()
+                    if type(step) is Diverged:
+                        if not self._diverged(target, step.text):
+                            record("diverged", "stream_diverged")
+                            reported = True
+                            health.report_nowait(Report(outcome="neutral", admitted=True))
+                            return _Attempt(kind="ended")
+                    elif step.text:  # type: ignore[union-attr]
+                        self._deliver(target, step.text)  # type: ignore[union-attr]
+            record("done", None)
+            reported = True
+            health.report_nowait(Report(outcome="success", ttft=ttft))
+            self._done(target, finish, usage, deltas)
+            return _Attempt(kind="done")
+        except PoolTimeout:
+            record("pool_full", "pool_full")
+            reported = True
+            health.report_nowait(Report(outcome="neutral", admitted=True))
+            return _Attempt(kind="pool_full")
+        except UpstreamError as exc:
+            record("failed", reason_code(exc.failure, midstream=produced))
+            reported = True
+            return _Attempt(kind="failed", failure=exc.failure, produced_text=produced)
+        finally:
+            if not reported:
+                # Cancelled (the client left, or shutdown): not the provider's fault.
+                record("cancelled", "cancelled")
+                health.report_nowait(Report(outcome="abandoned", admitted=True))
+
+    def _report_failure(self, health: HealthActor, failure: Failure, produced: bool) -> None:
+        verdict = health_verdict(failure)
+        if verdict.rate_limited_for is not None or (failure.status == 429):
+            health.report_nowait(Report(outcome="rate_limited", retry_after=verdict.rate_limited_for))
+        elif verdict.counts:
+            health.report_nowait(Report(outcome="failure", trip=verdict.trip))
+        else:
+            health.report_nowait(Report(outcome="neutral", admitted=True))
+
+    # --- what the client sees ------------------------------------------------------------------
+
+    def _announce(self, target: Target, mode: Literal["continue", "reset"]) -> None:
+        """Emit the pending failover event, once, before the new target's first text."""
+        pending = self._pending
+        self._pending = None
+        serving = self._serving
+        if pending is None or serving is None:
+            return
+        reason, phase = pending
+        if target == serving and phase == "prestream" and mode == "continue":
+            return  # a retry of the same target before any text: invisible to the client
+        self._failovers += 1
+        self.log.append(
+            Failover, from_provider=serving.provider, to_provider=target.provider,
+            to_model=target.model, reason=reason, mode=mode, phase=phase,
+        )  # fmt: skip
+        self._ctx.telemetry.failovers.add(
+            1, {"route": self._route.name, "from": serving.provider, "to": target.provider,
+                "phase": phase, "reason": reason},
+        )  # fmt: skip
+        log.warning(
+            "stream %s: failover %s -> %s (%s, %s, %s)",
+            self.id, serving.provider, target.provider, reason, phase, mode,
+        )  # fmt: skip
+        self._serving = target
+
+    def _deliver(self, target: Target, text: str) -> None:
+        if self._pending is not None:
+            self._announce(target, "continue")
+        if self._first_text_at is None:
+            self._first_text_at = trio.current_time()
+            self._ctx.telemetry.ttft.record(
+                self._first_text_at - self._started_at,
+                {"route": self._route.name, "provider": target.provider},
+            )
+        self._delivered.append(text)
+        self._delivered_deltas += 1
+        self.log.append_text(text)
+
+    def _diverged(self, target: Target, text: str) -> bool:
+        """The continuation cannot be joined; reset the client's text if it can take that."""
+        if not self._can_reset:
+            self._error(
+                "stream_diverged",
+                f"The answer broke off and {target.provider} could not continue it exactly; "
+                "the partial answer is incomplete. Retry the request.",
+                retryable=True,
+            )
+            return False
+        if self._pending is None:
+            self._pending = ("stream_diverged", "midstream")
+        self._announce(target, "reset")
+        self._delivered.clear()
+        self._delivered_deltas = 0
+        if text:
+            self._delivered.append(text)
+            self._delivered_deltas += 1
+            self.log.append_text(text)
+        return True
+
+    def _done(self, target: Target, finish: Finish | None, usage: Usage | None, deltas: int) -> None:
+        assert finish is not None
+        if self._pending is not None:
+            self._announce(target, "continue")
+        if self._failovers == 0 and len([a for a in self._attempts if a.deltas]) <= 1 and usage is not None:
+            final_usage = usage
+        else:
+            # After a failover, count only what reached the client (one upstream delta ~ one token).
+            prompt = usage.prompt_tokens if usage is not None else 0
+            final_usage = Usage(prompt_tokens=prompt, completion_tokens=self._delivered_deltas)
+        self.log.append(
+            Done, finish_reason=finish.reason, provider=target.provider,
+            model=finish.model or target.model, usage=final_usage,
+        )  # fmt: skip
+
+    def _reject(self, target: Target, failure: Failure) -> None:
+        self._error(
+            "upstream_rejected",
+            f"{target.provider} rejected the request ({failure.status}"
+            f"{', ' + failure.code if failure.code else ''}): {failure.message}",
+            retryable=False, status=failure.status, upstream_code=failure.code,
+        )  # fmt: skip
+
+    def _exhausted(
+        self, failures: list[str], why: str, snapshots: Mapping[str, HealthSnapshot | None] | None = None
+    ) -> None:
+        detail = "; ".join(failures) if failures else "no attempt could be made"
+        states = ""
+        if snapshots:
+            now = trio.current_time()
+            states = " Provider states: " + ", ".join(
+                _describe_state(name, snap, now) for name, snap in snapshots.items()
+            ) + "."
+        self._error(
+            "all_providers_unavailable",
+            f"No provider of route {self._route.name!r} could answer ({why}): {detail}.{states}",
+            retryable=True,
+        )
+
+    def _error(self, code: str, message: str, *, retryable: bool, **extra: Any) -> None:
+        self.log.append(StreamError, code=code, message=message, retryable=retryable, **extra)
+
+    def _record_end(self) -> None:
+        terminal = self.log.terminal
+        provider = self._serving.provider if self._serving else "none"
+        outcome = "done" if isinstance(terminal, Done) else getattr(terminal, "code", "unknown")
+        duration = trio.current_time() - self._started_at
+        attrs_ = {"route": self._route.name, "provider": provider}
+        tel = self._ctx.telemetry
+        tel.requests.add(1, {**attrs_, "outcome": outcome})
+        tel.request_duration.record(duration, attrs_)
+        ttft = None if self._first_text_at is None else self._first_text_at - self._started_at
+        log.info(
+            "stream %s finished: route=%s providers=%s outcome=%s ttft=%s duration=%.3f deltas=%d",
+            self.id, self._route.name, ",".join(a.provider for a in self._attempts) or "-",
+            outcome, "-" if ttft is None else f"{ttft:.3f}", duration, self._delivered_deltas,
+        )  # fmt: skip
+
+    _last_form: str = "fresh"
+
+
+def _describe_state(name: str, snapshot: HealthSnapshot | None, now: float) -> str:
+    if snapshot is None:
+        return f"{name} unknown"
+    text = f"{name} {snapshot.status}"
+    if snapshot.next_try_at is not None:
+        text += f" (next try in {max(0.0, snapshot.next_try_at - now):.1f} s)"
+    return text
+
+
+def _unavailable_sentence(result: Unavailable) -> str:
+    return {
+        "exhausted": "every target was tried",
+        "none_usable": "no target is taking traffic",
+        "retry_budget": "the route's retry budget is spent",
+    }.get(result.reason, result.reason)

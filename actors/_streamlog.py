@@ -1,0 +1,105 @@
+"""A stream's numbered event log: what the session emits and the client transport reads.
+
+The session appends without blocking; the one reader takes every event it has not seen in a
+batch. A delta appended while the reader is behind is merged into the last unread delta, so a
+slow client gets fewer, larger frames, with seqs still gapless (a merged delta is one event).
+The log keeps at most ``cap`` events for resuming from a seq.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from ._messages import ClientEvent, Delta, is_terminal
+
+
+class ResumeUnavailable(Exception):
+    """The events asked for were dropped from the log (older than its cap)."""
+
+
+class StreamLog:
+    """The numbered events of one stream; one writer (the session), one reader."""
+
+    def __init__(self, stream_id: str, *, cap: int = 4096) -> None:
+        self.stream_id = stream_id
+        self._events: deque[ClientEvent] = deque(maxlen=cap)
+        self._next_seq = 0
+        self._read_seq = 0  # the first seq the reader has not taken
+        self._wakeup = trio.Event()
+        self.terminal: ClientEvent | None = None
+
+    def __repr__(self) -> str:
+        return f"<StreamLog {self.stream_id} next_seq={self._next_seq} read={self._read_seq}>"
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def closed(self) -> bool:
+        return self.terminal is not None
+
+    def append_text(self, text: str) -> None:
+        """Append answer text, merged into the last delta if the reader has not taken it."""
+        if not text or self.terminal is not None:
+            return
+        events = self._events
+        if events and self._next_seq - 1 >= self._read_seq:
+            last = events[-1]
+            if type(last) is Delta:
+                events[-1] = Delta(stream=last.stream, seq=last.seq, text=last.text + text)
+                return
+        self._push(Delta(stream=self.stream_id, seq=self._next_seq, text=text))
+
+    def append(self, make: type[ClientEvent], **fields: object) -> ClientEvent | None:
+        """Append an event built as ``make(stream=..., seq=..., **fields)``.
+
+        Nothing is appended after the terminal event; returns the event or None.
+        """
+        if self.terminal is not None:
+            return None
+        event = make(stream=self.stream_id, seq=self._next_seq, **fields)  # type: ignore[call-arg]
+        self._push(event)
+        if is_terminal(event):
+            self.terminal = event
+        return event
+
+    def _push(self, event: ClientEvent) -> None:
+        self._events.append(event)
+        self._next_seq += 1
+        self._wakeup.set()
+
+    def take_nowait(self) -> list[ClientEvent]:
+        """Every event the reader has not taken yet (possibly none)."""
+        count = self._next_seq - self._read_seq
+        if count <= 0:
+            return []
+        events = self._events
+        batch = [events[i] for i in range(len(events) - count, len(events))] if count < len(events) else list(events)
+        self._read_seq = self._next_seq
+        return batch
+
+    async def take(self) -> list[ClientEvent]:
+        """Wait for events the reader has not taken and return them all, in seq order.
+
+        Raises ``trio.EndOfChannel`` once the terminal event has been taken.
+        """
+        while True:
+            batch = self.take_nowait()
+            if batch:
+                return batch
+            if self.terminal is not None:
+                raise trio.EndOfChannel
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    def since(self, seq: int) -> list[ClientEvent]:
+        """The retained events from ``seq`` on, for a client resuming a stream."""
+        if not self._events or seq >= self._next_seq:
+            return []
+        first = self._events[0].seq
+        if seq < first:
+            raise ResumeUnavailable(f"events before seq {first} are no longer kept")
+        return list(self._events)[seq - first :]

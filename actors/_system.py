@@ -1,0 +1,247 @@
+"""The running actor system and its embedding API: ``open_baton(config, providers)``.
+
+::
+
+    async with open_baton(config, providers) as baton:
+        stream = baton.start_stream(route="default", messages=[...])
+        async for event in stream:
+            ...
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+from opentelemetry import metrics
+
+from ._config import BatonConfig, Target
+from ._errors import ConfigError, RequestError
+from ._health import HealthActor, HealthBoard, HealthSnapshot
+from ._messages import ClientEvent, Message
+from ._pool import PoolActor, ProviderPoolStatistics
+from ._provider import Provider
+from ._router import RouterActor
+from ._session import SessionContext, StreamSession, StreamStatistics
+from ._streamlog import StreamLog
+from ._supervisor import Supervisor
+from ._telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class ProviderStatistics:
+    name: str
+    kind: str
+    health: HealthSnapshot | None
+    pool: ProviderPoolStatistics
+
+
+@attrs.frozen(kw_only=True)
+class BatonStatistics:
+    providers: Mapping[str, ProviderStatistics]
+    routes: Mapping[str, tuple[Target, ...]]
+    active_streams: int
+    restarts: int
+
+
+class StreamHandle:
+    """A client's view of one stream: its events, and the power to cancel it.
+
+    Iterating yields every event in seq order and stops after the terminal one. ``take``
+    returns the events not yet taken in one batch (deltas merged while the reader was behind).
+    """
+
+    def __init__(self, session: StreamSession) -> None:
+        self._session = session
+        self.id = session.id
+        self.log = session.log
+
+    def __repr__(self) -> str:
+        return f"<StreamHandle {self.id}>"
+
+    async def take(self) -> list[ClientEvent]:
+        """Wait for new events; raises ``trio.EndOfChannel`` after the terminal one was taken."""
+        return await self.log.take()
+
+    def cancel(self) -> None:
+        """Cancel the stream: its upstream request is closed; it ends with ``cancelled``."""
+        self._session.cancel_scope.cancel()
+
+    def statistics(self) -> StreamStatistics:
+        return self._session.statistics()
+
+    def __aiter__(self) -> AsyncIterator[ClientEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ClientEvent]:
+        while True:
+            try:
+                batch = await self.log.take()
+            except trio.EndOfChannel:
+                return
+            for event in batch:
+                yield event
+
+
+class Baton:
+    """The running system. Made by ``open_baton``; start streams with ``start_stream``."""
+
+    def __init__(
+        self,
+        config: BatonConfig,
+        supervisor: Supervisor,
+        context: SessionContext,
+        board: HealthBoard,
+    ) -> None:
+        self.config = config
+        self._supervisor = supervisor
+        self._ctx = context
+        self._board = board
+        self._streams: dict[str, StreamSession] = {}
+        self.finished: list[StreamStatistics] = []  # bounded: see _FINISHED_KEPT
+        self.total_streams = 0
+
+    def start_stream(
+        self,
+        *,
+        route: str,
+        messages: Sequence[Message],
+        params: Mapping[str, Any] | None = None,
+        ref: str | None = None,
+        can_reset: bool = True,
+        transport: str = "embedded",
+    ) -> StreamHandle:
+        """Start a stream on ``route`` and return its handle; never blocks.
+
+        Raises ``RequestError`` (``unknown_model``, ``bad_request``) for a request that cannot
+        start. ``can_reset``: the client can take a ``failover`` with ``mode: reset``; without
+        it a continuation that cannot be joined ends the stream with ``stream_diverged``.
+        """
+        route_config = self.config.routes.get(route)
+        if route_config is None:
+            known = ", ".join(sorted(self.config.routes))
+            raise RequestError("unknown_model", f"Unknown model {route!r}; this Baton serves: {known}.", status=404)
+        if not messages:
+            raise RequestError("bad_request", "'messages' must not be empty.")
+        stream_id = "st_" + secrets.token_urlsafe(16)
+        stream_log = StreamLog(stream_id, cap=self.config.server.event_log_cap)
+        session = StreamSession(
+            stream_log=stream_log, route=route_config, messages=messages, params=params or {},
+            ref=ref, can_reset=can_reset, transport=transport, context=self._ctx,
+        )  # fmt: skip
+        self._streams[stream_id] = session
+        self.total_streams += 1
+
+        async def run() -> None:
+            try:
+                await session.run()
+            finally:
+                del self._streams[stream_id]
+                self.finished.append(session.statistics())
+                if len(self.finished) > _FINISHED_KEPT:
+                    del self.finished[: len(self.finished) - _FINISHED_KEPT]
+
+        self._supervisor.start_temporary(run)
+        return StreamHandle(session)
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether every route has a usable target, and if not, which route lacks one."""
+        for name, route in self.config.routes.items():
+            if not any(self._usable(t.provider) for t in route.targets):
+                states = ", ".join(f"{t.provider} {self._status(t.provider)}" for t in route.targets)
+                return False, f"route {name!r} has no usable target ({states})"
+        return True, "ok"
+
+    def _status(self, provider: str) -> str:
+        snapshot = self._board.get(provider)
+        return "unknown" if snapshot is None else snapshot.status
+
+    def _usable(self, provider: str) -> bool:
+        snapshot = self._board.get(provider)
+        return snapshot is None or snapshot.usable
+
+    def statistics(self) -> BatonStatistics:
+        pool = self._ctx.pool.statistics()
+        return BatonStatistics(
+            providers={
+                name: ProviderStatistics(
+                    name=name, kind=self._ctx.providers[name].kind,
+                    health=self._board.get(name), pool=pool.providers[name],
+                )  # fmt: skip
+                for name in self.config.providers
+            },
+            routes={name: route.targets for name, route in self.config.routes.items()},
+            active_streams=len(self._streams),
+            restarts=self._supervisor.statistics().restarts,
+        )
+
+
+_FINISHED_KEPT = 1000  # statistics of the most recent finished streams, for tests and /status
+
+
+@asynccontextmanager
+async def open_baton(
+    config: BatonConfig,
+    providers: Mapping[str, Provider],
+    *,
+    meter_provider: metrics.MeterProvider | None = None,
+    seed: int | None = None,
+) -> AsyncIterator[Baton]:
+    """Start the actor system for ``config`` over ``providers``; stop it on exit.
+
+    ``providers`` maps each configured provider name to its implementation. On exit every
+    running stream is cancelled (each still gets its terminal event) before the actors stop.
+    """
+    missing = sorted(set(config.providers) - set(providers))
+    if missing:
+        raise ConfigError("providers", f"no implementation given for {', '.join(missing)}")
+    board = HealthBoard()
+    telemetry = Telemetry(meter_provider)
+
+    def on_transition(provider: str, old: str, new: str) -> None:
+        telemetry.health_transitions.add(1, {"provider": provider, "from": old, "to": new})
+
+    pool = PoolActor({name: cfg.max_connections for name, cfg in config.providers.items()})
+    health = {
+        name: HealthActor(providers[name], cfg.health, board, on_transition=on_transition)
+        for name, cfg in config.providers.items()
+    }
+    router = RouterActor(config.routes, board, seed=seed)
+    context = SessionContext(
+        router=router, pool=pool, health=health, providers=providers,
+        provider_configs=config.providers, telemetry=telemetry, random=random.Random(seed),
+    )  # fmt: skip
+
+    def healthy() -> list[tuple[str, int]]:
+        return [(name, int(snapshot.usable)) for name, snapshot in board.all().items()]
+
+    def pool_in_use() -> list[tuple[str, int]]:
+        return [(name, p.in_use) for name, p in pool.statistics().providers.items()]
+
+    telemetry.observe(healthy, pool_in_use)
+    async with trio.open_nursery() as actors:
+        try:
+            async with trio.open_nursery() as sessions:
+                supervisor = Supervisor(actors, sessions)
+                await supervisor.start_permanent("pool", pool.run)
+                for name, actor in health.items():
+                    await supervisor.start_permanent(f"health:{name}", actor.run)
+                await supervisor.start_permanent("router", router.run)
+                baton = Baton(config, supervisor, context, board)
+                try:
+                    yield baton
+                finally:
+                    sessions.cancel_scope.cancel()
+        finally:
+            pool.close()
+            router.close()
+            for actor in health.values():
+                actor.close()

@@ -1,0 +1,74 @@
+"""Baton's metrics, instrumented with the OpenTelemetry API.
+
+Libraries use only the API: without a configured ``MeterProvider`` every instrument is a
+no-op. ``baton serve`` configures the SDK with a Prometheus reader. Tests pass their own
+``MeterProvider`` to ``open_baton``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+# Seconds-based buckets from sub-millisecond proxy overhead up to long generations.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+
+class Telemetry:
+    """The instruments Baton records into; one per running actor system."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        provider = meter_provider or metrics.get_meter_provider()
+        meter = provider.get_meter("baton")
+        self.requests = meter.create_counter(
+            "proxy_requests", unit="1", description="Streams finished, by route, provider and outcome"
+        )
+        self.request_duration = meter.create_histogram(
+            "proxy_request_duration", unit="s", description="Whole stream duration",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.ttft = meter.create_histogram(
+            "proxy_time_to_first_token", unit="s", description="Time from request to first text",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.failovers = meter.create_counter(
+            "proxy_failovers", unit="1", description="Moves of a stream to another target"
+        )
+        self.pool_wait = meter.create_histogram(
+            "proxy_pool_wait", unit="s", description="Time spent waiting for an upstream slot",
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
+        )  # fmt: skip
+        self.active_streams = meter.create_up_down_counter(
+            "proxy_active_streams", unit="1", description="Streams in progress, by transport"
+        )
+        self.health_transitions = meter.create_counter(
+            "proxy_health_transitions", unit="1", description="Circuit breaker state changes"
+        )
+        self.malformed_events = meter.create_counter(
+            "proxy_malformed_events", unit="1", description="Upstream events that could not be decoded"
+        )
+        self._meter = meter
+
+    def observe(
+        self,
+        healthy: Callable[[], Iterable[tuple[str, int]]],
+        pool_in_use: Callable[[], Iterable[tuple[str, int]]],
+    ) -> None:
+        """Register the gauges read at collection time from the running actors."""
+
+        def healthy_cb(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value, {"provider": name}) for name, value in healthy()]
+
+        def pool_cb(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value, {"provider": name}) for name, value in pool_in_use()]
+
+        self._meter.create_observable_gauge(
+            "proxy_provider_healthy", [healthy_cb], unit="1",
+            description="1 when the provider takes traffic, else 0",
+        )  # fmt: skip
+        self._meter.create_observable_gauge(
+            "proxy_pool_in_use", [pool_cb], unit="1", description="Upstream slots in use"
+        )

@@ -1,0 +1,173 @@
+"""The circuit breaker of one provider: a pure state machine over (state, event, now).
+
+States::
+
+    healthy ──N failures──▶ unhealthy ──cooldown──▶ probing ──success──▶ healthy
+       ▲  │                     ▲                      │
+       │  └─slow TTFT─▶ degraded│◀───────failure───────┘ (cooldown doubles, up to max)
+       └──────recovers──────┘
+    any ──429 with a time──▶ rate_limited ──that time──▶ the state it left
+
+Every function takes the state, the provider's ``HealthConfig`` and ``now`` and returns the new
+state; the health actor stores it, logs and counts transitions, and publishes snapshots.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from .._config import HealthConfig
+
+Status = Literal["healthy", "degraded", "unhealthy", "probing", "rate_limited"]
+RATE_LIMIT_DEFAULT = 1.0  # seconds out of rotation after a 429 that named no time
+DEGRADED_RECOVERY = 0.8  # a degraded provider is healthy again below this share of slow_ttft
+
+
+@attrs.frozen(kw_only=True)
+class BreakerState:
+    status: Status = "healthy"
+    consecutive_failures: int = 0
+    cooldown: float = 0.0  # the current open period; 0 until first configured
+    reopen_at: float | None = None  # when an open breaker starts probing
+    rate_limited_until: float | None = None
+    resume_status: Status = "healthy"  # where a rate limit returns to
+    half_open_in_flight: int = 0
+    healthy_since: float | None = 0.0
+    ttft_ewma: float | None = None
+    last_change: float = 0.0
+
+    @property
+    def usable(self) -> bool:
+        """Whether live traffic may be sent now (probing: only as an admitted trial)."""
+        return self.status in ("healthy", "degraded", "probing")
+
+    def next_try_at(self) -> float | None:
+        """When a provider that is not usable will next be tried, if known."""
+        if self.status == "unhealthy":
+            return self.reopen_at
+        if self.status == "rate_limited":
+            return self.rate_limited_until
+        return None
+
+
+def initial(config: HealthConfig, now: float) -> BreakerState:
+    return BreakerState(cooldown=config.cooldown, healthy_since=now, last_change=now)
+
+
+def _move(state: BreakerState, status: Status, now: float, **changes: object) -> BreakerState:
+    if status != state.status:
+        changes["last_change"] = now
+    return attrs.evolve(state, status=status, **changes)  # type: ignore[arg-type]
+
+
+def _open(state: BreakerState, config: HealthConfig, now: float, *, reopen: bool) -> BreakerState:
+    cooldown = min(state.cooldown * 2, config.max_cooldown) if reopen else state.cooldown
+    return _move(
+        state, "unhealthy", now,
+        cooldown=cooldown, reopen_at=now + cooldown, half_open_in_flight=0, healthy_since=None,
+    )  # fmt: skip
+
+
+def advance(state: BreakerState, config: HealthConfig, now: float) -> BreakerState:
+    """Apply the transitions that only the passing of time causes."""
+    if state.status == "unhealthy" and state.reopen_at is not None and now >= state.reopen_at:
+        state = _move(state, "probing", now, half_open_in_flight=0)
+    if state.status == "rate_limited" and state.rate_limited_until is not None:
+        if now >= state.rate_limited_until:
+            state = _move(state, state.resume_status, now, rate_limited_until=None)
+            state = advance(state, config, now)
+    if (
+        state.status == "healthy"
+        and state.healthy_since is not None
+        and now - state.healthy_since >= config.stable_period
+        and state.cooldown != config.cooldown
+    ):
+        state = attrs.evolve(state, cooldown=config.cooldown)
+    return state
+
+
+def admit(state: BreakerState, config: HealthConfig, now: float) -> tuple[BreakerState, bool]:
+    """Whether one live request may go to this provider now; a probing one admits a few."""
+    state = advance(state, config, now)
+    if state.status in ("healthy", "degraded"):
+        return state, True
+    if state.status == "probing" and state.half_open_in_flight < config.half_open_requests:
+        return attrs.evolve(state, half_open_in_flight=state.half_open_in_flight + 1), True
+    return state, False
+
+
+def on_success(
+    state: BreakerState, config: HealthConfig, now: float, *, ttft: float | None = None
+) -> BreakerState:
+    """A live request (or chat probe) succeeded; ``ttft`` feeds the latency average."""
+    state = advance(state, config, now)
+    ewma = state.ttft_ewma
+    if ttft is not None:
+        ewma = ttft if ewma is None else config.ttft_alpha * ttft + (1 - config.ttft_alpha) * ewma
+    state = attrs.evolve(state, consecutive_failures=0, ttft_ewma=ewma)
+    if state.status in ("unhealthy", "probing"):
+        state = _move(state, "healthy", now, half_open_in_flight=0, reopen_at=None, healthy_since=now)
+    if state.status == "rate_limited":
+        return attrs.evolve(state, resume_status="healthy")
+    if ewma is not None:
+        if state.status == "healthy" and ewma > config.slow_ttft:
+            state = _move(state, "degraded", now)
+        elif state.status == "degraded" and ewma <= config.slow_ttft * DEGRADED_RECOVERY:
+            state = _move(state, "healthy", now)
+    return state
+
+
+def on_failure(
+    state: BreakerState, config: HealthConfig, now: float, *, trip: bool = False
+) -> BreakerState:
+    """A failure that is the provider's fault; ``trip`` opens the breaker at once."""
+    state = advance(state, config, now)
+    failures = state.consecutive_failures + 1
+    state = attrs.evolve(state, consecutive_failures=failures)
+    if state.status == "probing":
+        return _open(state, config, now, reopen=True)
+    if state.status == "unhealthy":
+        return state
+    if state.status == "rate_limited":
+        if trip or failures >= config.failure_threshold:
+            return attrs.evolve(state, resume_status="unhealthy", reopen_at=now + state.cooldown)
+        return state
+    if trip or failures >= config.failure_threshold:
+        return _open(state, config, now, reopen=False)
+    return state
+
+
+def on_trial_abandoned(state: BreakerState, config: HealthConfig, now: float) -> BreakerState:
+    """A half-open trial ended without a verdict (the client left): free its place."""
+    state = advance(state, config, now)
+    if state.status == "probing" and state.half_open_in_flight > 0:
+        return attrs.evolve(state, half_open_in_flight=state.half_open_in_flight - 1)
+    return state
+
+
+def on_rate_limited(
+    state: BreakerState, config: HealthConfig, now: float, *, retry_after: float | None
+) -> BreakerState:
+    """The provider asked to be left alone for ``retry_after`` seconds."""
+    state = advance(state, config, now)
+    until = now + (retry_after if retry_after is not None else RATE_LIMIT_DEFAULT)
+    if state.status == "rate_limited":
+        return attrs.evolve(state, rate_limited_until=max(until, state.rate_limited_until or until))
+    if state.status == "unhealthy":
+        return state
+    resume: Status = "healthy" if state.status == "probing" else state.status
+    return _move(state, "rate_limited", now, rate_limited_until=until, resume_status=resume, half_open_in_flight=0)
+
+
+def on_probe(
+    state: BreakerState, config: HealthConfig, now: float, *, ok: bool, kind: str
+) -> BreakerState:
+    """An active probe finished. Only a ``chat`` probe can close an open breaker."""
+    state = advance(state, config, now)
+    if ok:
+        if kind == "chat":
+            return on_success(state, config, now)
+        return state
+    return on_failure(state, config, now)

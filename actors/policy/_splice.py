@@ -1,0 +1,172 @@
+"""The splice guard: join a continuation to the text a client already holds, or refuse to.
+
+A target asked to continue ``delivered`` may really continue it, may start again from the
+beginning (a restart), may repeat its last words (an overlap), or may write something else
+from the beginning (a divergence). The guard holds the new attempt's text back until it can
+tell which, comparing with whitespace differences ignored, and then:
+
+- restart: swallows what matches the delivered text and forwards only what comes after;
+- overlap: trims the repeated words;
+- continuation: forwards everything;
+- divergence (a restart that departs from the delivered text): reports ``Diverged`` so the
+  session can reset the client's text or end the stream with ``stream_diverged``.
+
+Nothing here awaits; the session feeds it text and acts on what it returns.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+OVERLAP_MIN = 4  # non-whitespace characters an overlap must span to be trimmed
+# Matching the delivered text's first RESTART_MIN non-whitespace characters (or half of a
+# shorter delivered text) marks a restart rather than a continuation that happens to begin alike.
+RESTART_MIN = 16
+
+
+@attrs.frozen
+class Hold:
+    """Nothing can be forwarded yet."""
+
+
+@attrs.frozen
+class Forward:
+    text: str
+
+
+@attrs.frozen
+class Diverged:
+    """The continuation restarted and departed from the delivered text; ``text`` is all of it."""
+
+    text: str
+
+
+SpliceStep = Hold | Forward | Diverged
+_HOLD = Hold()
+
+
+def _compact(text: str) -> str:
+    return "".join(text.split())
+
+
+def _cut_after(text: str, count: int) -> str:
+    """The part of ``text`` after its first ``count`` non-whitespace characters."""
+    if count <= 0:
+        return text
+    seen = 0
+    for index, char in enumerate(text):
+        if not char.isspace():
+            seen += 1
+            if seen == count:
+                return text[index + 1 :]
+    return ""
+
+
+def _word_starts(text: str) -> list[int]:
+    """Compact indices where a word of ``text`` starts, the start of the text first."""
+    starts: list[int] = []
+    compact_index = 0
+    previous_space = True
+    for char in text:
+        if char.isspace():
+            previous_space = True
+            continue
+        if previous_space:
+            starts.append(compact_index)
+        previous_space = False
+        compact_index += 1
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    return starts
+
+
+class SpliceGuard:
+    """Decides how one continuation attempt joins ``delivered``; feed it text as it comes."""
+
+    def __init__(self, delivered: str) -> None:
+        self._delivered = delivered
+        self._dc = _compact(delivered)
+        self._ends_in_space = delivered[-1:].isspace()
+        self._live = _word_starts(delivered) if self._dc else []
+        self._restart_min = min(RESTART_MIN, max(OVERLAP_MIN, len(self._dc) // 2))
+        self._buffer: list[str] = []
+        self._bc = ""
+        self._restart_matched = 0
+        self._decided = not self._dc
+        self._first_forward = True
+
+    def __repr__(self) -> str:
+        return f"SpliceGuard(delivered={self._delivered[-40:]!r}, held={''.join(self._buffer)!r})"
+
+    @property
+    def decided(self) -> bool:
+        return self._decided
+
+    def feed(self, text: str) -> SpliceStep:
+        """Take the next piece of the continuation; return what may be forwarded."""
+        if self._decided:
+            return self._forward(text)
+        self._buffer.append(text)
+        self._bc += _compact(text)
+        bc, dc = self._bc, self._dc
+        still_live = []
+        for start in self._live:
+            span = min(len(bc), len(dc) - start)
+            if dc[start : start + span] == bc[:span]:
+                still_live.append(start)
+        if 0 in self._live and 0 not in still_live:
+            self._restart_matched = _common_prefix(bc, dc)
+        elif 0 in still_live:
+            self._restart_matched = min(len(bc), len(dc))
+        self._live = still_live
+        if any(len(bc) < len(dc) - start for start in still_live):
+            return _HOLD  # some reading is still open: wait for more text
+        return self._decide(final=False)
+
+    def finish(self) -> SpliceStep:
+        """The continuation ended; decide with what was held."""
+        if self._decided:
+            return Forward("")
+        bc, dc = self._bc, self._dc
+        if not bc:
+            self._decided = True
+            return Forward("")
+        incomplete = [s for s in self._live if len(bc) < len(dc) - s]
+        if 0 in incomplete and len(bc) >= self._restart_min:
+            self._decided = True
+            return Forward("")  # a restart that stopped early: nothing new
+        if any(s > 0 for s in incomplete) and len(bc) >= OVERLAP_MIN:
+            self._decided = True
+            return Forward("")  # only a repeat of the delivered text's last words
+        return self._decide(final=True)
+
+    def _decide(self, *, final: bool) -> SpliceStep:
+        self._decided = True
+        held = "".join(self._buffer)
+        self._buffer.clear()
+        dc = self._dc
+        complete = [s for s in self._live if len(self._bc) >= len(dc) - s]
+        if complete:
+            start = min(complete)
+            matched = len(dc) - start
+            if start == 0 or matched >= OVERLAP_MIN:
+                return self._forward(_cut_after(held, matched))
+        if self._restart_matched >= self._restart_min:
+            return Diverged(held)
+        return self._forward(held)
+
+    def _forward(self, text: str) -> Forward:
+        if self._first_forward and text:
+            self._first_forward = False
+            if self._ends_in_space:
+                # The delivered text already ends in a space (a prefill is sent without it).
+                text = text.lstrip()
+        return Forward(text)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index
