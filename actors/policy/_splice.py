@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import attrs
 
-OVERLAP_MIN = 4  # non-whitespace characters an overlap must span to be trimmed
+# An overlap must span OVERLAP_MIN non-whitespace characters and OVERLAP_WORDS words to be
+# trimmed: a continuation that merely begins with the delivered text's last word is left alone.
+OVERLAP_MIN = 4
+OVERLAP_WORDS = 2
 # Matching the delivered text's first RESTART_MIN non-whitespace characters (or half of a
 # shorter delivered text) marks a restart rather than a continuation that happens to begin alike.
 RESTART_MIN = 16
@@ -88,7 +91,11 @@ class SpliceGuard:
         self._dc = _compact(delivered)
         self._ends_in_space = delivered[-1:].isspace()
         self._live = _word_starts(delivered) if self._dc else []
-        self._restart_min = min(RESTART_MIN, max(OVERLAP_MIN, len(self._dc) // 2))
+        # A suffix starting at the k-th word start from the end spans k words.
+        self._words_from = {start: len(self._live) - i for i, start in enumerate(self._live)}
+        # A restart must also match the delivered text's first two whole words (or all of it).
+        two_words = self._live[2] if len(self._live) > 2 else len(self._dc)
+        self._restart_min = max(min(RESTART_MIN, max(OVERLAP_MIN, len(self._dc) // 2)), two_words)
         self._buffer: list[str] = []
         self._bc = ""
         self._restart_matched = 0
@@ -135,7 +142,7 @@ class SpliceGuard:
         if 0 in incomplete and len(bc) >= self._restart_min:
             self._decided = True
             return Forward("")  # a restart that stopped early: nothing new
-        if any(s > 0 for s in incomplete) and len(bc) >= OVERLAP_MIN:
+        if any(s > 0 and self._words_from[s] >= OVERLAP_WORDS for s in incomplete) and len(bc) >= OVERLAP_MIN:
             self._decided = True
             return Forward("")  # only a repeat of the delivered text's last words
         return self._decide(final=True)
@@ -149,7 +156,7 @@ class SpliceGuard:
         if complete:
             start = min(complete)
             matched = len(dc) - start
-            if start == 0 or matched >= OVERLAP_MIN:
+            if start == 0 or (matched >= OVERLAP_MIN and self._words_from[start] >= OVERLAP_WORDS):
                 return self._forward(_cut_after(held, matched))
         if self._restart_matched >= self._restart_min:
             return Diverged(held)

@@ -1,0 +1,120 @@
+"""Helpers for actor tests: a two-or-more provider config and a stream runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actors import Delta, Failover, Message, config_from_dict, is_terminal, open_baton
+from scenarios._fake import FakeProvider
+from scenarios._faults import FaultSchedule
+from scenarios._textgen import answer_tokens
+
+PROMPT = (Message(role="user", content="Tell me about proxies."),)
+
+
+def make_config(names=("a", "b"), *, route: dict[str, Any] | None = None, **provider_overrides: dict[str, Any]):
+    providers = {}
+    for name in names:
+        table = {"kind": "openai", "base_url": f"http://{name}.invalid/v1"}
+        table.update(provider_overrides.get(name, {}))
+        providers[name] = table
+    targets = [{"provider": name, "model": f"model-{name}"} for name in names]
+    return config_from_dict({"providers": providers, "routes": {"default": {"targets": targets, **(route or {})}}})
+
+
+def healthy_answer(seed: int = 0, messages=PROMPT) -> str:
+    return "".join(answer_tokens(messages, seed=seed))
+
+
+class Run:
+    """What a client saw of one stream."""
+
+    def __init__(self, events, statistics):
+        self.events = events
+        self.statistics = statistics
+
+    @property
+    def text(self) -> str:
+        text = ""
+        for event in self.events:
+            if isinstance(event, Failover) and event.mode == "reset":
+                text = ""
+            if isinstance(event, Delta):
+                text += event.text
+        return text
+
+    @property
+    def terminal(self):
+        return self.events[-1]
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def check_shape(self):
+        """Invariants every stream must hold: gapless seqs and exactly one terminal, last."""
+        assert [e.seq for e in self.events] == list(range(len(self.events)))
+        terminals = [e for e in self.events if is_terminal(e)]
+        assert len(terminals) == 1 and terminals[0] is self.events[-1]
+
+
+async def run_stream(baton, *, messages=PROMPT, can_reset=True, **kw) -> Run:
+    handle = baton.start_stream(route="default", messages=messages, can_reset=can_reset, **kw)
+    events = [event async for event in handle]
+    run = Run(events, handle.statistics())
+    run.check_shape()
+    return run
+
+
+@pytest.fixture
+def fakes():
+    def build(**schedules: FaultSchedule | FakeProvider) -> dict[str, FakeProvider]:
+        out = {}
+        for name, value in schedules.items():
+            out[name] = value if isinstance(value, FakeProvider) else FakeProvider(name, value)
+        return out
+
+    return build
+
+
+__all__ = ["make_config", "healthy_answer", "run_stream", "open_baton", "PROMPT"]
+
+
+class ScriptedProvider:
+    """A provider that always streams the same tokens and finishes; records open attempts."""
+
+    kind = "openai"
+
+    def __init__(self, name: str, tokens: list[str]) -> None:
+        self.name = name
+        self.tokens = tokens
+        self.requests = []
+        self.open = 0
+
+    async def probe(self, kind):
+        return None
+
+    def stream(self, request):
+        from contextlib import asynccontextmanager
+
+        import trio
+
+        from actors import Finish, TextDelta, Usage
+
+        @asynccontextmanager
+        async def attempt():
+            self.requests.append(request)
+            self.open += 1
+            try:
+                async def events():
+                    for token in self.tokens:
+                        await trio.lowlevel.checkpoint()
+                        yield TextDelta(token)
+                    yield Finish(reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=len(self.tokens)))
+
+                yield events()
+            finally:
+                self.open -= 1
+
+        return attempt()

@@ -1,0 +1,148 @@
+"""The failover decision, driven directly: each fault class before and after the first token."""
+
+import pytest
+
+from actors import Failure, FailureKind, ProviderConfig
+from actors.policy._continuation import continuation_form, continuation_request
+from actors.policy._failover import (
+    TIGHT_LOOP_WINDOW, FailOver, Reject, Retry, decide, health_verdict, is_prefill_rejection,
+)  # fmt: skip
+from actors._messages import Message, UpstreamRequest
+
+CFG = ProviderConfig(name="p", kind="openai", base_url="http://p")
+
+
+def status(code: int, *, error_code: str | None = None, message: str = "", retry_after: float | None = None) -> Failure:
+    return Failure(kind=FailureKind.STATUS, status=code, code=error_code, message=message, retry_after=retry_after)
+
+
+def run(failure, *, starts=(0.0,), produced=False, midstream=False, prefill=False, now=0.0, config=CFG):
+    return decide(
+        failure, produced_text=produced, midstream=midstream, was_prefill=prefill,
+        previous_starts=tuple(starts), config=config, now=now, jitter=0.5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", [FailureKind.CONNECT, FailureKind.TIMEOUT])
+def test_connect_errors_and_silence_fail_over_at_once(kind):
+    decision = run(Failure(kind=kind, message="x"))
+    assert isinstance(decision, FailOver)
+
+
+@pytest.mark.parametrize("code", [500, 502, 503, 504, 529])
+def test_transient_statuses_retry_once_with_jittered_backoff_then_fail_over(code):
+    first = run(status(code))
+    assert isinstance(first, Retry) and 0.1 <= first.delay <= 0.25
+    second = run(status(code), starts=(0.0, first.delay))
+    assert isinstance(second, FailOver)
+    assert second.reason == f"upstream_{code}"
+
+
+def test_in_stream_error_before_text_is_transient():
+    assert isinstance(run(Failure(kind=FailureKind.STREAM_ERROR, message="overloaded")), Retry)
+
+
+def test_retries_setting_bounds_attempts_per_target():
+    config = ProviderConfig(name="p", kind="openai", base_url="http://p", retries=3)
+    starts = [0.0]
+    for _ in range(3):
+        decision = run(status(503), starts=starts, now=starts[-1], config=config)
+        assert isinstance(decision, Retry)
+        starts.append(starts[-1] + decision.delay)
+    assert isinstance(run(status(503), starts=starts, config=config), FailOver)
+
+
+def test_no_more_than_two_attempts_on_a_target_within_the_tight_loop_window():
+    config = ProviderConfig(name="p", kind="openai", base_url="http://p", retries=5)
+    starts = [0.0]
+    for _ in range(5):
+        now = starts[-1]
+        decision = run(status(503), starts=starts, now=now, config=config)
+        assert isinstance(decision, Retry)
+        starts.append(now + decision.delay)
+    for i in range(2, len(starts)):
+        assert starts[i] - starts[i - 2] >= TIGHT_LOOP_WINDOW - 1e-9
+
+
+def test_rate_limit_with_short_retry_after_waits_then_retries_same_target():
+    decision = run(status(429, retry_after=2.0))
+    assert isinstance(decision, Retry) and decision.delay == 2.0
+
+
+def test_rate_limit_with_long_or_missing_retry_after_fails_over_and_rate_limits():
+    assert isinstance(run(status(429, retry_after=60.0)), FailOver)
+    assert isinstance(run(status(429)), FailOver)
+    assert health_verdict(status(429, retry_after=60.0)).rate_limited_for == 60.0
+    assert not health_verdict(status(429, retry_after=60.0)).counts
+
+
+def test_context_length_exceeded_fails_over_without_counting_against_the_provider():
+    failure = status(400, error_code="context_length_exceeded", message="too long")
+    assert isinstance(run(failure), FailOver)
+    assert not health_verdict(failure).counts
+
+
+@pytest.mark.parametrize("code", [400, 404, 422])
+def test_other_client_errors_are_passed_to_the_client(code):
+    failure = status(code, error_code="invalid_request_error", message="nope")
+    assert isinstance(run(failure), Reject)
+    assert not health_verdict(failure).counts
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_broken_credentials_fail_over_and_trip_the_breaker(code):
+    assert isinstance(run(status(code)), FailOver)
+    verdict = health_verdict(status(code))
+    assert verdict.counts and verdict.trip
+
+
+def test_a_rejected_prefill_is_retried_on_the_same_target_in_instruct_form():
+    failure = status(400, error_code="invalid_request_error", message="final assistant message prefill is not supported")
+    assert is_prefill_rejection(failure)
+    decision = run(failure, prefill=True)
+    assert isinstance(decision, Retry) and decision.instruct and decision.delay == 0
+    # The same 400 for a request that was not a prefill is just a rejection.
+    assert isinstance(run(failure, prefill=False), Reject)
+
+
+@pytest.mark.parametrize(
+    "kind", [FailureKind.RESET, FailureKind.EOF, FailureKind.STREAM_ERROR, FailureKind.TIMEOUT, FailureKind.MALFORMED]
+)
+def test_any_failure_after_text_fails_over(kind):
+    decision = run(Failure(kind=kind, message="x"), produced=True, midstream=True)
+    assert isinstance(decision, FailOver)
+
+
+def test_midstream_silence_is_named_idle_timeout():
+    decision = run(Failure(kind=FailureKind.TIMEOUT, message="x"), produced=True, midstream=True)
+    assert decision.reason == "idle_timeout"
+
+
+# --- continuation ------------------------------------------------------------------------------
+
+ORIGINAL = UpstreamRequest(model="m", messages=(Message(role="user", content="hi"),), params={"max_tokens": 5})
+
+
+def provider(**kw):
+    return ProviderConfig(name="p", base_url="http://p", **{"kind": "openai", **kw})
+
+
+def test_auto_prefers_prefill_only_where_the_provider_honours_it():
+    assert continuation_form(provider(kind="anthropic"), delivered="ab", prefill_rejected=False) == "prefill"
+    assert continuation_form(provider(), delivered="ab", prefill_rejected=False) == "instruct"
+    assert continuation_form(provider(prefill=True), delivered="ab", prefill_rejected=False) == "prefill"
+    assert continuation_form(provider(kind="anthropic"), delivered="ab", prefill_rejected=True) == "instruct"
+    assert continuation_form(provider(), delivered="", prefill_rejected=False) == "fresh"
+    assert continuation_form(provider(continuation="replay"), delivered="ab", prefill_rejected=False) == "replay"
+
+
+def test_continuation_requests_carry_exactly_the_delivered_text():
+    prefill = continuation_request(ORIGINAL, delivered="Hello wor", form="prefill", instruct_prompt="go on")
+    assert prefill.prefill
+    assert prefill.messages[-1] == Message(role="assistant", content="Hello wor")
+    assert prefill.params == ORIGINAL.params
+    instruct = continuation_request(ORIGINAL, delivered="Hello wor", form="instruct", instruct_prompt="go on")
+    assert [m.role for m in instruct.messages] == ["user", "assistant", "user"]
+    assert instruct.messages[1].content == "Hello wor" and instruct.messages[2].content == "go on"
+    assert not instruct.prefill
+    assert continuation_request(ORIGINAL, delivered="Hello", form="replay", instruct_prompt="x") == ORIGINAL
