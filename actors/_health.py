@@ -169,8 +169,13 @@ class HealthActor:
             nursery.cancel_scope.cancel()
 
     def _next_timer(self) -> float:
+        """When time alone will next change the breaker (a cooldown or rate limit ending)."""
         state = self._state
-        times = [t for t in (state.reopen_at, state.rate_limited_until) if t is not None]
+        times = []
+        if state.status == "unhealthy" and state.reopen_at is not None:
+            times.append(state.reopen_at)
+        if state.status == "rate_limited" and state.rate_limited_until is not None:
+            times.append(state.rate_limited_until)
         if state.status == "healthy" and state.cooldown != self._config.cooldown and state.healthy_since is not None:
             times.append(state.healthy_since + self._config.stable_period)
         return min(times, default=math.inf)

@@ -9,6 +9,7 @@ passes (``PoolTimeout``), never silently dropped. The decisions live in ``PoolSt
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # Each waiter's reply channel holds one grant so the actor never blocks on a slow caller.
 GRANT_BUFFER = 1
+# Releases are tells sent from cleanup code, which must never block (the pool may already be
+# gone at shutdown); the mailbox holds at most one Acquire and one Release per live attempt.
+MAILBOX_BUFFER = math.inf
 
 
 class PoolTimeout(BatonError):
@@ -127,7 +131,7 @@ class PoolActor:
     def __init__(self, limits: Mapping[str, int]) -> None:
         self._limits = dict(limits)
         self._state = PoolState(self._limits)
-        self._send, self._receive = trio.open_memory_channel[PoolMsg](0)
+        self._send, self._receive = trio.open_memory_channel[PoolMsg](MAILBOX_BUFFER)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve slot requests until the mailbox closes. A restart starts from empty state."""
@@ -154,7 +158,10 @@ class PoolActor:
         reply_send, reply_receive = trio.open_memory_channel[bool](GRANT_BUFFER)
         started = trio.current_time()
         waited = 0.0
-        await self._send.send(Acquire(provider=provider, token=token, reply=reply_send))
+        try:
+            self._send.send_nowait(Acquire(provider=provider, token=token, reply=reply_send))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise PoolTimeout(f"the upstream pool is shut down; no slot of {provider}") from None
         try:
             with trio.move_on_after(timeout) as waiting:
                 await reply_receive.receive()
@@ -165,8 +172,7 @@ class PoolActor:
             yield waited
         finally:
             reply_receive.close()
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._send.send(Release(provider=provider, token=token, waited=waited))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the pool is shutting down; there is nothing left to give back
+            try:
+                self._send.send_nowait(Release(provider=provider, token=token, waited=waited))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the pool is shutting down; there is nothing left to give back

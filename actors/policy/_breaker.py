@@ -76,8 +76,11 @@ def advance(state: BreakerState, config: HealthConfig, now: float) -> BreakerSta
         state = _move(state, "probing", now, half_open_in_flight=0)
     if state.status == "rate_limited" and state.rate_limited_until is not None:
         if now >= state.rate_limited_until:
-            state = _move(state, state.resume_status, now, rate_limited_until=None)
-            state = advance(state, config, now)
+            if state.resume_status == "unhealthy":
+                # Failures piled up while rate limited: open for a whole cooldown from now.
+                state = _open(attrs.evolve(state, rate_limited_until=None), config, now, reopen=False)
+            else:
+                state = _move(state, state.resume_status, now, rate_limited_until=None)
     if (
         state.status == "healthy"
         and state.healthy_since is not None
@@ -132,7 +135,7 @@ def on_failure(
         return state
     if state.status == "rate_limited":
         if trip or failures >= config.failure_threshold:
-            return attrs.evolve(state, resume_status="unhealthy", reopen_at=now + state.cooldown)
+            return attrs.evolve(state, resume_status="unhealthy")
         return state
     if trip or failures >= config.failure_threshold:
         return _open(state, config, now, reopen=False)

@@ -1,0 +1,206 @@
+"""Pool, health, router and supervisor actors, each on its own under MockClock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from actors import HealthConfig, RouteConfig, Target
+from actors._health import HealthActor, HealthBoard, Report
+from actors._pool import PoolActor, PoolTimeout
+from actors._router import Picked, RouterActor, Unavailable
+from actors._supervisor import EscalationError, Supervisor
+from scenarios._fake import FakeProvider
+from scenarios._faults import Behaviour, FaultSchedule
+
+# --- pool ------------------------------------------------------------------------------------
+
+
+async def test_pool_hands_out_slots_fifo_and_reports_waiting(autojump_clock):
+    pool = PoolActor({"p": 2})
+    order = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+
+        async def user(name, hold):
+            async with pool.slot("p", timeout=100):
+                order.append(name)
+                await trio.sleep(hold)
+
+        for i, name in enumerate("abcde"):
+            nursery.start_soon(user, name, 10)
+            await trio.sleep(0.001)  # arrival order a, b, c, d, e
+        stats = pool.statistics().providers["p"]
+        assert (stats.in_use, stats.waiting) == (2, 3)
+        await trio.sleep(100)
+        pool.close()
+    assert order == list("abcde")
+    stats = pool.statistics().providers["p"]
+    assert stats.in_use == 0 and stats.total_acquired == 5
+    assert stats.total_waited == pytest.approx(10 + 10 + 20, abs=0.1)
+
+
+async def test_pool_timeout_raises_and_frees_the_place_in_line(autojump_clock):
+    pool = PoolActor({"p": 1})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+
+        async def holder():
+            async with pool.slot("p", timeout=1):
+                await trio.sleep(50)
+
+        nursery.start_soon(holder)
+        await trio.sleep(0.01)
+        with pytest.raises(PoolTimeout):
+            async with pool.slot("p", timeout=5):
+                pass
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.statistics().providers["p"].waiting == 0
+        assert pool.statistics().providers["p"].total_timeouts == 1
+        await trio.sleep(60)
+        async with pool.slot("p", timeout=1) as waited:
+            assert waited == 0
+        pool.close()
+
+
+async def test_a_cancelled_holder_gives_its_slot_back(autojump_clock):
+    pool = PoolActor({"p": 1})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        with trio.move_on_after(1):
+            async with pool.slot("p", timeout=1):
+                await trio.sleep_forever()
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.statistics().providers["p"].in_use == 0
+        pool.close()
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+def health_actor(schedule=None, **config):
+    board = HealthBoard()
+    provider = FakeProvider("p", schedule or FaultSchedule.healthy())
+    cfg = HealthConfig(**{"probe_interval": 1000.0, **config})
+    return HealthActor(provider, cfg, board), board, provider
+
+
+async def test_consecutive_failures_open_the_breaker_and_cooldown_lets_traffic_try_again(autojump_clock):
+    actor, board, _ = health_actor(failure_threshold=3, cooldown=30.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        for _ in range(2):
+            actor.report_nowait(Report(outcome="failure"))
+        actor.report_nowait(Report(outcome="success"))  # a success resets the count
+        for _ in range(2):
+            actor.report_nowait(Report(outcome="failure"))
+        await trio.sleep(0.1)
+        assert board.get("p").status == "healthy" and board.get("p").consecutive_failures == 2
+        actor.report_nowait(Report(outcome="failure"))
+        await trio.sleep(0.1)
+        assert board.get("p").status == "unhealthy"
+        assert not await actor.admit()
+        await trio.sleep(30)
+        assert board.get("p").status == "probing"
+        assert await actor.admit()  # one trial request
+        assert not await actor.admit()  # and no more while it runs
+        actor.report_nowait(Report(outcome="success", ttft=0.2))
+        await trio.sleep(0.1)
+        assert board.get("p").status == "healthy"
+        actor.close()
+
+
+async def test_probes_run_on_a_ticker_and_failing_probes_open_the_breaker(autojump_clock):
+    schedule = FaultSchedule.always(Behaviour("status", status=503))
+    actor, board, provider = health_actor(schedule, probe_interval=30.0, failure_threshold=3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await trio.sleep(95)
+        assert len(provider.probes) == 3
+        assert [p.at for p in provider.probes] == pytest.approx([30, 60, 90], abs=0.01)
+        assert board.get("p").status == "unhealthy"
+        actor.close()
+
+
+async def test_client_side_outcomes_never_count_against_the_provider(autojump_clock):
+    actor, board, _ = health_actor(failure_threshold=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        for outcome in ("neutral", "abandoned", "neutral"):
+            actor.report_nowait(Report(outcome=outcome))
+        await trio.sleep(0.1)
+        assert board.get("p").status == "healthy" and board.get("p").consecutive_failures == 0
+        actor.close()
+
+
+# --- router ----------------------------------------------------------------------------------
+
+
+def route(strategy="priority", weights=(1, 1)):
+    targets = tuple(Target(provider=f"p{i}", model="m", weight=w) for i, w in enumerate(weights))
+    return RouteConfig(name="r", targets=targets, strategy=strategy)
+
+
+async def test_router_picks_the_first_usable_target_and_says_why_when_none_is(autojump_clock):
+    board = HealthBoard()
+    router = RouterActor({"r": route()}, board, seed=1)
+    actors = {}
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            actor, _, _ = health_actor(failure_threshold=1)
+            actor.name = f"p{i}"
+            actor._board = board
+            actors[i] = actor
+            await nursery.start(actor.run)
+        await nursery.start(router.run)
+        picked = await router.pick("r")
+        assert isinstance(picked, Picked) and picked.index == 0
+        picked = await router.pick("r", exclude=frozenset({0}))
+        assert picked.index == 1
+        actors[0].report_nowait(Report(outcome="failure"))
+        await trio.sleep(0.01)
+        assert (await router.pick("r")).index == 1
+        actors[1].report_nowait(Report(outcome="failure"))
+        await trio.sleep(0.01)
+        result = await router.pick("r")
+        assert isinstance(result, Unavailable) and result.reason == "none_usable"
+        assert {name: s.status for name, s in result.snapshots.items()} == {"p0": "unhealthy", "p1": "unhealthy"}
+        router.close()
+        for actor in actors.values():
+            actor.close()
+
+
+async def test_weighted_route_honours_weights(autojump_clock):
+    board = HealthBoard()
+    router = RouterActor({"r": route("weighted", (3, 1))}, board)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        picks = [(await router.pick("r")).index for _ in range(400)]
+        router.close()
+    assert picks.count(0) == 300 and picks.count(1) == 100
+
+
+# --- supervisor ------------------------------------------------------------------------------
+
+
+async def test_a_crashed_permanent_actor_is_restarted_until_the_limit(autojump_clock):
+    runs = []
+
+    async def flaky(*, task_status=trio.TASK_STATUS_IGNORED):
+        runs.append(trio.current_time())
+        task_status.started()
+        await trio.sleep(1)
+        raise RuntimeError("boom")
+
+    escalated = False
+    try:
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as sessions:
+                supervisor = Supervisor(nursery, sessions, max_restarts=3, period=10.0)
+                await supervisor.start_permanent("flaky", flaky)
+    except* EscalationError:
+        escalated = True
+    assert escalated
+    assert len(runs) == 4  # the first run and three restarts; the fourth crash escalates
+    assert supervisor.statistics().restarts == 3

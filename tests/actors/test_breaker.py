@@ -1,0 +1,113 @@
+"""The circuit breaker state machine, driven directly and by random operation sequences."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors import HealthConfig
+from actors.policy import _breaker as breaker
+
+CFG = HealthConfig(failure_threshold=3, cooldown=30.0, max_cooldown=120.0, stable_period=60.0)
+
+
+def test_cooldown_doubles_on_each_reopen_up_to_the_maximum():
+    state = breaker.initial(CFG, 0.0)
+    now = 0.0
+    for _ in range(3):
+        state = breaker.on_failure(state, CFG, now)
+    assert state.status == "unhealthy" and state.reopen_at == 30.0
+    cooldowns = []
+    for _ in range(4):
+        now = state.reopen_at
+        state, ok = breaker.admit(state, CFG, now)
+        assert ok and state.status == "probing"
+        state = breaker.on_failure(state, CFG, now)
+        cooldowns.append(state.cooldown)
+    assert cooldowns == [60.0, 120.0, 120.0, 120.0]
+
+
+def test_the_cooldown_resets_after_a_stable_healthy_period():
+    state = breaker.initial(CFG, 0.0)
+    for _ in range(3):
+        state = breaker.on_failure(state, CFG, 0.0)
+    state, _ = breaker.admit(state, CFG, 30.0)
+    state = breaker.on_failure(state, CFG, 30.0)  # reopened: 60 s
+    state, _ = breaker.admit(state, CFG, 90.0)
+    state = breaker.on_success(state, CFG, 90.0)
+    assert state.status == "healthy" and state.cooldown == 60.0
+    state = breaker.advance(state, CFG, 151.0)
+    assert state.cooldown == 30.0
+
+
+def test_slow_first_tokens_degrade_and_fast_ones_recover():
+    cfg = HealthConfig(slow_ttft=5.0, ttft_alpha=0.5)
+    state = breaker.initial(cfg, 0.0)
+    state = breaker.on_success(state, cfg, 1.0, ttft=9.0)
+    assert state.status == "degraded"
+    state = breaker.on_success(state, cfg, 2.0, ttft=1.0)  # ewma 5.0: not recovered yet
+    assert state.status == "degraded"
+    state = breaker.on_success(state, cfg, 3.0, ttft=1.0)  # ewma 3.0
+    assert state.status == "healthy"
+
+
+def test_a_rate_limit_takes_the_provider_out_until_the_time_it_named():
+    state = breaker.initial(CFG, 0.0)
+    state = breaker.on_rate_limited(state, CFG, 10.0, retry_after=20.0)
+    assert state.status == "rate_limited" and not state.usable and state.next_try_at() == 30.0
+    assert breaker.advance(state, CFG, 29.9).status == "rate_limited"
+    assert breaker.advance(state, CFG, 30.0).status == "healthy"
+
+
+def test_only_a_chat_probe_closes_an_open_breaker():
+    state = breaker.initial(CFG, 0.0)
+    for _ in range(3):
+        state = breaker.on_failure(state, CFG, 0.0)
+    state = breaker.advance(state, CFG, 30.0)
+    assert state.status == "probing"
+    assert breaker.on_probe(state, CFG, 31.0, ok=True, kind="models").status == "probing"
+    assert breaker.on_probe(state, CFG, 31.0, ok=True, kind="chat").status == "healthy"
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["success", "failure", "trip", "admit", "probe_ok", "probe_fail", "rate_limit"]),
+        st.floats(0.0, 20.0),
+    ),
+    max_size=80,
+)
+
+
+@given(operations)
+def test_breaker_invariants_under_any_sequence(ops):
+    cfg = HealthConfig(failure_threshold=3, cooldown=30.0, max_cooldown=300.0, half_open_requests=1)
+    state = breaker.initial(cfg, 0.0)
+    now = 0.0
+    in_flight_trials = 0
+    changes = []
+    for op, gap in ops:
+        now += gap
+        before = state
+        if op == "success":
+            state = breaker.on_success(state, cfg, now, ttft=0.1)
+        elif op in ("failure", "trip"):
+            state = breaker.on_failure(state, cfg, now, trip=op == "trip")
+        elif op == "admit":
+            state, ok = breaker.admit(state, cfg, now)
+            if ok and state.status == "probing":
+                in_flight_trials += 1
+            assert not ok or state.status != "unhealthy"
+        elif op in ("probe_ok", "probe_fail"):
+            state = breaker.on_probe(state, cfg, now, ok=op == "probe_ok", kind="chat")
+        else:
+            state = breaker.on_rate_limited(state, cfg, now, retry_after=5.0)
+        # probing never admits more than allowed
+        assert state.half_open_in_flight <= cfg.half_open_requests
+        # N consecutive failures always open it (unless a rate limit holds it, which opens later)
+        if state.consecutive_failures >= cfg.failure_threshold and state.status not in ("unhealthy", "rate_limited"):
+            assert state.status == "probing" or before.status in ("unhealthy", "probing", "rate_limited")
+        if state.status != before.status:
+            changes.append((now, before.status, state.status))
+        # an open breaker stays open for its whole cooldown
+        if before.status != "unhealthy" and state.status == "unhealthy" and state.reopen_at is not None:
+            assert state.reopen_at - now >= cfg.cooldown - 1e-9
