@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -23,6 +24,9 @@ from .policy._breaker import BreakerState, Status
 
 log = logging.getLogger(__name__)
 
+TTFT_SAMPLES = 200  # recent times to first token kept for the p95 that "auto" hedging uses
+TTFT_MIN_SAMPLES = 20  # fewer samples than this give no p95
+
 
 @attrs.frozen(kw_only=True)
 class HealthSnapshot:
@@ -33,6 +37,8 @@ class HealthSnapshot:
     consecutive_failures: int
     next_try_at: float | None
     ttft_ewma: float | None
+    ttft_p95: float | None = None
+    ttft_at: float | None = None  # when the last time to first token was measured
     since: float
 
     @property
@@ -117,6 +123,9 @@ class HealthActor:
         # Reports are tells from sessions that must never block on a busy actor.
         self._send, self._receive = trio.open_memory_channel[HealthMsg](math.inf)
         self.probes_run = 0
+        self._ttfts: deque[float] = deque(maxlen=TTFT_SAMPLES)
+        self._ttft_at: float | None = None
+        self._state_dirty = False
 
     def __repr__(self) -> str:
         return f"<HealthActor {self.name} {self._state.status}>"
@@ -193,7 +202,11 @@ class HealthActor:
                     if ok:
                         state = breaker.on_trial_abandoned(state, cfg, now)
             case Report(outcome="success", ttft=ttft):
+                if ttft is not None:
+                    self._ttfts.append(ttft)
+                    self._ttft_at = now
                 state = breaker.on_success(state, cfg, now, ttft=ttft)
+                self._state_dirty = ttft is not None  # latency figures changed: publish
             case Report(outcome="failure", trip=trip):
                 if trip:
                     log.error(
@@ -223,13 +236,21 @@ class HealthActor:
             )  # fmt: skip
             if self._on_transition is not None:
                 self._on_transition(self.name, old.status, state.status)
+        dirty, self._state_dirty = self._state_dirty, False
         if (
-            state.status != old.status
+            dirty
+            or state.status != old.status
             or state.consecutive_failures != old.consecutive_failures
             or state.ttft_ewma != old.ttft_ewma
             or state.reopen_at != old.reopen_at
         ):
             self._publish()
+
+    def _ttft_p95(self) -> float | None:
+        if len(self._ttfts) < TTFT_MIN_SAMPLES:
+            return None
+        ordered = sorted(self._ttfts)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
     def _publish(self) -> None:
         s = self._state
@@ -240,6 +261,8 @@ class HealthActor:
                 consecutive_failures=s.consecutive_failures,
                 next_try_at=s.next_try_at(),
                 ttft_ewma=s.ttft_ewma,
+                ttft_p95=self._ttft_p95(),
+                ttft_at=self._ttft_at,
                 since=s.last_change,
             )
         )
@@ -249,10 +272,10 @@ class HealthActor:
         while True:
             unwell = self._state.status in ("unhealthy", "probing")
             await trio.sleep(cfg.probe_interval_unhealthy if unwell else cfg.probe_interval)
-            state = breaker.advance(self._state, cfg, trio.current_time())
-            if state.status in ("unhealthy", "rate_limited"):
-                continue  # an open breaker rests for its cooldown; probes would only hammer it
-            await self._probe_once()
+            # An open breaker rests for its cooldown (probes would only hammer it); a probing
+            # one is probed unless a live trial is already testing it.
+            if breaker.wants_probe(self._state, cfg, trio.current_time()):
+                await self._probe_once()
 
     async def _probe_once(self) -> None:
         kind = self._config.probe_kind

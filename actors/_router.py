@@ -47,6 +47,7 @@ class Pick:
     route: str
     exclude: frozenset[int]
     retry: bool
+    hedge: bool
     reply: trio.MemorySendChannel[PickResult]
 
 
@@ -78,10 +79,17 @@ class RouterActor:
         """End the actor in order: its loop sees the end of its mailbox."""
         self._send.close()
 
-    async def pick(self, route: str, *, exclude: frozenset[int] = frozenset(), retry: bool = False) -> PickResult:
-        """Ask for the target of the next attempt on ``route``."""
+    async def pick(
+        self, route: str, *, exclude: frozenset[int] = frozenset(), retry: bool = False, hedge: bool = False
+    ) -> PickResult:
+        """Ask for the target of the next attempt on ``route``.
+
+        ``retry``: the request already had an attempt (counts against the retry budget);
+        ``hedge``: a parallel attempt racing a slow first one (limited by ``hedge_after``, not
+        by the budget).
+        """
         reply_send, reply_receive = trio.open_memory_channel[PickResult](1)
-        await self._send.send(Pick(route=route, exclude=exclude, retry=retry, reply=reply_send))
+        await self._send.send(Pick(route=route, exclude=exclude, retry=retry, hedge=hedge, reply=reply_send))
         with reply_receive:
             return await reply_receive.receive()
 
@@ -106,11 +114,11 @@ class RouterActor:
         index = choose(
             route, snapshots, msg.exclude,
             weights_state=self._weights.setdefault(route.name, {}),
-            random=self._random.random(),
+            random=self._random.random(), now=trio.current_time(),
         )  # fmt: skip
         if index is None:
             return Unavailable(reason="none_usable", snapshots=named)
-        if not self._within_budget(route, trio.current_time(), msg.retry):
+        if not msg.hedge and not self._within_budget(route, trio.current_time(), msg.retry):
             log.warning("route %s: retry budget spent; not failing over", route.name)
             return Unavailable(reason="retry_budget", snapshots=named)
         return Picked(index=index, target=route.targets[index])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -19,7 +19,7 @@ import trio
 
 from ._config import ProviderConfig, RouteConfig, Target
 from ._errors import Failure, FailureKind, UpstreamError
-from ._health import HealthActor, HealthSnapshot, Report
+from ._health import HealthActor, HealthBoard, HealthSnapshot, Report
 from ._messages import (
     Done, Failover, Finish, Malformed, Message, Started, StreamError, TextDelta, UpstreamRequest,
     Usage, UsageReport,
@@ -74,15 +74,18 @@ class SessionContext:
     provider_configs: Mapping[str, ProviderConfig]
     telemetry: Telemetry
     random: random.Random
+    board: HealthBoard
+    queues: Mapping[str, trio.CapacityLimiter]  # per route: requests waiting out an outage
 
 
 @attrs.define
 class _Attempt:
     """The outcome of one attempt, as ``_attempt`` saw it."""
 
-    kind: Literal["done", "failed", "pool_full", "ended"]
+    kind: Literal["done", "failed", "pool_full", "ended", "lost"]
     failure: Failure | None = None
     produced_text: bool = False
+    form: str = "fresh"
 
 
 class StreamSession:
@@ -163,6 +166,10 @@ class StreamSession:
             if attempts >= route.max_attempts:
                 return self._exhausted(failures, f"gave up after {attempts} attempts")
             picked = await ctx.router.pick(route.name, exclude=frozenset(exclude), retry=attempts > 0)
+            if isinstance(picked, Unavailable) and picked.reason == "none_usable" and attempts == 0 and not exclude:
+                picked = await self._queue_for_recovery(picked)
+                if picked is None:
+                    return
             if isinstance(picked, Unavailable):
                 return self._exhausted(failures, _unavailable_sentence(picked), picked.snapshots)
             assert isinstance(picked, Picked)
@@ -177,60 +184,167 @@ class StreamSession:
                 self.log.append(
                     Started, ref=self._ref, route=route.name, provider=target.provider, model=target.model
                 )
+            hedge = await self._hedge_target(index, attempts)
             while True:
                 attempts += 1
-                now = trio.current_time()
-                target_starts = starts.setdefault(index, [])
-                target_starts.append(now)
-                outcome = await self._attempt(target, prefill_rejected=index in prefill_rejected)
+                starts.setdefault(index, []).append(trio.current_time())
+                if hedge is not None:
+                    attempts += 1
+                    starts.setdefault(hedge.index, []).append(trio.current_time())
+                    outcome, hedge_outcome = await self._hedged(target, hedge.target, self._hedge_delay(target))
+                    if hedge_outcome.kind in ("done", "ended"):
+                        if outcome.kind == "failed":
+                            assert outcome.failure is not None
+                            self._report_failure(health, outcome.failure, outcome.produced_text)
+                        return
+                    if hedge_outcome.kind == "failed":
+                        # The hedge failed (before or after winning): it is out for this request.
+                        exclude.add(hedge.index)
+                        if self._settle(hedge.target, hedge_outcome, starts[hedge.index], failures) is None:
+                            return
+                    hedge = None
+                else:
+                    outcome = await self._attempt(target, prefill_rejected=index in prefill_rejected)
                 if outcome.kind in ("done", "ended"):
                     return
+                if outcome.kind == "lost":
+                    # The hedge won and then failed after its first token; the primary is out.
+                    exclude.add(index)
+                    break
                 if outcome.kind == "pool_full":
                     exclude.add(index)
                     failures.append(f"{target.provider} ({target.model}): all upstream slots busy")
                     self._pending = self._pending or ("pool_full", self._phase())
                     break
-                failure = outcome.failure
-                assert failure is not None
-                midstream = bool(self._delivered)
-                cfg = ctx.provider_configs[target.provider]
-                decision = decide(
-                    failure, produced_text=outcome.produced_text, midstream=midstream,
-                    was_prefill=self._last_form == "prefill", previous_starts=tuple(target_starts),
-                    config=cfg, now=trio.current_time(), jitter=ctx.random.random(),
-                )  # fmt: skip
-                self._report_failure(health, failure, outcome.produced_text)
-                failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
-                log.warning(
-                    "stream %s: attempt on %s failed (%s); %s",
-                    self.id, target.provider, failure.describe(), type(decision).__name__,
-                )  # fmt: skip
-                if isinstance(decision, Reject):
-                    self._reject(target, failure)
+                decision = self._settle(target, outcome, starts[index], failures)
+                if decision is None:
                     return
-                self._pending = (decision.reason, self._phase()) if self._pending is None else self._pending
                 if isinstance(decision, Retry) and attempts < route.max_attempts:
                     if decision.instruct:
                         prefill_rejected.add(index)
                     await trio.sleep(decision.delay)
                     continue
-                assert isinstance(decision, (FailOver, Retry))
                 exclude.add(index)
                 break
+
+    def _settle(
+        self, target: Target, outcome: _Attempt, target_starts: list[float], failures: list[str]
+    ) -> Retry | FailOver | None:
+        """Report a failed attempt to health and decide what follows; None: the stream ended."""
+        ctx = self._ctx
+        failure = outcome.failure
+        assert failure is not None
+        decision = decide(
+            failure, produced_text=outcome.produced_text, midstream=bool(self._delivered),
+            was_prefill=outcome.form == "prefill", previous_starts=tuple(target_starts),
+            config=ctx.provider_configs[target.provider], now=trio.current_time(),
+            jitter=ctx.random.random(),
+        )  # fmt: skip
+        self._report_failure(ctx.health[target.provider], failure, outcome.produced_text)
+        failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
+        log.warning(
+            "stream %s: attempt on %s failed (%s); %s",
+            self.id, target.provider, failure.describe(), type(decision).__name__,
+        )  # fmt: skip
+        if isinstance(decision, Reject):
+            self._reject(target, failure)
+            return None
+        if self._pending is None:
+            self._pending = (decision.reason, self._phase())
+        return decision
+
+    async def _queue_for_recovery(self, picked: Unavailable) -> Picked | Unavailable | None:
+        """Wait (bounded) for a target of the route to recover; None: the stream ended."""
+        route = self._route
+        limiter = self._ctx.queues[route.name]
+        try:
+            limiter.acquire_on_behalf_of_nowait(self)
+        except trio.WouldBlock:
+            self._error(
+                "overloaded",
+                f"Route {route.name!r} has no usable provider and {limiter.total_tokens:g} requests "
+                "are already waiting for one; retry later.",
+                retryable=True,
+            )
+            return None
+        try:
+            with trio.move_on_after(route.queue_timeout):
+                while isinstance(picked, Unavailable) and picked.reason == "none_usable":
+                    await self._ctx.board.wait_changed()
+                    picked = await self._ctx.router.pick(route.name)
+        finally:
+            limiter.release_on_behalf_of(self)
+        return picked
+
+    async def _hedge_target(self, index: int, attempts: int) -> Picked | None:
+        """The second target to race the first one, when the route hedges the first attempt."""
+        if self._route.hedge_after is None or attempts > 0 or self._delivered:
+            return None
+        picked = await self._ctx.router.pick(self._route.name, exclude=frozenset({index}), hedge=True)
+        if not isinstance(picked, Picked):
+            return None
+        if not await self._ctx.health[picked.target.provider].admit():
+            return None
+        return picked
+
+    def _hedge_delay(self, primary: Target) -> float:
+        hedge_after = self._route.hedge_after
+        if hedge_after == "auto":
+            snapshot = self._ctx.board.get(primary.provider)
+            p95 = snapshot.ttft_p95 if snapshot is not None else None
+            return p95 if p95 is not None else self._ctx.provider_configs[primary.provider].first_token_timeout / 2
+        assert isinstance(hedge_after, float)
+        return hedge_after
+
+    async def _hedged(self, primary: Target, secondary: Target, delay: float) -> tuple[_Attempt, _Attempt]:
+        """Race ``secondary`` against ``primary`` if the primary has no first token by ``delay``.
+
+        The first attempt to produce text wins the stream; the other is cancelled at once and
+        comes back as ``lost``. A primary that fails before the delay starts the hedge at once.
+        """
+        results: list[_Attempt] = [_Attempt(kind="lost"), _Attempt(kind="lost")]
+        scopes = [trio.CancelScope(), trio.CancelScope()]
+        winner: list[int] = []
+        primary_failed = trio.Event()
+
+        def claim(which: int) -> bool:
+            if not winner:
+                winner.append(which)
+                scopes[1 - which].cancel()
+                if which == 1:
+                    self._pending = ("hedge", "prestream")
+            return winner[0] == which
+
+        async def run(which: int, target: Target) -> None:
+            with scopes[which]:
+                if which == 1:
+                    with trio.move_on_after(delay):
+                        await primary_failed.wait()
+                    if winner:
+                        return
+                results[which] = await self._attempt(target, prefill_rejected=False, claim=lambda: claim(which))
+            if which == 0 and results[0].kind != "done":
+                primary_failed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, 0, primary)
+            nursery.start_soon(run, 1, secondary)
+        return results[0], results[1]
 
     def _phase(self) -> Literal["prestream", "midstream"]:
         return "midstream" if self._delivered else "prestream"
 
     # --- one attempt ---------------------------------------------------------------------------
 
-    async def _attempt(self, target: Target, *, prefill_rejected: bool) -> _Attempt:
+    async def _attempt(
+        self, target: Target, *, prefill_rejected: bool, claim: Callable[[], bool] | None = None
+    ) -> _Attempt:
         ctx = self._ctx
         cfg = ctx.provider_configs[target.provider]
         provider = ctx.providers[target.provider]
         health = ctx.health[target.provider]
         delivered = "".join(self._delivered)
         form = continuation_form(cfg, delivered=delivered, prefill_rejected=prefill_rejected)
-        self._last_form = form
         original = UpstreamRequest(model=target.model, messages=self._messages, params=self._params)
         request = continuation_request(original, delivered=delivered, form=form, instruct_prompt=cfg.instruct_prompt)
         guard = SpliceGuard(delivered) if delivered else None
@@ -260,6 +374,11 @@ class StreamSession:
                             if kind is TextDelta:
                                 now = trio.current_time()
                                 if not produced:
+                                    if claim is not None and not claim():
+                                        record("lost", "hedge")
+                                        reported = True
+                                        health.report_nowait(Report(outcome="abandoned", admitted=True))
+                                        return _Attempt(kind="lost")
                                     produced = True
                                     ttft = now - began
                                 timer.deadline = now + cfg.idle_timeout
@@ -328,7 +447,7 @@ class StreamSession:
         except UpstreamError as exc:
             record("failed", reason_code(exc.failure, midstream=produced))
             reported = True
-            return _Attempt(kind="failed", failure=exc.failure, produced_text=produced)
+            return _Attempt(kind="failed", failure=exc.failure, produced_text=produced, form=form)
         finally:
             if not reported:
                 # Cancelled (the client left, or shutdown): not the provider's fault.
@@ -463,7 +582,6 @@ class StreamSession:
             outcome, "-" if ttft is None else f"{ttft:.3f}", duration, self._delivered_deltas,
         )  # fmt: skip
 
-    _last_form: str = "fresh"
 
 
 def _describe_state(name: str, snapshot: HealthSnapshot | None, now: float) -> str:

@@ -218,6 +218,7 @@ async def open_baton(
     context = SessionContext(
         router=router, pool=pool, health=health, providers=providers,
         provider_configs=config.providers, telemetry=telemetry, random=random.Random(seed),
+        board=board, queues={name: trio.CapacityLimiter(r.queue_size) for name, r in config.routes.items()},
     )  # fmt: skip
 
     def healthy() -> list[tuple[str, int]]:

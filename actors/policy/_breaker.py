@@ -2,11 +2,19 @@
 
 States::
 
-    healthy ──N failures──▶ unhealthy ──cooldown──▶ probing ──success──▶ healthy
-       ▲  │                     ▲                      │
-       │  └─slow TTFT─▶ degraded│◀───────failure───────┘ (cooldown doubles, up to max)
-       └──────recovers──────┘
+    healthy ──N failures──▶ unhealthy ──cooldown──▶ probing ──trial succeeds──▶ healthy
+       ▲  │                                          │  ▲
+       │  └─slow TTFT─▶ degraded                     └──┘ trial fails: try again after
+       └──────recovers──────┘                             probe_interval_unhealthy
     any ──429 with a time──▶ rate_limited ──that time──▶ the state it left
+
+An open breaker first rests for its cooldown (``unhealthy``: no traffic, no probes), then tests
+recovery (``probing``): every ``probe_interval_unhealthy`` one trial, either an active probe or
+up to ``half_open_requests`` live requests. A live trial or a ``chat`` probe that succeeds
+closes it; a ``models`` probe that succeeds only lets a live trial go at once. Re-opening within
+``stable_period`` of recovering doubles the cooldown (up to ``max_cooldown``); a stable healthy
+period resets it. So a flapping provider changes state at most once per cooldown while open,
+and a healed one is noticed within ``probe_interval_unhealthy`` once its cooldown is over.
 
 Every function takes the state, the provider's ``HealthConfig`` and ``now`` and returns the new
 state; the health actor stores it, logs and counts transitions, and publishes snapshots.
@@ -34,6 +42,8 @@ class BreakerState:
     rate_limited_until: float | None = None
     resume_status: Status = "healthy"  # where a rate limit returns to
     half_open_in_flight: int = 0
+    next_trial_at: float | None = None  # probing: when the next trial may start
+    opened_before: bool = False
     healthy_since: float | None = 0.0
     ttft_ewma: float | None = None
     last_change: float = 0.0
@@ -62,23 +72,27 @@ def _move(state: BreakerState, status: Status, now: float, **changes: object) ->
     return attrs.evolve(state, status=status, **changes)  # type: ignore[arg-type]
 
 
-def _open(state: BreakerState, config: HealthConfig, now: float, *, reopen: bool) -> BreakerState:
-    cooldown = min(state.cooldown * 2, config.max_cooldown) if reopen else state.cooldown
+def _open(state: BreakerState, config: HealthConfig, now: float) -> BreakerState:
+    cooldown = config.cooldown
+    recovered_recently = state.healthy_since is not None and now - state.healthy_since < config.stable_period
+    if state.opened_before and recovered_recently:
+        cooldown = min(state.cooldown * 2, config.max_cooldown)
     return _move(
         state, "unhealthy", now,
         cooldown=cooldown, reopen_at=now + cooldown, half_open_in_flight=0, healthy_since=None,
+        opened_before=True, next_trial_at=None,
     )  # fmt: skip
 
 
 def advance(state: BreakerState, config: HealthConfig, now: float) -> BreakerState:
     """Apply the transitions that only the passing of time causes."""
     if state.status == "unhealthy" and state.reopen_at is not None and now >= state.reopen_at:
-        state = _move(state, "probing", now, half_open_in_flight=0)
+        state = _move(state, "probing", now, half_open_in_flight=0, next_trial_at=now)
     if state.status == "rate_limited" and state.rate_limited_until is not None:
         if now >= state.rate_limited_until:
             if state.resume_status == "unhealthy":
                 # Failures piled up while rate limited: open for a whole cooldown from now.
-                state = _open(attrs.evolve(state, rate_limited_until=None), config, now, reopen=False)
+                state = _open(attrs.evolve(state, rate_limited_until=None), config, now)
             else:
                 state = _move(state, state.resume_status, now, rate_limited_until=None)
     if (
@@ -96,9 +110,21 @@ def admit(state: BreakerState, config: HealthConfig, now: float) -> tuple[Breake
     state = advance(state, config, now)
     if state.status in ("healthy", "degraded"):
         return state, True
-    if state.status == "probing" and state.half_open_in_flight < config.half_open_requests:
+    if (
+        state.status == "probing"
+        and state.half_open_in_flight < config.half_open_requests
+        and (state.next_trial_at is None or now >= state.next_trial_at)
+    ):
         return attrs.evolve(state, half_open_in_flight=state.half_open_in_flight + 1), True
     return state, False
+
+
+def wants_probe(state: BreakerState, config: HealthConfig, now: float) -> bool:
+    """Whether an active probe should run now: healthy ones on the ticker, probing ones as a trial."""
+    state = advance(state, config, now)
+    if state.status in ("healthy", "degraded"):
+        return True
+    return state.status == "probing" and state.half_open_in_flight == 0
 
 
 def on_success(
@@ -109,9 +135,15 @@ def on_success(
     ewma = state.ttft_ewma
     if ttft is not None:
         ewma = ttft if ewma is None else config.ttft_alpha * ttft + (1 - config.ttft_alpha) * ewma
+    if state.status == "unhealthy":
+        # A request that began before the breaker opened: the rest period still runs out.
+        return attrs.evolve(state, ttft_ewma=ewma)
     state = attrs.evolve(state, consecutive_failures=0, ttft_ewma=ewma)
-    if state.status in ("unhealthy", "probing"):
-        state = _move(state, "healthy", now, half_open_in_flight=0, reopen_at=None, healthy_since=now)
+    if state.status == "probing":
+        state = _move(
+            state, "healthy", now,
+            half_open_in_flight=0, reopen_at=None, next_trial_at=None, healthy_since=now,
+        )  # fmt: skip
     if state.status == "rate_limited":
         return attrs.evolve(state, resume_status="healthy")
     if ewma is not None:
@@ -130,7 +162,12 @@ def on_failure(
     failures = state.consecutive_failures + 1
     state = attrs.evolve(state, consecutive_failures=failures)
     if state.status == "probing":
-        return _open(state, config, now, reopen=True)
+        # A failed trial: stay open and try again after the probing interval.
+        return attrs.evolve(
+            state,
+            half_open_in_flight=max(0, state.half_open_in_flight - 1),
+            next_trial_at=now + config.probe_interval_unhealthy,
+        )
     if state.status == "unhealthy":
         return state
     if state.status == "rate_limited":
@@ -138,7 +175,7 @@ def on_failure(
             return attrs.evolve(state, resume_status="unhealthy")
         return state
     if trip or failures >= config.failure_threshold:
-        return _open(state, config, now, reopen=False)
+        return _open(state, config, now)
     return state
 
 
@@ -172,5 +209,9 @@ def on_probe(
     if ok:
         if kind == "chat":
             return on_success(state, config, now)
+        if state.status == "probing":
+            return attrs.evolve(state, next_trial_at=now)  # the endpoint answers: try live traffic
         return state
+    if state.status == "probing":
+        return attrs.evolve(state, next_trial_at=now + config.probe_interval_unhealthy)
     return on_failure(state, config, now)

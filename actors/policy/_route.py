@@ -8,6 +8,9 @@ from .._config import RouteConfig
 from .._health import HealthSnapshot
 
 EXPLORATION_SHARE = 0.05  # least_latency: share of picks that measure a random usable target
+# least_latency: a usable target not measured for this long is picked once to measure it again,
+# so a target that became fast (or recovered) is noticed without waiting for random exploration.
+STALE_AFTER = 15.0
 
 
 def _usable(snapshot: HealthSnapshot | None) -> bool:
@@ -41,6 +44,7 @@ def choose(
     *,
     weights_state: MutableMapping[int, float],
     random: float,
+    now: float = 0.0,
 ) -> int | None:
     """Pick the index of the target for the next attempt, or None when none is usable.
 
@@ -53,7 +57,7 @@ def choose(
     if route.strategy == "weighted":
         return _smooth_weighted(route, pool, weights_state)
     if route.strategy == "least_latency":
-        return _least_latency(route, pool, snapshots, random)
+        return _least_latency(route, pool, snapshots, random, now)
     return pool[0]
 
 
@@ -72,8 +76,12 @@ def _smooth_weighted(route: RouteConfig, pool: Sequence[int], state: MutableMapp
 
 
 def _least_latency(
-    route: RouteConfig, pool: Sequence[int], snapshots: Mapping[str, HealthSnapshot], random: float
+    route: RouteConfig, pool: Sequence[int], snapshots: Mapping[str, HealthSnapshot], random: float, now: float
 ) -> int:
+    for i in pool:
+        snapshot = snapshots.get(route.targets[i].provider)
+        if snapshot is not None and snapshot.ttft_at is not None and now - snapshot.ttft_at > STALE_AFTER:
+            return i
     if len(pool) > 1 and random < EXPLORATION_SHARE:
         return pool[int(random / EXPLORATION_SHARE * len(pool)) % len(pool)]
 

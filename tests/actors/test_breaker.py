@@ -11,32 +11,47 @@ from actors.policy import _breaker as breaker
 CFG = HealthConfig(failure_threshold=3, cooldown=30.0, max_cooldown=120.0, stable_period=60.0)
 
 
-def test_cooldown_doubles_on_each_reopen_up_to_the_maximum():
-    state = breaker.initial(CFG, 0.0)
-    now = 0.0
+def open_now(state, now):
     for _ in range(3):
         state = breaker.on_failure(state, CFG, now)
+    return state
+
+
+def test_cooldown_doubles_on_each_reopen_soon_after_recovery_up_to_the_maximum():
+    state = open_now(breaker.initial(CFG, 0.0), 0.0)
     assert state.status == "unhealthy" and state.reopen_at == 30.0
-    cooldowns = []
+    cooldowns = [state.cooldown]
     for _ in range(4):
         now = state.reopen_at
         state, ok = breaker.admit(state, CFG, now)
         assert ok and state.status == "probing"
-        state = breaker.on_failure(state, CFG, now)
+        state = breaker.on_success(state, CFG, now)  # recovered ...
+        state = open_now(state, now + 1)  # ... and broke again a second later
         cooldowns.append(state.cooldown)
-    assert cooldowns == [60.0, 120.0, 120.0, 120.0]
+    assert cooldowns == [30.0, 60.0, 120.0, 120.0, 120.0]
+
+
+def test_a_failed_trial_keeps_probing_and_allows_the_next_trial_after_the_probe_interval():
+    cfg = HealthConfig(failure_threshold=3, cooldown=30.0, probe_interval_unhealthy=5.0)
+    state = open_now(breaker.initial(cfg, 0.0), 0.0)
+    state, ok = breaker.admit(state, cfg, 30.0)
+    assert ok
+    state = breaker.on_failure(state, cfg, 31.0)
+    assert state.status == "probing"
+    assert not breaker.admit(state, cfg, 35.9)[1]
+    state, ok = breaker.admit(state, cfg, 36.0)
+    assert ok
 
 
 def test_the_cooldown_resets_after_a_stable_healthy_period():
-    state = breaker.initial(CFG, 0.0)
-    for _ in range(3):
-        state = breaker.on_failure(state, CFG, 0.0)
+    state = open_now(breaker.initial(CFG, 0.0), 0.0)
     state, _ = breaker.admit(state, CFG, 30.0)
-    state = breaker.on_failure(state, CFG, 30.0)  # reopened: 60 s
-    state, _ = breaker.admit(state, CFG, 90.0)
-    state = breaker.on_success(state, CFG, 90.0)
-    assert state.status == "healthy" and state.cooldown == 60.0
-    state = breaker.advance(state, CFG, 151.0)
+    state = breaker.on_success(state, CFG, 30.0)
+    state = open_now(state, 40.0)  # re-opened 10 s after recovering: 60 s
+    assert state.cooldown == 60.0
+    state, _ = breaker.admit(state, CFG, 100.0)
+    state = breaker.on_success(state, CFG, 100.0)
+    state = open_now(state, 161.0)  # healthy for longer than stable_period: back to 30 s
     assert state.cooldown == 30.0
 
 
@@ -67,6 +82,7 @@ def test_only_a_chat_probe_closes_an_open_breaker():
     assert state.status == "probing"
     assert breaker.on_probe(state, CFG, 31.0, ok=True, kind="models").status == "probing"
     assert breaker.on_probe(state, CFG, 31.0, ok=True, kind="chat").status == "healthy"
+    assert breaker.on_probe(state, CFG, 31.0, ok=False, kind="chat").status == "probing"
 
 
 operations = st.lists(
@@ -111,3 +127,7 @@ def test_breaker_invariants_under_any_sequence(ops):
         # an open breaker stays open for its whole cooldown
         if before.status != "unhealthy" and state.status == "unhealthy" and state.reopen_at is not None:
             assert state.reopen_at - now >= cfg.cooldown - 1e-9
+    # While it flaps, an opening is followed by no other change for at least a cooldown.
+    for (t0, _, to), (t1, _, _) in zip(changes, changes[1:]):
+        if to == "unhealthy":
+            assert t1 - t0 >= cfg.cooldown - 1e-9
