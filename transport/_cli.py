@@ -1,0 +1,121 @@
+"""Running Baton as a process: read the config file, build the providers, serve, log.
+
+``load_config`` turns a TOML file into a ``BatonConfig`` (one clear message naming the file and
+key on any mistake); ``run_baton`` runs the actor system with the WebSocket and HTTP servers
+in one nursery. The ``baton`` command itself lives in ``scenarios`` (the top of the dependency
+chain), because with no config it serves against simulated providers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from actors import BatonConfig, ConfigError, Provider, config_from_dict, open_baton
+
+from ._http import serve_http
+from ._metrics import MetricsEndpoint
+from ._ws import serve_ws
+from .providers import make_provider
+
+log = logging.getLogger(__name__)
+
+
+def load_config(path: str | os.PathLike[str]) -> BatonConfig:
+    """Read and validate a TOML config file; raises ``ConfigError`` naming the file and key."""
+    where = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(where, f"cannot read the file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(where, "is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, f"is not valid TOML: {exc}") from None
+    return config_from_dict(data, source=where)
+
+
+def build_providers(config: BatonConfig, *, environ: Mapping[str, str] = os.environ) -> dict[str, Provider]:
+    """One httpx-backed adapter per configured provider (keys read from their env vars)."""
+    providers: dict[str, Provider] = {}
+    for name, provider_config in config.providers.items():
+        probe_model = next(
+            (t.model for r in config.routes.values() for t in r.targets if t.provider == name), None
+        )
+        providers[name] = make_provider(provider_config, environ=environ, probe_model=probe_model)
+    return providers
+
+
+async def run_baton(
+    config: BatonConfig,
+    providers: Mapping[str, Provider],
+    *,
+    task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``config`` until cancelled; reports ``(ws_port, http_port)`` once listening."""
+    metrics = MetricsEndpoint()
+    server = config.server
+    try:
+        async with open_baton(config, providers, meter_provider=metrics.meter_provider) as baton:
+            async with trio.open_nursery() as nursery:
+                ws_port = await nursery.start(
+                    functools.partial(serve_ws, baton, host=server.host, port=server.ws_port)
+                )
+                http_port = await nursery.start(
+                    functools.partial(
+                        serve_http, baton, host=server.host, port=server.http_port,
+                        metrics=metrics, max_request_bytes=server.max_request_bytes,
+                    )
+                )  # fmt: skip
+                log.info(
+                    "Baton listening: ws://%s:%d/v1/stream and http://%s:%d/v1 (routes: %s)",
+                    server.host, ws_port, server.host, http_port, ", ".join(config.routes),
+                )  # fmt: skip
+                task_status.started((ws_port, http_port))
+    finally:
+        with trio.move_on_after(5, shield=True):
+            for provider in providers.values():
+                aclose = getattr(provider, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        metrics.close()
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per log line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(*, log_format: str = "text", level: str = "INFO") -> None:
+    """Send logs to stderr as text or JSON lines (only the process does this, never libraries)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # httpx logs every request line at INFO; Baton's own lines say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
