@@ -33,6 +33,7 @@ from ._messages import UpstreamRequest as UpstreamRequest
 from ._messages import Usage as Usage
 from ._messages import UsageReport as UsageReport
 from ._messages import is_terminal as is_terminal
+from ._pool import ProviderPoolStatistics as ProviderPoolStatistics
 from ._provider import Provider as Provider
 from ._request import parse_messages as parse_messages
 from ._request import parse_params as parse_params
@@ -40,5 +41,6 @@ from ._session import AttemptStatistics as AttemptStatistics
 from ._session import StreamStatistics as StreamStatistics
 from ._system import Baton as Baton
 from ._system import BatonStatistics as BatonStatistics
+from ._system import ProviderStatistics as ProviderStatistics
 from ._system import StreamHandle as StreamHandle
 from ._system import open_baton as open_baton

@@ -1,0 +1,514 @@
+"""Baton's HTTP API: OpenAI's Chat Completions, models, health, status and metrics.
+
+A raw ASGI application (``build_app``) served by hypercorn's trio worker (``serve_http``)::
+
+    POST /v1/chat/completions   (also /chat/completions) OpenAI Chat Completions, streaming or not
+    GET  /v1/models             the routes, as OpenAI models (also /v1/models/{id})
+    GET  /healthz               200 while the process runs
+    GET  /readyz                200 when every route has a usable target, else 503 with the reason
+    GET  /status                providers' health and pools, routes, active streams (JSON)
+    GET  /metrics               Prometheus text (with a ``MetricsEndpoint``)
+
+A streaming answer waits for the stream's first text, answer or error before it sends headers,
+so that a request that fails before any text gets a plain error status (which OpenAI's SDKs
+raise as ``APIStatusError``) rather than a 200 with an error inside. A stream that breaks after
+text ends with an ``error`` event and no ``[DONE]``, so SDKs raise instead of presenting a cut-off
+answer as complete. Failovers are invisible except for the chunks' ``model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
+from typing import Any
+
+import orjson
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors import (
+    Baton,
+    Delta,
+    Done,
+    Failover,
+    ProviderStatistics,
+    RequestError,
+    Started,
+    StreamError,
+    StreamHandle,
+)
+
+from ._metrics import MetricsEndpoint
+from ._openai_codec import (
+    DONE_EVENT,
+    SSE_HEADERS,
+    APIError,
+    ChatRequest,
+    ChunkEncoder,
+    completion_body,
+    error_body,
+    parse_chat_request,
+    stream_error_body,
+    stream_error_status,
+)
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Receive, "_Responder"], Awaitable[None]]
+
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+JSON_HEADERS = ((b"content-type", b"application/json"),)
+_OK = orjson.dumps({"status": "ok"})
+_INTERNAL_ERROR = "Baton failed while answering; please retry."
+_INTERNAL_ERROR_EVENT = (
+    b"data: "
+    + orjson.dumps(
+        {"error": {"message": _INTERNAL_ERROR, "type": "server_error", "code": "internal_error"}}
+    )
+    + b"\n\n"
+)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the answer was sent."""
+
+
+class HTTPApp:
+    """The ASGI application of Baton's HTTP API over a running ``Baton``.
+
+    Each request is handled in its own task by the server; whatever a client sends, a failure
+    is answered (500) and logged and never reaches other requests.
+    """
+
+    def __init__(
+        self,
+        baton: Baton,
+        *,
+        metrics: MetricsEndpoint | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        self.baton = baton
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
+        self._routes: dict[str, tuple[str, Handler]] = {
+            "/v1/chat/completions": ("POST", self._chat),
+            "/chat/completions": ("POST", self._chat),
+            "/v1/models": ("GET", self._models),
+            "/models": ("GET", self._models),
+            "/healthz": ("GET", self._healthz),
+            "/readyz": ("GET", self._readyz),
+            "/status": ("GET", self._status),
+            "/metrics": ("GET", self._metrics),
+        }
+
+    def __repr__(self) -> str:
+        return f"<HTTPApp routes={sorted(self.baton.config.routes)}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            await send(
+                {"type": "websocket.close", "code": 1008, "reason": "use Baton's WebSocket port"}
+            )
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        responder = _Responder(send)
+        try:
+            entry = self._routes.get(path)
+            if entry is None and path.startswith(("/v1/models/", "/models/")):
+                entry = ("GET", self._model)
+            if entry is None:
+                await responder.error(
+                    404, "not_found", f"Unknown path {path!r}; see /v1/chat/completions."
+                )
+            elif method != entry[0]:
+                await responder.error(
+                    405,
+                    "method_not_allowed",
+                    f"{path} only accepts {entry[0]}.",
+                    headers=((b"allow", entry[0].encode()),),
+                )
+            else:
+                await entry[1](scope, receive, responder)
+        except _ClientGone:
+            log.debug("HTTP %s %s: the client left before the answer", method, path)
+        except APIError as exc:
+            await responder.error(exc.status, exc.code, exc.message, exc.param)
+        except Exception:
+            log.exception("HTTP %s %s failed", method, path)
+            if not responder.started:
+                await responder.error(500, "internal_error", _INTERNAL_ERROR)
+            elif not responder.finished:
+                # An SSE stream is open: end it with an error event, never a silent cut.
+                await responder.body(_INTERNAL_ERROR_EVENT, more=False)
+
+    # --- chat completions ----------------------------------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        request = parse_chat_request(await self._read_body(scope, receive))
+        try:
+            handle = self.baton.start_stream(
+                route=request.route, messages=request.messages, params=request.params,
+                can_reset=False, transport="http",
+            )  # fmt: skip
+        except RequestError as exc:
+            if exc.code == "unknown_model":
+                raise APIError(404, "model_not_found", exc.message, param="model") from None
+            code = "invalid_value" if exc.code == "bad_request" else exc.code
+            raise APIError(exc.status, code, exc.message) from None
+        answer = self._stream if request.stream else self._complete
+        finished = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, handle)
+                await answer(handle, request, send)
+                finished = True
+                nursery.cancel_scope.cancel()
+        except* _ClientGone:
+            log.info("stream %s: the client went away while it was being answered", handle.id)
+        finally:
+            if not finished:
+                # The client left, a send failed, or the server is stopping: free the upstream.
+                handle.cancel()
+
+    async def _stream(self, handle: StreamHandle, request: ChatRequest, send: _Responder) -> None:
+        """Relay the stream as SSE chunks, one ``send`` per batch, until its end is sent."""
+        # Wall-clock seconds for the wire format's ``created``, not for any timing decision.
+        encoder = ChunkEncoder(
+            completion_id="chatcmpl-" + handle.id, created=int(time.time()), model=request.route,
+            include_usage=request.include_usage,
+        )  # fmt: skip
+        opened = False  # the role chunk went out: the client holds (possibly empty) text
+        while True:
+            try:
+                batch = await handle.take()
+            except trio.EndOfChannel:
+                return
+            out: list[bytes] = []
+            ended = False
+            for event in batch:
+                match event:
+                    case Delta(text=text):
+                        if not opened:
+                            out.append(encoder.role())
+                            opened = True
+                        out.append(encoder.delta(text))
+                    case Started(model=model) | Failover(to_model=model):
+                        encoder.set_model(model)
+                    case Done():
+                        encoder.set_model(event.model)
+                        if not opened:
+                            out.append(encoder.role())
+                            opened = True
+                        out.append(encoder.finish(event.finish_reason))
+                        if request.include_usage:
+                            out.append(encoder.usage(event.usage))
+                        out.append(DONE_EVENT)
+                        ended = True
+                    case StreamError():
+                        if not opened:
+                            await _send_stream_error(send, handle, event)
+                            return
+                        log.info("stream %s broke after text: %s", handle.id, event.code)
+                        out.append(encoder.error(event))
+                        ended = True
+            if out:
+                if not send.started:
+                    await send.start(200, (*SSE_HEADERS, (b"x-request-id", handle.id.encode())))
+                await send.body(b"".join(out), more=not ended)
+            if ended:
+                return
+
+    async def _complete(self, handle: StreamHandle, request: ChatRequest, send: _Responder) -> None:
+        """Collect the stream into one ``chat.completion`` (or an error) and send it."""
+        texts: list[str] = []
+        while True:
+            try:
+                batch = await handle.take()
+            except trio.EndOfChannel:
+                return
+            for event in batch:
+                match event:
+                    case Delta(text=text):
+                        texts.append(text)
+                    case Done():
+                        body = completion_body(
+                            completion_id="chatcmpl-" + handle.id, created=int(time.time()),
+                            model=event.model, text="".join(texts),
+                            finish_reason=event.finish_reason, usage=event.usage,
+                        )  # fmt: skip
+                        headers = ((b"x-request-id", handle.id.encode()),)
+                        await send.whole(200, body, headers=headers)
+                        return
+                    case StreamError():
+                        await _send_stream_error(send, handle, event)
+                        return
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole request body; ``APIError`` 413 as soon as it passes ``max_request_bytes``."""
+        limit = self.max_request_bytes
+        too_large = APIError(
+            413, "request_too_large", f"The request body is larger than {limit} bytes."
+        )
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # --- models, health, status, metrics -------------------------------------------------------
+
+    async def _models(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        data = [_model_object(name) for name in self.baton.config.routes]
+        await send.whole(200, orjson.dumps({"object": "list", "data": data}))
+
+    async def _model(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        name = scope["path"].split("/models/", 1)[1]
+        if name not in self.baton.config.routes:
+            raise APIError(
+                404, "model_not_found", f"The model {name!r} does not exist.", param="model"
+            )
+        await send.whole(200, orjson.dumps(_model_object(name)))
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        await send.whole(200, _OK)
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        ready, reason = self.baton.ready()
+        if ready:
+            await send.whole(200, orjson.dumps({"status": "ready"}))
+        else:
+            await send.whole(503, orjson.dumps({"status": "not_ready", "reason": reason}))
+
+    async def _status(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        await send.whole(200, orjson.dumps(status_document(self.baton)))
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        if self.metrics is None:
+            raise APIError(404, "not_found", "Metrics are not enabled on this server.")
+        headers = ((b"content-type", self.metrics.content_type.encode()),)
+        await send.whole(200, self.metrics.render(), headers=headers, content_type=False)
+
+
+def status_document(baton: Baton) -> dict[str, Any]:
+    """``GET /status``: every provider's health and pool, the routes, the active streams.
+
+    Times are seconds from now (``next_try_in``) or ago (``state_for``), so the document reads
+    the same whatever clock the process runs on.
+    """
+    stats = baton.statistics()
+    now = trio.current_time()
+    providers = {name: _provider_status(p, now) for name, p in stats.providers.items()}
+    routes = {
+        name: {
+            "targets": [
+                {"provider": t.provider, "model": t.model, "weight": t.weight} for t in targets
+            ]
+        }
+        for name, targets in stats.routes.items()
+    }
+    ready, reason = baton.ready()
+    return {
+        "ready": ready,
+        "reason": reason,
+        "active_streams": stats.active_streams,
+        "restarts": stats.restarts,
+        "providers": providers,
+        "routes": routes,
+    }
+
+
+def _provider_status(provider: ProviderStatistics, now: float) -> dict[str, Any]:
+    health, pool = provider.health, provider.pool
+    document: dict[str, Any] = {
+        "kind": provider.kind,
+        # No snapshot yet: the health actor has not started; the router treats it as usable.
+        "state": "unknown", "usable": True, "consecutive_failures": 0, "next_try_in": None,
+        "state_for": None, "ttft_ewma": None,
+    }  # fmt: skip
+    if health is not None:
+        next_try = None if health.next_try_at is None else _seconds(health.next_try_at - now)
+        document.update(
+            state=health.status, usable=health.usable,
+            consecutive_failures=health.consecutive_failures, next_try_in=next_try,
+            state_for=_seconds(now - health.since), ttft_ewma=health.ttft_ewma,
+        )  # fmt: skip
+    document["pool"] = {
+        "in_use": pool.in_use, "waiting": pool.waiting, "max": pool.max_connections,
+        "total_acquired": pool.total_acquired, "total_timeouts": pool.total_timeouts,
+    }  # fmt: skip
+    return document
+
+
+def _seconds(value: float) -> float | None:
+    return round(max(0.0, value), 3) if math.isfinite(value) else None
+
+
+def _model_object(route: str) -> dict[str, Any]:
+    return {"id": route, "object": "model", "created": 0, "owned_by": "baton"}
+
+
+async def _send_stream_error(send: _Responder, handle: StreamHandle, error: StreamError) -> None:
+    """Answer a stream that failed before any text with a plain error status."""
+    status = stream_error_status(error)
+    log.info("stream %s failed before any text: %s (HTTP %d)", handle.id, error.code, status)
+    # OpenAI's SDKs retry 5xx and 429 unless told otherwise; say whether a retry can help.
+    headers = (
+        (b"x-request-id", handle.id.encode()),
+        (b"x-should-retry", b"true" if error.retryable else b"false"),
+    )
+    await send.whole(status, stream_error_body(error), headers=headers)
+
+
+async def _watch_disconnect(
+    receive: Receive, scope: trio.CancelScope, handle: StreamHandle
+) -> None:
+    """Cancel ``scope`` when the client disconnects (the request body was read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            log.info("stream %s: the client disconnected", handle.id)
+            scope.cancel()
+            return
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge the server's startup and shutdown; Baton is started by its caller."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class _Responder:
+    """Sends one HTTP response through ASGI ``send`` and remembers whether it began.
+
+    A send that fails because the client is gone raises ``_ClientGone``.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.finished = False
+
+    async def start(self, status: int, headers: Any) -> None:
+        self.started = True
+        await self._call(
+            {"type": "http.response.start", "status": status, "headers": list(headers)}
+        )
+
+    async def body(self, data: bytes, *, more: bool) -> None:
+        self.finished = not more
+        await self._call({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def whole(
+        self, status: int, body: bytes, *, headers: Any = (), content_type: bool = True
+    ) -> None:
+        """Send a complete response; ``content_type``: add ``application/json``."""
+        all_headers = [
+            *(JSON_HEADERS if content_type else ()),
+            *headers,
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await self.start(status, all_headers)
+        await self.body(body, more=False)
+
+    async def error(
+        self, status: int, code: str, message: str, param: str | None = None, *, headers: Any = ()
+    ) -> None:
+        """Send an OpenAI-shaped error; nothing if a response already began."""
+        if self.started:
+            log.warning("cannot answer %d %s: the response already began", status, code)
+            return
+        await self.whole(status, error_body(status, code, message, param), headers=headers)
+
+    async def _call(self, message: MutableMapping[str, Any]) -> None:
+        try:
+            await self._send(message)
+        except OSError as exc:
+            # ASGI 2.4: a server may raise OSError for a send to a client that left.
+            raise _ClientGone from exc
+
+
+def build_app(
+    baton: Baton,
+    *,
+    metrics: MetricsEndpoint | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> HTTPApp:
+    """The ASGI application of the HTTP API over ``baton``, for any ASGI server or test."""
+    return HTTPApp(baton, metrics=metrics, max_request_bytes=max_request_bytes)
+
+
+async def serve_http(
+    baton: Baton,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics: MetricsEndpoint | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the HTTP API on ``host:port`` with hypercorn until cancelled.
+
+    Reports the bound port through ``task_status`` (``port=0`` picks a free one). When
+    ``shutdown_trigger`` returns, the server stops accepting, gives open requests hypercorn's
+    graceful timeout, and returns. Raises ``OSError`` if the address cannot be bound.
+    """
+    app = build_app(baton, metrics=metrics, max_request_bytes=max_request_bytes)
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    # A Logger (not "-") so that hypercorn does not install handlers; the CLI configures logging.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # hypercorn types the app with its TypedDict events; ours takes plain mappings.
+    asgi: Any = app
+    serve = partial(hypercorn_serve, asgi, config, shutdown_trigger=shutdown_trigger, mode="asgi")
+    started = False
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(serve)
+            bound = int(binds[0].rsplit(":", 1)[1])
+            log.info("HTTP API listening on %s", ", ".join(binds))
+            started = True
+            task_status.started(bound)
+    except BaseExceptionGroup as group:
+        bind_errors, rest = group.split(OSError)
+        if started or bind_errors is None or rest is not None:
+            raise
+        # hypercorn nests its startup failure in several nurseries' groups: the caller gets the
+        # one OSError (address in use, permission denied) it can act on.
+        raise _first_leaf(bind_errors) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -1,0 +1,307 @@
+"""The httpx plumbing both adapters share: client settings, opening a response, event iteration.
+
+An adapter supplies two things: how to build its HTTP request, and a parser that turns decoded
+SSE events into upstream events. Everything about sockets, closing and error translation lives
+here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import httpx
+import orjson
+import trio
+
+from actors._config import ProviderConfig
+from actors._errors import Failure, FailureKind, UpstreamError
+from actors._messages import UpstreamEvent
+
+from ._errors import (
+    failure_from_exception,
+    failure_from_status,
+    failure_from_stream_error,
+)
+from ._sse import SSEDecoder, SSEError, SSEEvent
+
+logger = logging.getLogger(__name__)
+
+#: How much of an error body we read: enough for any JSON error, not a runaway HTML page.
+MAX_ERROR_BODY = 64 * 1024
+#: Longest raw text a ``Malformed`` event keeps: enough to diagnose, not a copy of a huge payload.
+MALFORMED_RAW_CHARS = 1000
+#: Longest a shielded close of an upstream response may take during cleanup. Closing an
+#: unfinished HTTP/1.1 response drops the connection, which is quick; this only bounds a stuck
+#: socket.
+CLOSE_GRACE = 2.0
+#: Longest the request body may take to send. Bodies reach megabytes (long conversations); the
+#: connect timeout is too short for that and no timeout at all could hang an attempt for ever.
+WRITE_TIMEOUT = 30.0
+
+
+def client_timeout(config: ProviderConfig) -> httpx.Timeout:
+    """The httpx timeouts for one provider: connect, write and pool, never read.
+
+    Reads have no httpx timeout because the session times first token and silence with trio's
+    clock (httpx's default of 5 s between reads would cut a model that thinks before it speaks).
+    """
+    return httpx.Timeout(
+        connect=config.connect_timeout, read=None, write=WRITE_TIMEOUT, pool=config.pool_timeout
+    )
+
+
+def make_client(config: ProviderConfig) -> httpx.AsyncClient:
+    """Build the one ``httpx.AsyncClient`` a provider owns, sized by ``max_connections``."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+        ),
+        timeout=client_timeout(config),
+        follow_redirects=False,
+    )
+
+
+async def _close_iterator(iterator: AsyncIterator[bytes]) -> None:
+    """Close a body iterator early (httpx types it as an iterator; it is an async generator)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BODY) -> bytes:
+    """Read at most ``limit`` bytes of a streamed response body (the rest is left unread).
+
+    A transport error while reading ends the read early; what arrived is returned.
+    """
+    body = bytearray()
+    chunks = response.aiter_bytes()
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) >= limit:
+                break
+    except httpx.HTTPError:
+        pass  # the status already says what failed; a broken body only loses its detail
+    finally:
+        await _close_iterator(chunks)
+    return bytes(body[:limit])
+
+
+class EventParser(Protocol):
+    """Turns one attempt's SSE events into upstream events (one parser per attempt)."""
+
+    def feed(self, events: list[SSEEvent], out: deque[UpstreamEvent]) -> bool:
+        """Append the upstream events for ``events`` to ``out``; return true at the end marker.
+
+        Raises ``UpstreamError`` for an error the provider sent inside the stream; events it
+        appended before raising are still delivered first.
+        """
+        ...
+
+
+async def open_response(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    provider: str,
+    secret: str | None,
+    expect_event_stream: bool,
+) -> httpx.Response:
+    """Send ``request`` and return the response once its head arrived with a 2xx status.
+
+    Raises ``UpstreamError``: ``CONNECT``/``TIMEOUT`` when no response came, ``STATUS`` for an
+    HTTP error (the first 64 KiB of the body are read for the provider's code and message),
+    ``PROTOCOL`` for a redirect, and, when ``expect_event_stream``, ``STREAM_ERROR`` or
+    ``PROTOCOL`` for a JSON body where an event stream belongs.
+    """
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        failure = failure_from_exception(exc, started=False, secret=secret)
+        logger.info("provider %s: no response: %s", provider, failure.describe())
+        raise UpstreamError(failure) from exc
+    try:
+        status = response.status_code
+        if status >= 400:
+            body = await read_bounded(response)
+            failure = failure_from_status(
+                status, response.reason_phrase, response.headers, body, secret=secret
+            )
+        elif status >= 300 or status < 200:
+            failure = Failure(
+                kind=FailureKind.PROTOCOL,
+                message=f"unexpected HTTP {status} {response.reason_phrase}".strip(),
+                status=status,
+            )
+        elif expect_event_stream and _is_json(response):
+            failure = _failure_from_json_body(await read_bounded(response), secret)
+        else:
+            return response
+        logger.info("provider %s: refused: %s", provider, failure.describe())
+        raise UpstreamError(failure)
+    except BaseException:
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            await response.aclose()
+        raise
+
+
+def _is_json(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.lower().startswith("application/json")
+
+
+def _failure_from_json_body(body: bytes, secret: str | None) -> Failure:
+    """Classify a 2xx JSON body where events belong.
+
+    It is an error some servers send with status 200, or a server that ignored ``stream: true``.
+    """
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    failure = failure_from_stream_error(payload, secret=secret)
+    if failure is not None:
+        return failure
+    return Failure(
+        kind=FailureKind.PROTOCOL,
+        message="expected an event stream, the provider answered with a JSON document",
+    )
+
+
+class UpstreamEvents:
+    """The async iterator of upstream events decoded from one streaming response.
+
+    ``__anext__`` blocks until the provider sends enough bytes for an event. Cancelling it
+    closes the body (httpx cannot resume a cancelled read), so a later ``__anext__`` raises
+    ``UpstreamError`` (``RESET``) instead of pretending the stream ended. It raises ``UpstreamError`` (``RESET`` when the body breaks, ``STREAM_ERROR`` for an
+    in-stream error, ``PROTOCOL`` for an undecodable stream) after first delivering every event
+    that arrived before the fault. It stops at the provider's end marker or at a clean end of
+    the body, finish reason or not: the session decides that a missing finish is an ``EOF``.
+    """
+
+    def __init__(
+        self, response: httpx.Response, parser: EventParser, *, provider: str, secret: str | None
+    ) -> None:
+        self._response = response
+        self._chunks = response.aiter_bytes()
+        self._decoder = SSEDecoder()
+        self._parser = parser
+        self._provider = provider
+        self._secret = secret
+        self._pending: deque[UpstreamEvent] = deque()
+        self._error: UpstreamError | None = None
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"<UpstreamEvents provider={self._provider!r} finished={self._finished}>"
+
+    def __aiter__(self) -> UpstreamEvents:
+        return self
+
+    async def __anext__(self) -> UpstreamEvent:
+        pending = self._pending
+        while not pending:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if self._finished:
+                raise StopAsyncIteration
+            await self._read_more()
+        return pending.popleft()
+
+    async def _read_more(self) -> None:
+        """Read one chunk and parse the events it completes into ``_pending``."""
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._finished = True
+            self._parse(self._decoder.close())
+            logger.debug("provider %s: stream ended", self._provider)
+            return
+        except httpx.HTTPError as exc:
+            self._finished = True
+            failure = failure_from_exception(exc, started=True, secret=self._secret)
+            logger.info("provider %s: stream broke: %s", self._provider, failure.describe())
+            raise UpstreamError(failure) from exc
+        except BaseException:
+            # Cancelled mid-read: the exception went through httpx's generators, which closed
+            # the body. A later read must not mistake that for a clean end of the stream.
+            self._finished = True
+            self._error = UpstreamError(
+                Failure(
+                    kind=FailureKind.RESET, message="the stream closed when a read was cancelled"
+                )
+            )
+            raise
+        try:
+            events = self._decoder.feed(chunk)
+        except SSEError as exc:
+            self._finished = True
+            failure = Failure(kind=FailureKind.PROTOCOL, message=str(exc))
+            logger.info("provider %s: %s", self._provider, failure.describe())
+            raise UpstreamError(failure) from exc
+        self._parse(events)
+
+    def _parse(self, events: list[SSEEvent]) -> None:
+        if not events:
+            return
+        try:
+            if self._parser.feed(events, self._pending):
+                self._finished = True
+        except UpstreamError as exc:
+            self._finished = True
+            self._error = exc
+            logger.info("provider %s: error in stream: %s", self._provider, exc.failure.describe())
+
+    async def aclose(self) -> None:
+        """Stop reading and close the response (drops the connection if the body is unread)."""
+        self._finished = True
+        self._pending.clear()
+        try:
+            await _close_iterator(self._chunks)
+        finally:
+            await self._response.aclose()
+
+
+@asynccontextmanager
+async def open_event_stream(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    parser: EventParser,
+    *,
+    provider: str,
+    secret: str | None,
+) -> AsyncIterator[UpstreamEvents]:
+    """Send a streaming request and yield its events; leaving closes the response at once.
+
+    Entering raises ``UpstreamError`` as ``open_response`` does. The close on exit is shielded
+    and bounded by ``CLOSE_GRACE`` so that it runs even when the attempt was cancelled.
+    """
+    response = await open_response(
+        client, request, provider=provider, secret=secret, expect_event_stream=True
+    )
+    events = UpstreamEvents(response, parser, provider=provider, secret=secret)
+    try:
+        yield events
+    finally:
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            await events.aclose()
+
+
+async def check(
+    client: httpx.AsyncClient, request: httpx.Request, *, provider: str, secret: str | None
+) -> None:
+    """Send a probe request; return if it got a 2xx answer, else raise ``UpstreamError``."""
+    response = await open_response(
+        client, request, provider=provider, secret=secret, expect_event_stream=False
+    )
+    try:
+        await read_bounded(response)
+    finally:
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            await response.aclose()

@@ -1,0 +1,222 @@
+"""The adapter for OpenAI's chat completions API and the servers that copy it (vLLM, DeepSeek...).
+
+``OpenAIProvider.stream`` posts ``{base_url}/chat/completions`` with ``stream: true`` and asks for
+the final usage chunk; ``OpenAIChunkParser`` turns the ``data: {chunk}`` events into upstream
+events. ``base_url`` includes the version path, as OpenAI's SDK has it
+(``https://api.openai.com/v1``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from actors._config import ProviderConfig
+from actors._errors import Failure, FailureKind, UpstreamError
+from actors._messages import (
+    Finish,
+    Malformed,
+    TextDelta,
+    UpstreamEvent,
+    UpstreamRequest,
+    Usage,
+    UsageReport,
+)
+
+from ._base import HTTPProvider
+from ._errors import failure_from_stream_error, redact
+from ._http import MALFORMED_RAW_CHARS
+from ._sse import SSEEvent
+
+logger = logging.getLogger(__name__)
+
+#: Finish reasons some OpenAI-compatible servers spell their own way, in OpenAI's words.
+FINISH_REASON_ALIASES: Mapping[str, str] = {
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "end_turn": "stop",
+    "max_tokens": "length",
+}
+
+
+def chat_body(request: UpstreamRequest, *, honours_prefill: bool) -> dict[str, Any]:
+    """Build the JSON body of a streaming chat completion for ``request``.
+
+    The client's ``params`` go first so that they can never turn streaming off. A prefill
+    request sends its trailing assistant message as it is. Only when the provider is configured
+    to honour prefill (``config.prefill = true``: the user vouches for the server) do we add the
+    flags that make a server continue that message instead of answering it: vLLM's
+    ``continue_final_message`` / ``add_generation_prompt`` and DeepSeek's and Mistral's
+    per-message ``prefix``. Strict servers reject fields they do not know, so a plain
+    OpenAI-compatible provider never sees them.
+    """
+    messages: list[dict[str, Any]] = [
+        {"role": m.role, "content": m.content} for m in request.messages
+    ]
+    body: dict[str, Any] = dict(request.params)
+    stream_options = body.get("stream_options")
+    body["stream_options"] = {
+        **(stream_options if isinstance(stream_options, Mapping) else {}),
+        "include_usage": True,
+    }
+    body["model"] = request.model
+    body["messages"] = messages
+    body["stream"] = True
+    if request.prefill and honours_prefill and messages and messages[-1]["role"] == "assistant":
+        messages[-1]["prefix"] = True
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+    return body
+
+
+def _usage(value: object) -> Usage | None:
+    """Read an OpenAI ``usage`` object; ``None`` when absent (``"usage": null``) or unusable."""
+    if not isinstance(value, dict):
+        return None
+    prompt = value.get("prompt_tokens")
+    completion = value.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+class OpenAIChunkParser:
+    """Turns one attempt's ``chat.completion.chunk`` events into upstream events.
+
+    ``choices[0].delta.content`` gives ``TextDelta`` (empty and role-only deltas give nothing),
+    the first ``finish_reason`` gives ``Finish`` (with usage when the same chunk carries it),
+    a later usage-only chunk (``choices: []``) gives ``UsageReport``, ``[DONE]`` ends the
+    stream, undecodable JSON gives ``Malformed``. An ``{"error": ...}`` payload raises
+    ``UpstreamError`` (``STREAM_ERROR``). Reading goes on after ``Finish`` so that the usage
+    chunk that follows it is not lost; a session that cannot wait simply stops reading.
+    """
+
+    def __init__(self, *, secret: str | None = None) -> None:
+        self._secret = secret
+        self._model: str | None = None
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"<OpenAIChunkParser model={self._model!r} finished={self._finished}>"
+
+    def feed(self, events: list[SSEEvent], out: deque[UpstreamEvent]) -> bool:
+        """Append the upstream events for ``events`` to ``out``; return true at ``[DONE]``."""
+        for event in events:
+            data = event.data
+            if data[:1] != "{" and data.strip() == "[DONE]":
+                return True
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                if event.event == "error":  # a server's plain-text error event
+                    raise UpstreamError(
+                        Failure(kind=FailureKind.STREAM_ERROR, message=redact(data, self._secret))
+                    ) from None
+                out.append(Malformed(raw=data[:MALFORMED_RAW_CHARS]))
+                continue
+            if type(chunk) is not dict:
+                out.append(Malformed(raw=data[:MALFORMED_RAW_CHARS]))
+                continue
+            if "error" in chunk or chunk.get("object") == "error" or event.event == "error":
+                failure = failure_from_stream_error(chunk, secret=self._secret)
+                if failure is not None:
+                    raise UpstreamError(failure)
+            self._chunk(chunk, data, out)
+        return False
+
+    def _chunk(self, chunk: dict[str, Any], data: str, out: deque[UpstreamEvent]) -> None:
+        model = chunk.get("model")
+        if isinstance(model, str) and model:
+            self._model = model
+        choices = chunk.get("choices")
+        if choices is None:
+            choices = []
+        elif not isinstance(choices, list):
+            out.append(Malformed(raw=data[:MALFORMED_RAW_CHARS]))
+            return
+        reason: str | None = None
+        for choice in choices:
+            # With n > 1 every choice streams; Baton serves the first.
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    if content:
+                        out.append(TextDelta(content))
+                elif content is not None:
+                    out.append(Malformed(raw=data[:MALFORMED_RAW_CHARS]))
+            finish_reason = choice.get("finish_reason")
+            if isinstance(finish_reason, str) and finish_reason:
+                reason = FINISH_REASON_ALIASES.get(finish_reason, finish_reason)
+        usage = _usage(chunk.get("usage"))
+        if reason is not None and not self._finished:
+            self._finished = True
+            out.append(Finish(reason=reason, usage=usage, model=self._model))
+        elif usage is not None and (self._finished or not choices):
+            # Usage on every chunk (vLLM's continuous usage stats) is only reported once the
+            # answer finished; OpenAI's usage-only chunk (choices: []) always.
+            out.append(UsageReport(usage=usage))
+
+
+class OpenAIProvider(HTTPProvider):
+    """One OpenAI-compatible provider over one ``httpx.AsyncClient``.
+
+    ``api_key`` is sent as ``Authorization: Bearer`` and never logged. See ``HTTPProvider`` for
+    ``client`` and ``probe_model``.
+    """
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        client: httpx.AsyncClient | None = None,
+        api_key: str | None = None,
+        probe_model: str | None = None,
+    ) -> None:
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        base = config.base_url.rstrip("/")
+        super().__init__(
+            config,
+            client=client,
+            api_key=api_key,
+            probe_model=probe_model,
+            headers=headers,
+            stream_url=f"{base}/chat/completions",
+            models_url=f"{base}/models",
+        )
+
+    @property
+    def kind(self) -> Literal["openai"]:
+        """The API this adapter speaks."""
+        return "openai"
+
+    @asynccontextmanager
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
+        """Open a streaming chat completion and yield its upstream events.
+
+        Entering waits for the response head and raises ``UpstreamError`` when the provider
+        refuses; iterating raises it when the stream breaks; leaving closes the response at
+        once. See ``actors._provider.Provider``.
+        """
+        body = chat_body(request, honours_prefill=self._config.prefill is True)
+        async with self._open_stream(body, OpenAIChunkParser(secret=self._api_key)) as events:
+            yield events
+
+    def _probe_body(self, model: str) -> dict[str, Any]:
+        return {
+            "model": model,
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_tokens": 1,
+            "stream": False,
+        }
