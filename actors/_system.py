@@ -72,8 +72,12 @@ class StreamHandle:
         return await self.log.take()
 
     def cancel(self) -> None:
-        """Cancel the stream: its upstream request is closed; it ends with ``cancelled``."""
-        self._session.cancel_scope.cancel()
+        """Cancel the stream: its upstream request is closed; it ends with ``cancelled``.
+
+        Does nothing once the stream has ended (its last upstream request may still be closing).
+        """
+        if not self.log.closed:
+            self._session.cancel_scope.cancel()
 
     def statistics(self) -> StreamStatistics:
         return self._session.statistics()
@@ -106,6 +110,7 @@ class Baton:
         self._ctx = context
         self._board = board
         self._streams: dict[str, StreamSession] = {}
+        self.closing = False
         self.finished: list[StreamStatistics] = []  # bounded: see _FINISHED_KEPT
         self.total_streams = 0
 
@@ -131,6 +136,8 @@ class Baton:
             raise RequestError("unknown_model", f"Unknown model {route!r}; this Baton serves: {known}.", status=404)
         if not messages:
             raise RequestError("bad_request", "'messages' must not be empty.")
+        if self.closing:
+            raise RequestError("shutting_down", "Baton is shutting down; please retry.", status=503)
         stream_id = "st_" + secrets.token_urlsafe(16)
         stream_log = StreamLog(stream_id, cap=self.config.server.event_log_cap)
         session = StreamSession(
@@ -240,6 +247,7 @@ async def open_baton(
                 try:
                     yield baton
                 finally:
+                    baton.closing = True
                     sessions.cancel_scope.cancel()
         finally:
             pool.close()

@@ -1,1 +1,9 @@
 """Baton's network and process edges."""
+
+from ._http import build_app as build_app
+from ._http import serve_http as serve_http
+from ._metrics import MetricsEndpoint as MetricsEndpoint
+from ._ws import ClientFrameError as ClientFrameError
+from ._ws import decode_client_message as decode_client_message
+from ._ws import encode_event as encode_event
+from ._ws import serve_ws as serve_ws

@@ -1,0 +1,422 @@
+"""The WebSocket server: protocol v1 at ``ws://HOST:PORT/v1/stream``, over trio-websocket.
+
+One connection carries many concurrent streams; every frame is a JSON text frame.
+
+Client -> server::
+
+    {"type": "start", "ref": "q1", "model": "default", "messages": [...], "params": {...}}
+    {"type": "cancel", "stream": "st_..."}
+
+Server -> client: ``started``, ``delta``, ``failover``, ``done`` and ``error`` (see
+``encode_event``). Every event of a stream carries ``stream`` and ``seq`` (0, 1, 2, ... without
+gaps) and exactly one ``done`` or ``error`` ends it. A stream's ``error`` also carries the
+start's ``ref`` when it had one: a stream can fail before any ``started`` told the client its id.
+
+Decisions of protocol v1:
+
+- A frame the server cannot act on is answered by an ``error`` that belongs to no stream:
+  ``"stream": null, "seq": null``, plus the start's ``ref`` when it had a usable one. Codes:
+  ``bad_request`` (not JSON, a binary frame, not an object, an unknown ``type``, a missing,
+  ill-typed or unknown field, bad ``messages`` or ``params``), ``unknown_model`` (no such
+  route), ``too_large`` (see below), ``too_many_streams`` (retryable). A ``cancel`` naming no
+  stream of this connection gets ``unknown_stream`` with that ``stream`` and ``"seq": null``.
+  The connection and its other streams carry on.
+- A ``cancel`` of a stream of this connection that has already ended is ignored: a client
+  cannot avoid that race, so it is not an error. The last ``FINISHED_REMEMBERED`` ended ids
+  of a connection are remembered for this; older ones get ``unknown_stream``.
+- A frame longer than ``config.server.max_request_bytes`` characters gets ``too_large``; one
+  longer than ``HARD_LIMIT_FACTOR`` times that closes the connection with 1009, because
+  trio-websocket buffers a whole message before we see it.
+- At most ``max_streams`` streams of one connection run at once.
+- A client that disconnects cancels its streams, which closes their upstream requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import orjson
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
+
+from actors import (
+    Baton,
+    ClientEvent,
+    Delta,
+    Done,
+    Failover,
+    Message,
+    RequestError,
+    Started,
+    StreamError,
+    StreamHandle,
+    parse_messages,
+    parse_params,
+)
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/stream"
+MAX_STREAMS_PER_CONNECTION = 100
+FINISHED_REMEMBERED = 1024  # ended stream ids per connection whose late cancel is ignored
+HARD_LIMIT_FACTOR = 2
+HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to send its opening handshake
+CLOSE_TIMEOUT = 5.0  # seconds we wait for the closing handshake of a client that went quiet
+GOING_AWAY_TIMEOUT = 0.5  # seconds to send the close frame when the server stops
+
+_START_FIELDS = frozenset({"type", "ref", "model", "messages", "params"})
+_CANCEL_FIELDS = frozenset({"type", "stream"})
+_connection_ids = itertools.count(1)
+
+
+# --- the codec ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StartRequest:
+    """A checked ``start`` frame."""
+
+    ref: str | None
+    route: str
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class CancelRequest:
+    """A checked ``cancel`` frame."""
+
+    stream: str
+
+
+ClientMessage = StartRequest | CancelRequest
+
+
+class ClientFrameError(RequestError):
+    """A client frame the server cannot act on.
+
+    ``ref`` is the start's ref and ``stream`` the stream a cancel named, when known, so the
+    error frame can say which request it answers.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, ref: str | None = None, stream: str | None = None,
+        retryable: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(code, message)
+        self.ref = ref
+        self.stream = stream
+        self.retryable = retryable
+
+
+def decode_client_message(frame: str | bytes) -> ClientMessage:
+    """Parse and check one client frame.
+
+    Raises ``ClientFrameError`` (``bad_request``) naming the first thing wrong; messages and
+    params are checked by ``actors.parse_messages`` / ``parse_params``. Whether the route
+    exists is for ``Baton.start_stream`` to say.
+    """
+    if not isinstance(frame, str):
+        raise ClientFrameError(
+            "bad_request", "Binary frames are not part of protocol v1; send JSON text frames."
+        )
+    try:
+        data = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ClientFrameError("bad_request", f"The frame is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ClientFrameError("bad_request", "A frame must be a JSON object with a 'type'.")
+    kind = data.get("type")
+    if kind == "start":
+        ref = data.get("ref")
+        if ref is not None and not isinstance(ref, str):
+            raise ClientFrameError("bad_request", "'ref' must be a string.")
+        try:
+            _check_fields(data, _START_FIELDS)
+            route = data.get("model")
+            if not isinstance(route, str):
+                raise RequestError("bad_request", "'model' must be a string naming a route.")
+            messages = parse_messages(data.get("messages"))
+            params = parse_params(data.get("params"))
+        except RequestError as exc:
+            raise ClientFrameError(exc.code, exc.message, ref=ref) from None
+        return StartRequest(ref=ref, route=route, messages=messages, params=params)
+    if kind == "cancel":
+        _check_fields(data, _CANCEL_FIELDS)
+        stream = data.get("stream")
+        if not isinstance(stream, str):
+            raise ClientFrameError("bad_request", "'stream' must be the id of a stream to cancel.")
+        return CancelRequest(stream=stream)
+    raise ClientFrameError(
+        "bad_request", f"Unknown frame type {kind!r}; expected 'start' or 'cancel'."
+    )
+
+
+def _check_fields(data: dict[str, Any], known: frozenset[str]) -> None:
+    # Unknown fields are refused rather than ignored, so a typo does not pass silently.
+    unknown = data.keys() - known
+    if unknown:
+        raise ClientFrameError(
+            "bad_request", f"Unknown field(s) {', '.join(map(repr, sorted(unknown)))} in a "
+            f"{data['type']!r} frame; known fields: {', '.join(sorted(known))}.",
+        )  # fmt: skip
+
+
+def encode_event(event: ClientEvent, *, ref: str | None = None) -> str:
+    """Encode one stream event as the text of its frame.
+
+    ``ref`` (the start's ref) is added to an ``error``, whose stream the client may never have
+    seen started. Raises ``TypeError`` for anything that is not a client event.
+    """
+    data: dict[str, Any]
+    match event:
+        case Delta():
+            data = {"type": "delta", "stream": event.stream, "seq": event.seq, "text": event.text}
+        case Started():
+            data = {
+                "type": "started", "stream": event.stream, "ref": event.ref, "seq": event.seq,
+                "route": event.route, "provider": event.provider, "model": event.model,
+            }  # fmt: skip
+        case Failover():
+            data = {
+                "type": "failover", "stream": event.stream, "seq": event.seq,
+                "from": event.from_provider, "to": event.to_provider, "model": event.to_model,
+                "reason": event.reason, "mode": event.mode, "phase": event.phase,
+            }  # fmt: skip
+        case Done():
+            usage = event.usage
+            data = {
+                "type": "done", "stream": event.stream, "seq": event.seq,
+                "finish_reason": event.finish_reason, "provider": event.provider,
+                "model": event.model,
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
+            }  # fmt: skip
+        case StreamError():
+            data = {
+                "type": "error", "stream": event.stream, "seq": event.seq, "code": event.code,
+                "message": event.message, "retryable": event.retryable,
+            }  # fmt: skip
+            if event.status is not None:
+                data["status"] = event.status
+            if event.upstream_code is not None:
+                data["upstream_code"] = event.upstream_code
+            if ref is not None:
+                data["ref"] = ref
+        case _:
+            raise TypeError(f"not a client event: {event!r}")
+    return orjson.dumps(data).decode()
+
+
+def encode_protocol_error(error: ClientFrameError) -> str:
+    """Encode the ``error`` frame answering a frame the server could not act on."""
+    data: dict[str, Any] = {
+        "type": "error", "stream": error.stream, "seq": None, "code": error.code,
+        "message": error.message, "retryable": error.retryable,
+    }  # fmt: skip
+    if error.ref is not None:
+        data["ref"] = error.ref
+    return orjson.dumps(data).decode()
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+async def serve_ws(
+    baton: Baton,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_streams: int = MAX_STREAMS_PER_CONNECTION,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve protocol v1 for ``baton`` on ``host:port`` until cancelled.
+
+    Reports the bound port through ``task_status`` (the first listener's, should ``host`` name
+    several interfaces). Cancelling it closes every connection and cancels their streams.
+    """
+    max_frame = baton.config.server.max_request_bytes
+
+    async def handler(request: WebSocketRequest) -> None:
+        await _handle(request, baton, max_streams=max_streams, max_frame=max_frame)
+
+    serve = partial(
+        serve_websocket, handler, host, port, None,
+        max_message_size=HARD_LIMIT_FACTOR * max_frame,
+        connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve)
+        endpoints = [e for e in server.listeners if not isinstance(e, str)]
+        log.info("WebSocket server listening on %s", ", ".join(f"{e.url}{PATH}" for e in endpoints))
+        task_status.started(endpoints[0].port)
+
+
+async def _handle(
+    request: WebSocketRequest, baton: Baton, *, max_streams: int, max_frame: int
+) -> None:
+    """Serve one client connection, from the handshake to its close."""
+    name = f"ws{next(_connection_ids)}"
+    remote = request.remote
+    peer = remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
+    try:
+        path = urlsplit(request.path).path
+        if path != PATH:
+            log.info("connection %s from %s: rejected unknown path %r", name, peer, path)
+            await request.reject(
+                404, body=f"Not found; protocol v1 is served at {PATH}.\n".encode()
+            )
+            return
+        ws = await request.accept()
+        log.info("connection %s from %s opened", name, peer)
+        await _Connection(ws, baton, name, max_streams=max_streams, max_frame=max_frame).run()
+        log.info("connection %s closed (%s)", name, ws.closed)
+    except ConnectionClosed:
+        log.info("connection %s closed during the handshake", name)
+    except Exception:
+        # A bug on one connection must not take the whole server (and every other client) down.
+        log.exception("connection %s failed", name)
+
+
+class _Connection:
+    """One client's connection: reads its frames and runs one reader task per stream."""
+
+    def __init__(
+        self, ws: WebSocketConnection, baton: Baton, name: str, *, max_streams: int, max_frame: int
+    ) -> None:
+        self._ws = ws
+        self._baton = baton
+        self._name = name
+        self._max_streams = max_streams
+        self._max_frame = max_frame
+        self._active: dict[str, StreamHandle] = {}
+        self._finished: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+        self._nursery: trio.Nursery | None = None
+        # Stream readers send their frames themselves, one at a time under this lock, rather
+        # than handing them to a writer task: that is one task fewer and no hand-off per batch,
+        # a batch's frames leave back to back, trio.Lock is FIFO so streams take turns batch by
+        # batch, and a slow client blocks the sender (backpressure: the stream's log merges
+        # deltas meanwhile) and surfaces ConnectionClosed in the task whose stream it was.
+        self._send_lock = trio.Lock()
+
+    async def run(self) -> None:
+        """Read frames until the client leaves; then cancel every stream still running.
+
+        Cancelling it (the server stopping) closes the connection with 1001 (going away).
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._receive()
+                if self._active:
+                    log.info(
+                        "connection %s: client left; cancelling %d stream(s)",
+                        self._name,
+                        len(self._active),
+                    )
+                nursery.cancel_scope.cancel()
+        finally:
+            # Each stream's reader has cancelled its stream on the way out (see _pump). Closing
+            # is a no-op when the client has left. When the server stops, trio-websocket's
+            # reader is cancelled with us, so the client's reply can never be read: say why
+            # and hang up without waiting for it.
+            with trio.move_on_after(GOING_AWAY_TIMEOUT, shield=True):
+                await self._ws.aclose(1001, "Baton is shutting down; please reconnect.")
+
+    async def _receive(self) -> None:
+        ws = self._ws
+        while True:
+            try:
+                frame = await ws.get_message()
+            except ConnectionClosed:
+                return
+            try:
+                if len(frame) > self._max_frame:
+                    raise ClientFrameError(
+                        "too_large",
+                        f"The frame has {len(frame)} characters; the limit is {self._max_frame}.",
+                    )
+                match decode_client_message(frame):
+                    case StartRequest() as start:
+                        self._start(start)
+                    case CancelRequest(stream=stream_id):
+                        self._cancel(stream_id)
+            except ClientFrameError as exc:
+                log.info(
+                    "connection %s: refused a frame (%s: %s)", self._name, exc.code, exc.message
+                )
+                try:
+                    await self._send([encode_protocol_error(exc)])
+                except ConnectionClosed:
+                    return
+
+    def _start(self, start: StartRequest) -> None:
+        if len(self._active) >= self._max_streams:
+            raise ClientFrameError(
+                "too_many_streams",
+                f"This connection already runs {len(self._active)} streams, the most it may; "
+                "wait for one to end or open another connection.",
+                ref=start.ref, retryable=True,
+            )  # fmt: skip
+        try:
+            handle = self._baton.start_stream(
+                route=start.route, messages=start.messages, params=start.params, ref=start.ref,
+                can_reset=True, transport="ws",
+            )  # fmt: skip
+        except RequestError as exc:
+            raise ClientFrameError(exc.code, exc.message, ref=start.ref) from None
+        log.debug("connection %s: stream %s started (ref %r)", self._name, handle.id, start.ref)
+        self._active[handle.id] = handle
+        assert self._nursery is not None
+        self._nursery.start_soon(self._pump, handle, start.ref)
+
+    def _cancel(self, stream_id: str) -> None:
+        handle = self._active.get(stream_id)
+        if handle is not None:
+            log.debug("connection %s: client cancels stream %s", self._name, stream_id)
+            handle.cancel()
+        elif stream_id not in self._finished:
+            raise ClientFrameError(
+                "unknown_stream",
+                f"No stream {stream_id!r} was started on this connection.",
+                stream=stream_id,
+            )
+
+    async def _send(self, frames: list[str]) -> None:
+        async with self._send_lock:
+            for frame in frames:
+                await self._ws.send_message(frame)
+
+    async def _pump(self, handle: StreamHandle, ref: str | None) -> None:
+        """Send one stream's events to the client, batch by batch, up to its terminal event."""
+        stream_id = handle.id
+        try:
+            while True:
+                try:
+                    batch = await handle.take()
+                except trio.EndOfChannel:
+                    return
+                await self._send([encode_event(event, ref=ref) for event in batch])
+        except ConnectionClosed:
+            log.info("stream %s: connection %s closed; cancelling it", stream_id, self._name)
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+        finally:
+            if not handle.log.closed:
+                # Only a stream without its terminal event is cancelled: cancelling one that has
+                # it could interrupt the session while it closes its upstream request.
+                handle.cancel()
+            del self._active[stream_id]
+            self._finished[stream_id] = None
+            if len(self._finished) > FINISHED_REMEMBERED:
+                del self._finished[next(iter(self._finished))]
