@@ -122,3 +122,53 @@ def test_config_mistakes_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(path) in str(info.value) and message in str(info.value)
+
+
+def sdk_stream(base_url: str) -> tuple[str, list[str]]:
+    """Stream one answer with the official openai SDK; returns its text and the chunks' models."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    text, models = "", []
+    for chunk in client.chat.completions.create(model="default", messages=MESSAGES, stream=True):
+        models.append(chunk.model)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+    return text, models
+
+
+@pytest.mark.parametrize("first, second", [("openai", "anthropic"), ("anthropic", "openai")])
+async def test_the_openai_sdk_streams_across_a_midstream_failover_between_provider_kinds(first, second):
+    import httpx
+
+    async with (
+        open_simulated_provider(FaultSchedule.always(Behaviour("reset", at_token=9))) as a,
+        open_simulated_provider() as b,
+    ):
+        url = {"openai": lambda s: s.base_url_openai, "anthropic": lambda s: s.base_url_anthropic}
+        config = config_from_dict(
+            {
+                "server": {"ws_port": 0, "http_port": 0},
+                "providers": {
+                    "a": {"kind": first, "base_url": url[first](a)},
+                    "b": {"kind": second, "base_url": url[second](b)},
+                },
+                "routes": {"default": {"targets": [{"provider": "a", "model": "model-a"}, {"provider": "b", "model": "model-b"}]}},
+            }
+        )
+        async with trio.open_nursery() as nursery:
+            _, http_port = await nursery.start(run_baton, config, build_providers(config))
+            base = f"http://127.0.0.1:{http_port}"
+            text, models = await trio.to_thread.run_sync(sdk_stream, base + "/v1")
+            async with httpx.AsyncClient(base_url=base) as client:
+                metrics = (await client.get("/metrics")).text
+                status = (await client.get("/status")).json()
+            nursery.cancel_scope.cancel()
+    assert text == ANSWER
+    assert models[0] == "model-a" and models[-1] == "model-b"
+    assert (
+        'proxy_failovers_total{from="a",phase="midstream",reason="reset",route="default",to="b"} 1.0' in metrics
+    )
+    assert 'proxy_requests_total{outcome="done",provider="b",route="default"} 1.0' in metrics
+    assert status["providers"]["a"]["consecutive_failures"] == 1
+    assert status["providers"]["b"]["kind"] == second
