@@ -1,0 +1,175 @@
+"""Every upstream fault through the real path: httpx adapters over loopback into the actors.
+
+First against the simulated provider on 127.0.0.1 (faults on the wire: refused connections,
+error statuses, resets, stalls, malformed events), then with the same faults injected at the
+httpx transport level (exceptions and truncated bodies raised inside httpx itself). Both run
+under ``autojump_clock``: in-process loopback I/O completes without real waiting.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from actors import Delta, Done, Failover, Message, StreamError, config_from_dict, open_baton
+from scenarios._faults import Behaviour, FaultSchedule
+from scenarios._simulated import open_simulated_provider
+from scenarios._textgen import answer_tokens
+from transport.providers import AnthropicProvider, OpenAIProvider
+
+PROMPT = (Message(role="user", content="Tell me about harbours."),)
+ANSWER = "".join(answer_tokens(PROMPT))
+
+
+def config(kind_a: str, url_a: str, kind_b: str, url_b: str, **a_overrides):
+    return config_from_dict(
+        {
+            "providers": {
+                "a": {"kind": kind_a, "base_url": url_a, "first_token_timeout": 3.0, "idle_timeout": 2.0, **a_overrides},
+                "b": {"kind": kind_b, "base_url": url_b},
+            },
+            "routes": {"default": {"targets": [{"provider": "a", "model": "ma"}, {"provider": "b", "model": "mb"}]}},
+        }
+    )
+
+
+def adapters(cfg, **clients):
+    out = {}
+    for name, pc in cfg.providers.items():
+        cls = AnthropicProvider if pc.kind == "anthropic" else OpenAIProvider
+        out[name] = cls(pc, client=clients.get(name))
+    return out
+
+
+async def stream_once(cfg, providers):
+    async with open_baton(cfg, providers) as baton:
+        handle = baton.start_stream(route="default", messages=PROMPT)
+        events = [e async for e in handle]
+    for p in providers.values():
+        await p.aclose()
+    assert [e.seq for e in events] == list(range(len(events)))
+    text = "".join(e.text for e in events if isinstance(e, Delta))
+    return events, text
+
+
+FAULTS = [
+    (Behaviour("refuse"), "connect_error", "prestream"),
+    (Behaviour("status", status=503), "upstream_503", "prestream"),
+    (Behaviour("status", status=429, retry_after=60.0), "rate_limited", "prestream"),
+    (Behaviour("status", status=401), "auth_failed", "prestream"),
+    (Behaviour("status", status=400, code="context_length_exceeded", message="too long"), "context_length_exceeded", "prestream"),
+    (Behaviour("stall", at_token=0, stall=30.0), "first_token_timeout", "prestream"),
+    (Behaviour("reset", at_token=6), "reset", "midstream"),
+    (Behaviour("stall", at_token=6, stall=30.0), "idle_timeout", "midstream"),
+    (Behaviour("keepalive_stall", at_token=6, stall=30.0), "idle_timeout", "midstream"),
+    (Behaviour("stream_error", at_token=6), "stream_error", "midstream"),
+    (Behaviour("no_finish"), "eof", "midstream"),
+]
+
+
+@pytest.mark.parametrize("kinds", [("openai", "openai"), ("anthropic", "openai"), ("openai", "anthropic")])
+@pytest.mark.parametrize("fault, reason, phase", FAULTS, ids=[f[1] + "-" + f[0].kind for f in FAULTS])
+async def test_each_fault_on_the_wire_fails_over_cleanly(autojump_clock, kinds, fault, reason, phase):
+    kind_a, kind_b = kinds
+    async with open_simulated_provider(FaultSchedule.always(fault)) as a, open_simulated_provider() as b:
+        url = {"openai": lambda s: s.base_url_openai, "anthropic": lambda s: s.base_url_anthropic}
+        cfg = config(kind_a, url[kind_a](a), kind_b, url[kind_b](b))
+        events, text = await stream_once(cfg, adapters(cfg))
+        with trio.fail_after(5):
+            await a.wait_all_closed()
+            await b.wait_all_closed()
+    assert isinstance(events[-1], Done) and events[-1].provider == "b"
+    assert text == ANSWER
+    [failover] = [e for e in events if isinstance(e, Failover)]
+    assert (failover.reason, failover.phase) == (reason, phase)
+    assert a.open_attempts == [] and b.open_attempts == []
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_malformed_and_missing_done_do_not_fail_over(autojump_clock, kind):
+    schedule = FaultSchedule((), default=Behaviour("malformed", at_token=4))
+    async with open_simulated_provider(schedule) as a, open_simulated_provider() as b:
+        url = a.base_url_anthropic if kind == "anthropic" else a.base_url_openai
+        cfg = config(kind, url, "openai", b.base_url_openai)
+        events, text = await stream_once(cfg, adapters(cfg))
+    assert text == ANSWER and events[-1].provider == "a"
+    assert not [e for e in events if isinstance(e, Failover)]
+
+
+async def test_an_upstream_client_error_reaches_the_client_with_the_providers_words(autojump_clock):
+    fault = Behaviour("status", status=400, code="invalid_request_error", message="temperature too high")
+    async with open_simulated_provider(FaultSchedule.always(fault)) as a, open_simulated_provider() as b:
+        cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
+        events, _ = await stream_once(cfg, adapters(cfg))
+    error = events[-1]
+    assert isinstance(error, StreamError) and error.code == "upstream_rejected"
+    assert error.status == 400 and "temperature too high" in error.message
+    assert b.log == []
+
+
+# --- the same faults, injected inside httpx ------------------------------------------------------
+
+
+def sse_body(tokens: list[str], *, finish: bool = True) -> list[bytes]:
+    import orjson
+
+    chunks = []
+    for token in tokens:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
+                 "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]}
+        chunks.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    if finish:
+        end = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        chunks.append(b"data: " + orjson.dumps(end) + b"\n\ndata: [DONE]\n\n")
+    return chunks
+
+
+class FaultyStream(httpx.AsyncByteStream):
+    """A response body that yields some chunks, then raises what httpx raises on a broken read."""
+
+    def __init__(self, chunks: list[bytes], error: Exception | None) -> None:
+        self.chunks = chunks
+        self.error = error
+        self.closed = False
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            await trio.lowlevel.checkpoint()
+            yield chunk
+        if self.error is not None:
+            raise self.error
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+INJECTED = [
+    ("connect", httpx.ConnectError("All connection attempts failed"), None, "connect_error"),
+    ("connect-timeout", httpx.ConnectTimeout("timed out"), None, "connect_error"),
+    ("read-error", None, httpx.ReadError("connection reset by peer"), "reset"),
+    ("protocol-error", None, httpx.RemoteProtocolError("peer closed connection without sending complete message body"), "reset"),
+]
+
+
+@pytest.mark.parametrize("name, on_send, on_read, reason", INJECTED, ids=[i[0] for i in INJECTED])
+async def test_faults_raised_inside_httpx_fail_over(autojump_clock, name, on_send, on_read, reason):
+    tokens = answer_tokens(PROMPT)
+    streams: list[FaultyStream] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if on_send is not None:
+            raise on_send
+        body = FaultyStream(sse_body(tokens[:5], finish=False), on_read)
+        streams.append(body)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    async with open_simulated_provider() as b:
+        cfg = config("openai", "http://a.invalid/v1", "openai", b.base_url_openai)
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        events, text = await stream_once(cfg, adapters(cfg, a=client))
+    assert text == ANSWER and isinstance(events[-1], Done) and events[-1].provider == "b"
+    [failover] = [e for e in events if isinstance(e, Failover)]
+    assert failover.reason == reason
+    assert all(s.closed for s in streams)
