@@ -21,8 +21,17 @@ from ._config import ProviderConfig, RouteConfig, Target
 from ._errors import Failure, FailureKind, UpstreamError
 from ._health import HealthActor, HealthBoard, HealthSnapshot, Report
 from ._messages import (
-    Done, Failover, Finish, Malformed, Message, Started, StreamError, TextDelta, UpstreamRequest,
-    Usage, UsageReport,
+    Done,
+    Failover,
+    Finish,
+    Malformed,
+    Message,
+    Started,
+    StreamError,
+    TextDelta,
+    UpstreamRequest,
+    Usage,
+    UsageReport,
 )  # fmt: skip
 from ._pool import PoolActor, PoolTimeout
 from ._provider import Provider

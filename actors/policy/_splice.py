@@ -113,6 +113,9 @@ class SpliceGuard:
         """Take the next piece of the continuation; return what may be forwarded."""
         if self._decided:
             return self._forward(text)
+        if not self._buffer and text[:1].isspace() and not self._delivered[:1].isspace() and 0 in self._live:
+            # A reproduction of the delivered text would begin as it does, not with a space.
+            self._live.remove(0)
         self._buffer.append(text)
         self._bc += _compact(text)
         bc, dc = self._bc, self._dc
@@ -153,11 +156,15 @@ class SpliceGuard:
         self._buffer.clear()
         dc = self._dc
         complete = [s for s in self._live if len(self._bc) >= len(dc) - s]
-        if complete:
-            start = min(complete)
+        for start in sorted(complete):
             matched = len(dc) - start
-            if start == 0 or (matched >= OVERLAP_MIN and self._words_from[start] >= OVERLAP_WORDS):
-                return self._forward(_cut_after(held, matched))
+            rest = _cut_after(held, matched)
+            if start == 0:
+                return self._forward(rest)
+            # An overlap repeats whole words: what follows it must start a new word.
+            at_word_end = not rest or not rest[0].isalnum()
+            if matched >= OVERLAP_MIN and self._words_from[start] >= OVERLAP_WORDS and at_word_end:
+                return self._forward(rest)
         if self._restart_matched >= self._restart_min:
             return Diverged(held)
         return self._forward(held)

@@ -1,0 +1,199 @@
+"""An in-memory provider that follows a fault schedule and records every attempt.
+
+``FakeProvider`` implements ``actors.Provider`` without sockets: all of its waiting goes through
+trio's clock, so under ``MockClock`` a minute-long stall costs nothing. Its ``log`` holds one
+``AttemptRecord`` per ``stream()`` call, which is what history invariants are checked against.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from actors._errors import Failure, FailureKind, UpstreamError
+from actors._messages import (
+    Finish,
+    Malformed,
+    TextDelta,
+    UpstreamEvent,
+    UpstreamRequest,
+    Usage,
+)
+from actors._provider import ProbeKind
+
+from ._faults import (
+    AttemptPlan,
+    AttemptRecord,
+    Behaviour,
+    FaultSchedule,
+    ProbeRecord,
+    plan_attempt,
+    probe_failure,
+    stream_error_failure,
+)
+from ._textgen import Words
+
+logger = logging.getLogger(__name__)
+
+# What an adapter would have failed to decode: a chunk cut off in the middle.
+MALFORMED_RAW = '{"id":"chatcmpl-fake","choices":[{"index":0,"delta":{"content":'
+
+
+def _now_or_none() -> float | None:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # constructed outside trio.run
+        return None
+
+
+class FakeProvider:
+    """A provider that lives in memory, answers deterministically and fails on schedule.
+
+    ``schedule`` picks a ``Behaviour`` per request by its index at this provider and its
+    arrival time in seconds after ``epoch`` (by default the trio time at construction, or at
+    first use when constructed outside ``trio.run``). ``seed`` and ``words`` choose the answer
+    text (see ``answer_tokens``); ``model_name`` overrides the model reported in ``Finish``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        schedule: FaultSchedule | None = None,
+        *,
+        kind: str = "openai",
+        seed: int = 0,
+        model_name: str | None = None,
+        words: Words = "plain",
+        epoch: float | None = None,
+    ) -> None:
+        self._name = name
+        self._kind = kind
+        self.schedule = schedule if schedule is not None else FaultSchedule.healthy()
+        self.seed = seed
+        self.model_name = model_name
+        self.words: Words = words
+        self.epoch = epoch if epoch is not None else _now_or_none()
+        self.log: list[AttemptRecord] = []
+        self.probes: list[ProbeRecord] = []
+
+    def __repr__(self) -> str:
+        return f"FakeProvider({self._name!r}, {self.schedule!r}, kind={self._kind!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def open_attempts(self) -> list[AttemptRecord]:
+        """Attempts whose stream context has not been left yet."""
+        return [record for record in self.log if record.closed_at is None]
+
+    def _since_epoch(self) -> tuple[float, float]:
+        now = trio.current_time()
+        if self.epoch is None:
+            self.epoch = now
+        return now, now - self.epoch
+
+    @asynccontextmanager
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
+        """Open one attempt; see ``actors.Provider``.
+
+        Entering raises ``UpstreamError`` for ``refuse``, ``status`` and a rejected prefill.
+        The iterator plays the behaviour's tokens and fault. Leaving closes the attempt and
+        stamps ``closed_at``, also when cancelled.
+        """
+        now, elapsed = self._since_epoch()
+        behaviour = self.schedule.behaviour_for(len(self.log), elapsed)
+        record = AttemptRecord(
+            index=len(self.log),
+            request=request,
+            behaviour=behaviour,
+            opened_at=now,
+            api=self._kind,
+        )
+        self.log.append(record)
+        logger.debug("%s: attempt %d gets %r", self._name, record.index, behaviour)
+        try:
+            # Sending a request is a cancellation point, as it is over a real socket.
+            await trio.lowlevel.checkpoint()
+            max_tokens = request.params.get(
+                "max_tokens", request.params.get("max_completion_tokens")
+            )
+            plan = plan_attempt(
+                behaviour,
+                request.messages,
+                kind=self._kind,
+                seed=self.seed,
+                words=self.words,
+                max_tokens=max_tokens,
+            )
+            record.start, record.mode = plan.start, plan.mode
+            if plan.rejection is not None:
+                connect = plan.rejection.kind is FailureKind.CONNECT
+                record.outcome = "refused" if connect else "status"
+                raise UpstreamError(plan.rejection)
+            events = self._events(record, plan, behaviour, self.model_name or request.model)
+            try:
+                yield events
+            finally:
+                await events.aclose()
+        finally:
+            if record.outcome == "streaming":
+                record.outcome = "abandoned"
+            record.closed_at = trio.current_time()
+
+    async def _events(
+        self, record: AttemptRecord, plan: AttemptPlan, b: Behaviour, model: str
+    ) -> AsyncIterator[UpstreamEvent]:
+        tokens = plan.tokens
+        # A fault set past the end of the answer strikes after the last token.
+        strike_at = min(b.at_token, len(tokens))
+        for i in range(len(tokens) + 1):
+            if i == strike_at:
+                if b.kind in ("stall", "keepalive_stall"):
+                    # Keep-alive comments are invisible once parsed: both are silence here.
+                    await trio.sleep(b.stall)
+                elif b.kind == "malformed":
+                    yield Malformed(raw=MALFORMED_RAW)
+                elif b.kind == "reset":
+                    record.outcome = "reset"
+                    reset = f"connection reset after {i} tokens"
+                    raise UpstreamError(Failure(kind=FailureKind.RESET, message=reset))
+                elif b.kind == "stream_error":
+                    record.outcome = "stream_error"
+                    raise UpstreamError(stream_error_failure(b))
+            if i == len(tokens):
+                break
+            if b.token_delay > 0:
+                await trio.sleep(b.token_delay)
+            else:
+                await trio.lowlevel.checkpoint()
+            record.tokens_sent.append(tokens[i])
+            yield TextDelta(tokens[i])
+        if b.kind == "no_finish":
+            record.outcome = "eof"
+            return
+        # ``no_done`` differs from healthy only on the wire (no [DONE] after the finish).
+        record.outcome = "finished"
+        usage = Usage(prompt_tokens=plan.prompt_tokens, completion_tokens=len(record.tokens_sent))
+        yield Finish(reason=plan.finish_reason, usage=usage, model=model)
+
+    async def probe(self, kind: ProbeKind) -> None:
+        """Check the provider: fails when the next request would be refused or get a status.
+
+        A probe does not use up a request index; it asks what request ``len(log)`` would get.
+        """
+        await trio.lowlevel.checkpoint()
+        now, elapsed = self._since_epoch()
+        behaviour = self.schedule.behaviour_for(len(self.log), elapsed)
+        failure = probe_failure(behaviour, self._kind)
+        self.probes.append(ProbeRecord(kind=kind, at=now, behaviour=behaviour, ok=failure is None))
+        if failure is not None:
+            raise UpstreamError(failure)
