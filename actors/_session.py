@@ -122,6 +122,7 @@ class StreamSession:
         self._transport = transport
         self._ctx = context
         self.cancel_scope = trio.CancelScope()
+        self._shutting_down = False
         self._delivered: list[str] = []
         self._serving: Target | None = None
         self._pending: tuple[str, Literal["prestream", "midstream"]] | None = None
@@ -133,6 +134,11 @@ class StreamSession:
 
     def __repr__(self) -> str:
         return f"<StreamSession {self.id} route={self._route.name}>"
+
+    def shut_down(self) -> None:
+        """End the stream because Baton is stopping (``shutting_down``, retryable)."""
+        self._shutting_down = True
+        self.cancel_scope.cancel()
 
     def statistics(self) -> StreamStatistics:
         terminal = self.log.terminal
@@ -152,7 +158,9 @@ class StreamSession:
         try:
             with self.cancel_scope:
                 await self._serve()
-            if self.cancel_scope.cancelled_caught:
+            if self.cancel_scope.cancelled_caught and self._shutting_down:
+                self._error("shutting_down", "Baton is shutting down; please retry.", retryable=True)
+            elif self.cancel_scope.cancelled_caught:
                 self._error("cancelled", "The client cancelled the stream.", retryable=False)
         except Exception:
             log.exception("stream %s crashed", self.id)

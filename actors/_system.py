@@ -110,6 +110,7 @@ class Baton:
         self._ctx = context
         self._board = board
         self._streams: dict[str, StreamSession] = {}
+        self._all_ended = trio.Event()
         self.closing = False
         self.finished: list[StreamStatistics] = []  # bounded: see _FINISHED_KEPT
         self.total_streams = 0
@@ -152,12 +153,28 @@ class Baton:
                 await session.run()
             finally:
                 del self._streams[stream_id]
+                if not self._streams:
+                    self._all_ended.set()
                 self.finished.append(session.statistics())
                 if len(self.finished) > _FINISHED_KEPT:
                     del self.finished[: len(self.finished) - _FINISHED_KEPT]
 
         self._supervisor.start_temporary(run)
         return StreamHandle(session)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Stop taking streams, end the running ones with ``shutting_down``, wait for them.
+
+        Waits at most ``timeout`` seconds for the sessions to close their upstream requests;
+        transports keep running meanwhile, so each client receives its terminal event.
+        """
+        self.closing = True
+        for session in list(self._streams.values()):
+            session.shut_down()
+        with trio.move_on_after(timeout):
+            while self._streams:
+                self._all_ended = trio.Event()
+                await self._all_ended.wait()
 
     def ready(self) -> tuple[bool, str]:
         """Whether every route has a usable target, and if not, which route lacks one."""

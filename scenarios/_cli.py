@@ -60,13 +60,20 @@ async def serve_default(host: str, ws_port: int, http_port: int) -> None:
             openai_sim.base_url_openai, anthropic_sim.base_url_anthropic,
             host=host, ws_port=ws_port, http_port=http_port,
         )  # fmt: skip
-        ports = await nursery.start(run_baton, config, build_providers(config))
+
+        async def run_then_stop(task_status: trio.TaskStatus[tuple[int, int]]) -> None:
+            await run_baton(config, build_providers(config), handle_signals=True, task_status=task_status)
+            nursery.cancel_scope.cancel()  # drained after a signal: stop the simulators too
+
+        ports = await nursery.start(run_then_stop)
         print(POINTERS.format(host=host, ws=ports[0], http=ports[1]), flush=True)
 
 
 async def _start(config: BatonConfig) -> tuple[int, int]:
     async with trio.open_nursery() as nursery:
-        ports = await nursery.start(run_baton, config, build_providers(config))
+        ports = await nursery.start(
+            functools.partial(run_baton, config, build_providers(config), handle_signals=True)
+        )
         server = config.server
         print(f"Baton listening: ws://{server.host}:{ports[0]}/v1/stream and http://{server.host}:{ports[1]}/v1", flush=True)
     return ports

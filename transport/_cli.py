@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,8 @@ from ._ws import serve_ws
 from .providers import make_provider
 
 log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 5.0  # seconds running streams get to end cleanly on SIGINT/SIGTERM
 
 
 def load_config(path: str | os.PathLike[str]) -> BatonConfig:
@@ -60,9 +63,15 @@ async def run_baton(
     config: BatonConfig,
     providers: Mapping[str, Provider],
     *,
+    handle_signals: bool = False,
     task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``config`` until cancelled; reports ``(ws_port, http_port)`` once listening."""
+    """Serve ``config`` until cancelled; reports ``(ws_port, http_port)`` once listening.
+
+    With ``handle_signals`` (the ``baton`` process), SIGINT or SIGTERM drains: new streams
+    are refused, running ones end with ``shutting_down`` and reach their clients, then the
+    servers stop.
+    """
     metrics = MetricsEndpoint()
     server = config.server
     try:
@@ -82,6 +91,14 @@ async def run_baton(
                     server.host, ws_port, server.host, http_port, ", ".join(config.routes),
                 )  # fmt: skip
                 task_status.started((ws_port, http_port))
+                if handle_signals:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for signum in signals:
+                            log.info("received %s; draining streams", signal.Signals(signum).name)
+                            break
+                    # Running streams end with 'shutting_down' while the servers can still send it.
+                    await baton.drain(DRAIN_TIMEOUT)
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.move_on_after(5, shield=True):
             for provider in providers.values():

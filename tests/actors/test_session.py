@@ -306,3 +306,20 @@ async def test_a_slow_reader_gets_merged_deltas_with_gapless_seqs(autojump_clock
     assert [type(e).__name__ for e in batch] == ["Started", "Delta", "Done"]
     assert batch[1].text == healthy_answer()
     assert [e.seq for e in batch] == [0, 1, 2]
+
+
+async def test_draining_ends_running_streams_with_shutting_down_and_refuses_new_ones(autojump_clock, fakes):
+    from actors import RequestError
+
+    providers = fakes(a=always("drip", token_delay=1.0), b=HEALTHY)
+    async with open_baton(make_config(), providers) as baton:
+        handle = baton.start_stream(route="default", messages=PROMPT)
+        await trio.sleep(3.5)
+        await baton.drain(timeout=5)
+        events = handle.log.take_nowait()
+        assert events[-1].code == "shutting_down" and events[-1].retryable
+        assert baton.statistics().active_streams == 0
+        with pytest.raises(RequestError) as info:
+            baton.start_stream(route="default", messages=PROMPT)
+        assert info.value.code == "shutting_down" and info.value.status == 503
+    assert providers["a"].open_attempts == []
