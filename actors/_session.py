@@ -35,7 +35,7 @@ from ._messages import (
 )  # fmt: skip
 from ._pool import PoolActor, PoolTimeout
 from ._provider import Provider
-from ._router import Picked, RouterActor, Unavailable
+from ._router import Picked, PickResult, RouterActor, Unavailable
 from ._streamlog import StreamLog
 from ._telemetry import Telemetry
 from .policy._continuation import continuation_form, continuation_request
@@ -142,7 +142,11 @@ class StreamSession:
 
     def statistics(self) -> StreamStatistics:
         terminal = self.log.terminal
-        outcome = None if terminal is None else ("done" if isinstance(terminal, Done) else terminal.code)
+        outcome = None
+        if isinstance(terminal, Done):
+            outcome = "done"
+        elif isinstance(terminal, StreamError):
+            outcome = terminal.code
         return StreamStatistics(
             stream=self.id, route=self._route.name, attempts=tuple(self._attempts),
             failovers=self._failovers, outcome=outcome,
@@ -182,6 +186,7 @@ class StreamSession:
         while True:
             if attempts >= route.max_attempts:
                 return self._exhausted(failures, f"gave up after {attempts} attempts")
+            picked: PickResult | None
             picked = await ctx.router.pick(route.name, exclude=frozenset(exclude), retry=attempts > 0)
             if isinstance(picked, Unavailable) and picked.reason == "none_usable" and attempts == 0 and not exclude:
                 picked = await self._queue_for_recovery(picked)
@@ -270,7 +275,7 @@ class StreamSession:
             self._pending = (decision.reason, self._phase())
         return decision
 
-    async def _queue_for_recovery(self, picked: Unavailable) -> Picked | Unavailable | None:
+    async def _queue_for_recovery(self, picked: PickResult) -> PickResult | None:
         """Wait (bounded) for a target of the route to recover; None: the stream ended."""
         route = self._route
         limiter = self._ctx.queues[route.name]
@@ -419,8 +424,9 @@ class StreamSession:
                                     self._deliver(target, text)
                                 deltas += 1
                             elif kind is Finish:
-                                finish = event  # type: ignore[assignment]
-                                usage = finish.usage or usage
+                                assert isinstance(event, Finish)
+                                finish = event
+                                usage = event.usage or usage
                                 if usage is not None:
                                     break
                                 timer.deadline = trio.current_time() + min(cfg.idle_timeout, FINISH_GRACE)

@@ -9,6 +9,7 @@ The log keeps at most ``cap`` events for resuming from a seq.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import trio
 
@@ -53,14 +54,14 @@ class StreamLog:
                 return
         self._push(Delta(stream=self.stream_id, seq=self._next_seq, text=text))
 
-    def append(self, make: type[ClientEvent], **fields: object) -> ClientEvent | None:
+    def append(self, make: type[ClientEvent], **fields: Any) -> ClientEvent | None:
         """Append an event built as ``make(stream=..., seq=..., **fields)``.
 
         Nothing is appended after the terminal event; returns the event or None.
         """
         if self.terminal is not None:
             return None
-        event = make(stream=self.stream_id, seq=self._next_seq, **fields)  # type: ignore[call-arg]
+        event = make(stream=self.stream_id, seq=self._next_seq, **fields)
         self._push(event)
         if is_terminal(event):
             self.terminal = event

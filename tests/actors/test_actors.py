@@ -12,7 +12,7 @@ from actors._pool import PoolActor, PoolTimeout
 from actors._router import Picked, RouterActor, Unavailable
 from actors._supervisor import EscalationError, Supervisor
 from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule
+from scenarios._faults import Behaviour, FaultSchedule, Rule
 
 # --- pool ------------------------------------------------------------------------------------
 
@@ -204,3 +204,23 @@ async def test_a_crashed_permanent_actor_is_restarted_until_the_limit(autojump_c
     assert escalated
     assert len(runs) == 4  # the first run and three restarts; the fourth crash escalates
     assert supervisor.statistics().restarts == 3
+
+
+async def test_recovery_is_noticed_by_probes_within_the_unhealthy_probe_interval(autojump_clock):
+    down = FaultSchedule((Rule(Behaviour("status", status=503), end=100.0),))
+    actor, board, provider = health_actor(
+        down, probe_kind="chat", cooldown=30.0, probe_interval=10.0, probe_interval_unhealthy=5.0
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        while board.get("p").status != "unhealthy":
+            await trio.sleep(1)
+        opened_at = board.get("p").since
+        assert opened_at <= 30  # three failed probes, ten seconds apart
+        while board.get("p").status != "healthy":
+            await trio.sleep(0.5)
+        healed_noticed = trio.current_time()
+        actor.close()
+    assert 100 <= healed_noticed <= 105.5
+    # while it rested after opening, it was not probed at all
+    assert not [p for p in provider.probes if opened_at < p.at < opened_at + 30 - 1e-9]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors import Done, Failover, Started, StreamError, open_baton
+from actors import Done, Failover, Started, StreamError, TextDelta, open_baton
 from scenarios._fake import FakeProvider
 from scenarios._faults import Behaviour, FaultSchedule
 
@@ -323,3 +323,39 @@ async def test_draining_ends_running_streams_with_shutting_down_and_refuses_new_
             baton.start_stream(route="default", messages=PROMPT)
         assert info.value.code == "shutting_down" and info.value.status == 503
     assert providers["a"].open_attempts == []
+
+
+class BrokenProvider:
+    """A provider with a bug: its stream raises something that is not an UpstreamError."""
+
+    name = "a"
+    kind = "openai"
+
+    async def probe(self, kind):
+        return None
+
+    def stream(self, request):
+        from contextlib import asynccontextmanager
+
+        @asynccontextmanager
+        async def attempt():
+            async def events():
+                yield TextDelta("Hello")
+                raise ZeroDivisionError("a bug in an adapter")
+
+            yield events()
+
+        return attempt()
+
+
+async def test_a_crashing_session_ends_only_its_own_stream_with_an_error(autojump_clock, fakes):
+    providers = {"a": BrokenProvider(), "b": FakeProvider("b")}
+    config = make_config()
+    async with open_baton(config, providers) as baton:
+        broken = await run_stream(baton)
+        assert broken.terminal.code == "internal_error" and broken.terminal.retryable
+        # The system keeps serving: another route over the healthy provider still answers.
+    only_b = make_config(("b",))
+    async with open_baton(only_b, {"b": providers["b"]}) as baton:
+        fine = await run_stream(baton)
+    assert isinstance(fine.terminal, Done)
