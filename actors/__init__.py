@@ -4,6 +4,7 @@
 provider, router, one session per stream) over any ``Provider`` implementations.
 """
 
+from ._attempt import AttemptStatistics as AttemptStatistics
 from ._config import BatonConfig as BatonConfig
 from ._config import HealthConfig as HealthConfig
 from ._config import ProviderConfig as ProviderConfig
@@ -37,7 +38,6 @@ from ._pool import ProviderPoolStatistics as ProviderPoolStatistics
 from ._provider import Provider as Provider
 from ._request import parse_messages as parse_messages
 from ._request import parse_params as parse_params
-from ._session import AttemptStatistics as AttemptStatistics
 from ._session import StreamStatistics as StreamStatistics
 from ._system import Baton as Baton
 from ._system import BatonStatistics as BatonStatistics

@@ -17,50 +17,28 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
 from ._config import ProviderConfig, RouteConfig, Target
-from ._errors import Failure, FailureKind, UpstreamError
+from ._errors import Failure
 from ._health import HealthActor, HealthBoard, HealthSnapshot, Report
 from ._messages import (
     Done,
     Failover,
     Finish,
-    Malformed,
     Message,
     Started,
     StreamError,
-    TextDelta,
-    UpstreamRequest,
     Usage,
-    UsageReport,
 )  # fmt: skip
-from ._pool import PoolActor, PoolTimeout
+from ._pool import PoolActor
 from ._provider import Provider
 from ._router import Picked, PickResult, RouterActor, Unavailable
 from ._streamlog import StreamLog
 from ._telemetry import Telemetry
-from .policy._continuation import continuation_form, continuation_request
-from .policy._failover import FailOver, Reject, Retry, decide, health_verdict, reason_code
-from .policy._splice import Diverged, Hold, SpliceGuard
+from .policy._failover import FailOver, Reject, Retry, decide, health_verdict
 
 log = logging.getLogger(__name__)
 
-MAX_MALFORMED = 3  # more undecodable events than this in one attempt fail it
-FINISH_GRACE = 1.0  # seconds to wait after a finish reason for the usage that may follow
-
-
-@attrs.frozen(kw_only=True)
-class AttemptStatistics:
-    """One upstream attempt of a stream, as it ended."""
-
-    provider: str
-    model: str
-    form: str  # fresh | prefill | instruct | replay
-    outcome: str  # done | failed | rejected | diverged | cancelled | pool_full
-    reason: str | None
-    ttft: float | None
-    deltas: int
-    malformed: int
-    usage: Usage | None
 
 
 @attrs.frozen(kw_only=True)
@@ -85,16 +63,6 @@ class SessionContext:
     random: random.Random
     board: HealthBoard
     queues: Mapping[str, trio.CapacityLimiter]  # per route: requests waiting out an outage
-
-
-@attrs.define
-class _Attempt:
-    """The outcome of one attempt, as ``_attempt`` saw it."""
-
-    kind: Literal["done", "failed", "pool_full", "ended", "lost"]
-    failure: Failure | None = None
-    produced_text: bool = False
-    form: str = "fresh"
 
 
 class StreamSession:
@@ -250,7 +218,7 @@ class StreamSession:
                 break
 
     def _settle(
-        self, target: Target, outcome: _Attempt, target_starts: list[float], failures: list[str]
+        self, target: Target, outcome: AttemptOutcome, target_starts: list[float], failures: list[str]
     ) -> Retry | FailOver | None:
         """Report a failed attempt to health and decide what follows; None: the stream ended."""
         ctx = self._ctx
@@ -318,13 +286,13 @@ class StreamSession:
         assert isinstance(hedge_after, float)
         return hedge_after
 
-    async def _hedged(self, primary: Target, secondary: Target, delay: float) -> tuple[_Attempt, _Attempt]:
+    async def _hedged(self, primary: Target, secondary: Target, delay: float) -> tuple[AttemptOutcome, AttemptOutcome]:
         """Race ``secondary`` against ``primary`` if the primary has no first token by ``delay``.
 
         The first attempt to produce text wins the stream; the other is cancelled at once and
         comes back as ``lost``. A primary that fails before the delay starts the hedge at once.
         """
-        results: list[_Attempt] = [_Attempt(kind="lost"), _Attempt(kind="lost")]
+        results: list[AttemptOutcome] = [AttemptOutcome(kind="lost"), AttemptOutcome(kind="lost")]
         scopes = [trio.CancelScope(), trio.CancelScope()]
         winner: list[int] = []
         primary_failed = trio.Event()
@@ -360,122 +328,17 @@ class StreamSession:
 
     async def _attempt(
         self, target: Target, *, prefill_rejected: bool, claim: Callable[[], bool] | None = None
-    ) -> _Attempt:
-        ctx = self._ctx
-        cfg = ctx.provider_configs[target.provider]
-        provider = ctx.providers[target.provider]
-        health = ctx.health[target.provider]
-        delivered = "".join(self._delivered)
-        form = continuation_form(cfg, delivered=delivered, prefill_rejected=prefill_rejected)
-        original = UpstreamRequest(model=target.model, messages=self._messages, params=self._params)
-        request = continuation_request(original, delivered=delivered, form=form, instruct_prompt=cfg.instruct_prompt)
-        guard = SpliceGuard(delivered) if delivered else None
-        produced = False
-        ttft: float | None = None
-        deltas = malformed = 0
-        finish: Finish | None = None
-        usage: Usage | None = None
-        reported = False
-
-        def record(outcome: str, reason: str | None) -> None:
-            self._attempts.append(
-                AttemptStatistics(
-                    provider=target.provider, model=target.model, form=form, outcome=outcome,
-                    reason=reason, ttft=ttft, deltas=deltas, malformed=malformed, usage=usage,
-                )
-            )  # fmt: skip
-
+    ) -> AttemptOutcome:
+        attempt = Attempt(
+            self._ctx, target, messages=self._messages, params=self._params,
+            delivered="".join(self._delivered), prefill_rejected=prefill_rejected,
+            sink=self, claim=claim,
+        )  # fmt: skip
         try:
-            async with ctx.pool.slot(target.provider, timeout=cfg.pool_timeout) as waited:
-                ctx.telemetry.pool_wait.record(waited, {"provider": target.provider})
-                began = trio.current_time()
-                with trio.CancelScope(deadline=began + cfg.first_token_timeout) as timer:
-                    async with provider.stream(request) as events:
-                        async for event in events:
-                            kind = type(event)
-                            if kind is TextDelta:
-                                now = trio.current_time()
-                                if not produced:
-                                    if claim is not None and not claim():
-                                        record("lost", "hedge")
-                                        reported = True
-                                        health.report_nowait(Report(outcome="abandoned", admitted=True))
-                                        return _Attempt(kind="lost")
-                                    produced = True
-                                    ttft = now - began
-                                timer.deadline = now + cfg.idle_timeout
-                                text = event.text  # type: ignore[union-attr]
-                                if guard is not None:
-                                    step = guard.feed(text)
-                                    if type(step) is Hold:
-                                        continue
-                                    if type(step) is Diverged:
-                                        if not self._diverged(target, step.text):
-                                            record("diverged", "stream_diverged")
-                                            reported = True
-                                            health.report_nowait(Report(outcome="neutral", admitted=True))
-                                            return _Attempt(kind="ended")
-                                        guard = None
-                                        deltas += 1
-                                        continue
-                                    guard = None if guard.decided else guard
-                                    text = step.text  # type: ignore[union-attr]
-                                if text:
-                                    self._deliver(target, text)
-                                deltas += 1
-                            elif kind is Finish:
-                                assert isinstance(event, Finish)
-                                finish = event
-                                usage = event.usage or usage
-                                if usage is not None:
-                                    break
-                                timer.deadline = trio.current_time() + min(cfg.idle_timeout, FINISH_GRACE)
-                            elif kind is UsageReport:
-                                usage = event.usage  # type: ignore[union-attr]
-                                if finish is not None:
-                                    break
-                            elif kind is Malformed:
-                                malformed += 1
-                                ctx.telemetry.malformed_events.add(1, {"provider": target.provider})
-                                if malformed > MAX_MALFORMED:
-                                    raise UpstreamError(
-                                        Failure(kind=FailureKind.MALFORMED, message=f"{malformed} undecodable events")
-                                    )
-                if finish is None:
-                    if timer.cancelled_caught:
-                        limit = cfg.idle_timeout if produced else cfg.first_token_timeout
-                        what = "no text for" if produced else "no first token within"
-                        raise UpstreamError(Failure(kind=FailureKind.TIMEOUT, message=f"{what} {limit:g} s"))
-                    raise UpstreamError(Failure(kind=FailureKind.EOF, message="the stream ended without a finish reason"))
-                if guard is not None:
-                    step = guard.finish()
-                    if type(step) is Diverged:
-                        if not self._diverged(target, step.text):
-                            record("diverged", "stream_diverged")
-                            reported = True
-                            health.report_nowait(Report(outcome="neutral", admitted=True))
-                            return _Attempt(kind="ended")
-                    elif step.text:  # type: ignore[union-attr]
-                        self._deliver(target, step.text)  # type: ignore[union-attr]
-            record("done", None)
-            reported = True
-            health.report_nowait(Report(outcome="success", ttft=ttft))
-            self._done(target, finish, usage, deltas)
-            return _Attempt(kind="done")
-        except PoolTimeout:
-            record("pool_full", "pool_full")
-            reported = True
-            health.report_nowait(Report(outcome="neutral", admitted=True))
-            return _Attempt(kind="pool_full")
-        except UpstreamError as exc:
-            record("failed", reason_code(exc.failure, midstream=produced))
-            reported = True
-            return _Attempt(kind="failed", failure=exc.failure, produced_text=produced, form=form)
+            return await attempt.run()
         finally:
-            if not reported:
-                # Cancelled (the client left, or shutdown): not the provider's fault.
-                record("cancelled", "cancelled")
-                health.report_nowait(Report(outcome="abandoned", admitted=True))
+            assert attempt.statistics is not None
+            self._attempts.append(attempt.statistics)
 
     def _report_failure(self, health: HealthActor, failure: Failure, produced: bool) -> None:
         verdict = health_verdict(failure)
@@ -513,7 +376,7 @@ class StreamSession:
         )  # fmt: skip
         self._serving = target
 
-    def _deliver(self, target: Target, text: str) -> None:
+    def deliver(self, target: Target, text: str) -> None:
         if self._pending is not None:
             self._announce(target, "continue")
         if self._first_text_at is None:
@@ -526,7 +389,7 @@ class StreamSession:
         self._delivered_deltas += 1
         self.log.append_text(text)
 
-    def _diverged(self, target: Target, text: str) -> bool:
+    def diverged(self, target: Target, text: str) -> bool:
         """The continuation cannot be joined; reset the client's text if it can take that."""
         if not self._can_reset:
             self._error(
@@ -547,8 +410,7 @@ class StreamSession:
             self.log.append_text(text)
         return True
 
-    def _done(self, target: Target, finish: Finish | None, usage: Usage | None, deltas: int) -> None:
-        assert finish is not None
+    def done(self, target: Target, finish: Finish, usage: Usage | None) -> None:
         if self._pending is not None:
             self._announce(target, "continue")
         if self._failovers == 0 and len([a for a in self._attempts if a.deltas]) <= 1 and usage is not None:

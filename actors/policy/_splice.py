@@ -93,6 +93,7 @@ class SpliceGuard:
         self._live = _word_starts(delivered) if self._dc else []
         # A suffix starting at the k-th word start from the end spans k words.
         self._words_from = {start: len(self._live) - i for i, start in enumerate(self._live)}
+        self._word_bounds = set(self._live) | {len(self._dc)}
         # A restart must also match the delivered text's first two whole words (or all of it).
         two_words = self._live[2] if len(self._live) > 2 else len(self._dc)
         self._restart_min = max(min(RESTART_MIN, max(OVERLAP_MIN, len(self._dc) // 2)), two_words)
@@ -141,7 +142,8 @@ class SpliceGuard:
         if not bc:
             self._decided = True
             return Forward("")
-        incomplete = [s for s in self._live if len(bc) < len(dc) - s]
+        # Only readings whose held text ends where a word of the delivered text ends count.
+        incomplete = [s for s in self._live if len(bc) < len(dc) - s and s + len(bc) in self._word_bounds]
         if 0 in incomplete and len(bc) >= self._restart_min:
             self._decided = True
             return Forward("")  # a restart that stopped early: nothing new

@@ -1,0 +1,206 @@
+"""One upstream attempt of a stream: a pool slot, the provider's events, deadlines, the guard.
+
+``Attempt.run`` streams from one target until it finishes or fails and returns an
+``AttemptOutcome``; text reaches the client through the ``StreamSink`` (the session), after the
+splice guard when the client already holds text. The attempt always leaves its pool slot and
+closes its upstream request, whatever ends it, and tells health what it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import attrs
+import trio
+
+from ._config import Target
+from ._errors import Failure, FailureKind, UpstreamError
+from ._health import Report
+from ._messages import Finish, Malformed, Message, TextDelta, UpstreamRequest, Usage, UsageReport
+from ._pool import PoolTimeout
+from .policy._continuation import continuation_form, continuation_request
+from .policy._failover import reason_code
+from .policy._splice import Diverged, Forward, Hold, SpliceGuard
+
+MAX_MALFORMED = 3  # more undecodable events than this in one attempt fail it
+FINISH_GRACE = 1.0  # seconds to wait after a finish reason for the usage that may follow
+
+
+@attrs.frozen(kw_only=True)
+class AttemptStatistics:
+    """One upstream attempt of a stream, as it ended."""
+
+    provider: str
+    model: str
+    form: str  # fresh | prefill | instruct | replay
+    outcome: str  # done | failed | diverged | cancelled | pool_full | lost
+    reason: str | None
+    ttft: float | None
+    deltas: int
+    malformed: int
+    usage: Usage | None
+
+
+@attrs.frozen(kw_only=True)
+class AttemptOutcome:
+    """How an attempt ended, for the session's next decision.
+
+    ``done``: the answer is complete; ``ended``: the stream ended here (diverged, client
+    cannot reset); ``failed``: ``failure`` says why; ``pool_full``: no slot freed in time;
+    ``lost``: a hedge race was won by the other attempt.
+    """
+
+    kind: Literal["done", "failed", "pool_full", "ended", "lost"]
+    failure: Failure | None = None
+    produced_text: bool = False
+    form: str = "fresh"
+
+
+class StreamSink(Protocol):
+    """Where an attempt's text goes: the session that owns the stream."""
+
+    def deliver(self, target: Target, text: str) -> None: ...
+
+    def diverged(self, target: Target, text: str) -> bool: ...
+
+    def done(self, target: Target, finish: Finish, usage: Usage | None) -> None: ...
+
+
+class Attempt:
+    """One attempt on one target; ``run`` it once."""
+
+    def __init__(
+        self,
+        ctx: Any,  # SessionContext (typed loosely to avoid an import cycle)
+        target: Target,
+        *,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        delivered: str,
+        prefill_rejected: bool,
+        sink: StreamSink,
+        claim: Callable[[], bool] | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._target = target
+        self._cfg = ctx.provider_configs[target.provider]
+        self._health = ctx.health[target.provider]
+        self._sink = sink
+        self._claim = claim
+        self.form = continuation_form(self._cfg, delivered=delivered, prefill_rejected=prefill_rejected)
+        original = UpstreamRequest(model=target.model, messages=tuple(messages), params=params)
+        self._request = continuation_request(
+            original, delivered=delivered, form=self.form, instruct_prompt=self._cfg.instruct_prompt
+        )
+        self._guard = SpliceGuard(delivered) if delivered else None
+        self.produced = False
+        self.ttft: float | None = None
+        self.deltas = 0
+        self.malformed = 0
+        self.usage: Usage | None = None
+        self.statistics: AttemptStatistics | None = None
+
+    def _end(self, outcome: str, reason: str | None, report: Report | None) -> None:
+        self.statistics = AttemptStatistics(
+            provider=self._target.provider, model=self._target.model, form=self.form,
+            outcome=outcome, reason=reason, ttft=self.ttft, deltas=self.deltas,
+            malformed=self.malformed, usage=self.usage,
+        )  # fmt: skip
+        if report is not None:
+            self._health.report_nowait(report)
+
+    async def run(self) -> AttemptOutcome:
+        """Stream the attempt to its end; never raises for upstream failures."""
+        target, cfg, ctx = self._target, self._cfg, self._ctx
+        try:
+            async with ctx.pool.slot(target.provider, timeout=cfg.pool_timeout) as waited:
+                ctx.telemetry.pool_wait.record(waited, {"provider": target.provider})
+                outcome = await self._stream()
+        except PoolTimeout:
+            self._end("pool_full", "pool_full", Report(outcome="neutral", admitted=True))
+            return AttemptOutcome(kind="pool_full")
+        except UpstreamError as exc:
+            # Health hears of failures from the session, which knows whether they count.
+            self._end("failed", reason_code(exc.failure, midstream=self.produced), None)
+            return AttemptOutcome(kind="failed", failure=exc.failure, produced_text=self.produced, form=self.form)
+        finally:
+            if self.statistics is None:
+                # Cancelled (the client left, or shutdown): not the provider's fault.
+                self._end("cancelled", "cancelled", Report(outcome="abandoned", admitted=True))
+        return outcome
+
+    async def _stream(self) -> AttemptOutcome:
+        cfg = self._cfg
+        began = trio.current_time()
+        finish: Finish | None = None
+        with trio.CancelScope(deadline=began + cfg.first_token_timeout) as timer:
+            async with self._ctx.providers[self._target.provider].stream(self._request) as events:
+                async for event in events:
+                    kind = type(event)
+                    if kind is TextDelta:
+                        now = trio.current_time()
+                        if not self.produced:
+                            if self._claim is not None and not self._claim():
+                                self._end("lost", "hedge", Report(outcome="abandoned", admitted=True))
+                                return AttemptOutcome(kind="lost")
+                            self.produced = True
+                            self.ttft = now - began
+                        timer.deadline = now + cfg.idle_timeout
+                        self.deltas += 1
+                        assert isinstance(event, TextDelta)
+                        if not self._take(event.text):
+                            return AttemptOutcome(kind="ended")
+                    elif kind is Finish:
+                        assert isinstance(event, Finish)
+                        finish = event
+                        self.usage = event.usage or self.usage
+                        if self.usage is not None:
+                            break
+                        timer.deadline = trio.current_time() + min(cfg.idle_timeout, FINISH_GRACE)
+                    elif kind is UsageReport:
+                        assert isinstance(event, UsageReport)
+                        self.usage = event.usage
+                        if finish is not None:
+                            break
+                    elif kind is Malformed:
+                        self._count_malformed()
+        if finish is None:
+            if timer.cancelled_caught:
+                limit = cfg.idle_timeout if self.produced else cfg.first_token_timeout
+                what = "no text for" if self.produced else "no first token within"
+                raise UpstreamError(Failure(kind=FailureKind.TIMEOUT, message=f"{what} {limit:g} s"))
+            raise UpstreamError(Failure(kind=FailureKind.EOF, message="the stream ended without a finish reason"))
+        if self._guard is not None and not self._apply(self._guard.finish()):
+            return AttemptOutcome(kind="ended")
+        self._end("done", None, Report(outcome="success", ttft=self.ttft))
+        self._sink.done(self._target, finish, self.usage)
+        return AttemptOutcome(kind="done")
+
+    def _take(self, text: str) -> bool:
+        """Pass text through the splice guard to the client; False: the stream ended."""
+        guard = self._guard
+        if guard is None:
+            self._sink.deliver(self._target, text)
+            return True
+        step = guard.feed(text)
+        if type(step) is Hold:
+            return True
+        self._guard = None  # decided: the rest passes straight through
+        return self._apply(step)
+
+    def _apply(self, step: Hold | Forward | Diverged) -> bool:
+        if isinstance(step, Diverged):
+            if not self._sink.diverged(self._target, step.text):
+                self._end("diverged", "stream_diverged", Report(outcome="neutral", admitted=True))
+                return False
+        elif isinstance(step, Forward) and step.text:
+            self._sink.deliver(self._target, step.text)
+        return True
+
+    def _count_malformed(self) -> None:
+        self.malformed += 1
+        self._ctx.telemetry.malformed_events.add(1, {"provider": self._target.provider})
+        if self.malformed > MAX_MALFORMED:
+            message = f"{self.malformed} undecodable events"
+            raise UpstreamError(Failure(kind=FailureKind.MALFORMED, message=message))
