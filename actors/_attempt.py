@@ -100,6 +100,9 @@ class Attempt:
         self.malformed = 0
         self.usage: Usage | None = None
         self.statistics: AttemptStatistics | None = None
+        self._began = 0.0
+        self._last_progress: float | None = None
+        self._finished_at: float | None = None
 
     def _end(self, outcome: str, reason: str | None, report: Report | None) -> None:
         self.statistics = AttemptStatistics(
@@ -132,39 +135,48 @@ class Attempt:
 
     async def _stream(self) -> AttemptOutcome:
         cfg = self._cfg
-        began = trio.current_time()
+        self._began = trio.current_time()
         finish: Finish | None = None
-        with trio.CancelScope(deadline=began + cfg.first_token_timeout) as timer:
-            async with self._ctx.providers[self._target.provider].stream(self._request) as events:
-                async for event in events:
-                    kind = type(event)
-                    if kind is TextDelta:
-                        now = trio.current_time()
-                        if not self.produced:
-                            if self._claim is not None and not self._claim():
-                                self._end("lost", "hedge", Report(outcome="abandoned", admitted=True))
-                                return AttemptOutcome(kind="lost")
-                            self.produced = True
-                            self.ttft = now - began
-                        timer.deadline = now + cfg.idle_timeout
-                        self.deltas += 1
-                        assert isinstance(event, TextDelta)
-                        if not self._take(event.text):
-                            return AttemptOutcome(kind="ended")
-                    elif kind is Finish:
-                        assert isinstance(event, Finish)
-                        finish = event
-                        self.usage = event.usage or self.usage
-                        if self.usage is not None:
-                            break
-                        timer.deadline = trio.current_time() + min(cfg.idle_timeout, FINISH_GRACE)
-                    elif kind is UsageReport:
-                        assert isinstance(event, UsageReport)
-                        self.usage = event.usage
-                        if finish is not None:
-                            break
-                    elif kind is Malformed:
-                        self._count_malformed()
+        broke: UpstreamError | None = None
+        with trio.CancelScope() as timer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watchdog, timer)
+                try:
+                    async with self._ctx.providers[self._target.provider].stream(self._request) as events:
+                        async for event in events:
+                            kind = type(event)
+                            if kind is TextDelta:
+                                now = trio.current_time()
+                                self._last_progress = now
+                                if not self.produced:
+                                    if self._claim is not None and not self._claim():
+                                        self._end("lost", "hedge", Report(outcome="abandoned", admitted=True))
+                                        return AttemptOutcome(kind="lost")
+                                    self.produced = True
+                                    self.ttft = now - self._began
+                                self.deltas += 1
+                                if not self._take(event.text):  # type: ignore[union-attr]
+                                    return AttemptOutcome(kind="ended")
+                            elif kind is Finish:
+                                assert isinstance(event, Finish)
+                                finish = event
+                                self.usage = event.usage or self.usage
+                                if self.usage is not None:
+                                    break
+                                self._finished_at = trio.current_time()
+                            elif kind is UsageReport:
+                                assert isinstance(event, UsageReport)
+                                self.usage = event.usage
+                                if finish is not None:
+                                    break
+                            elif kind is Malformed:
+                                self._count_malformed()
+                except UpstreamError as exc:
+                    broke = exc  # raised below, outside the nursery, so it stays a plain error
+                finally:
+                    nursery.cancel_scope.cancel()
+        if broke is not None:
+            raise broke
         if finish is None:
             if timer.cancelled_caught:
                 limit = cfg.idle_timeout if self.produced else cfg.first_token_timeout
@@ -176,6 +188,27 @@ class Attempt:
         self._end("done", None, Report(outcome="success", ttft=self.ttft))
         self._sink.done(self._target, finish, self.usage)
         return AttemptOutcome(kind="done")
+
+    async def _watchdog(self, timer: trio.CancelScope) -> None:
+        """Cancel the attempt when it stays silent too long.
+
+        One task per attempt instead of moving a deadline per token: the hot path only stamps
+        the time of its last text. Silence is measured from the start until the first token
+        (``first_token_timeout``), then between texts (``idle_timeout``; keep-alives never reach
+        here), and after a finish reason only for ``FINISH_GRACE``.
+        """
+        cfg = self._cfg
+        while True:
+            if self._finished_at is not None:
+                expires = self._finished_at + min(cfg.idle_timeout, FINISH_GRACE)
+            elif self._last_progress is None:
+                expires = self._began + cfg.first_token_timeout
+            else:
+                expires = self._last_progress + cfg.idle_timeout
+            if trio.current_time() >= expires:
+                timer.cancel()
+                return
+            await trio.sleep_until(expires)
 
     def _take(self, text: str) -> bool:
         """Pass text through the splice guard to the client; False: the stream ended."""
