@@ -30,6 +30,9 @@ class StreamLog:
         self._read_seq = 0  # the first seq the reader has not taken
         self._wakeup = trio.Event()
         self.terminal: ClientEvent | None = None
+        # The last delta while the reader has not taken it: its pieces are joined only when it
+        # is taken, so merging costs a list append per token, not a string copy.
+        self._tail: list[str] | None = None
 
     def __repr__(self) -> str:
         return f"<StreamLog {self.stream_id} next_seq={self._next_seq} read={self._read_seq}>"
@@ -46,13 +49,12 @@ class StreamLog:
         """Append answer text, merged into the last delta if the reader has not taken it."""
         if not text or self.terminal is not None:
             return
-        events = self._events
-        if events and self._next_seq - 1 >= self._read_seq:
-            last = events[-1]
-            if type(last) is Delta:
-                events[-1] = Delta(stream=last.stream, seq=last.seq, text=last.text + text)
-                return
-        self._push(Delta(stream=self.stream_id, seq=self._next_seq, text=text))
+        if self._tail is not None:
+            self._tail.append(text)
+            return
+        self._tail = [text]
+        self._next_seq += 1
+        self._wakeup.set()
 
     def append(self, make: type[ClientEvent], **fields: Any) -> ClientEvent | None:
         """Append an event built as ``make(stream=..., seq=..., **fields)``.
@@ -61,22 +63,29 @@ class StreamLog:
         """
         if self.terminal is not None:
             return None
+        self._seal()
         event = make(stream=self.stream_id, seq=self._next_seq, **fields)
-        self._push(event)
+        self._events.append(event)
+        self._next_seq += 1
+        self._wakeup.set()
         if is_terminal(event):
             self.terminal = event
         return event
 
-    def _push(self, event: ClientEvent) -> None:
-        self._events.append(event)
-        self._next_seq += 1
-        self._wakeup.set()
+    def _seal(self) -> None:
+        """Turn the pending tail into a ``Delta`` event (its seq was reserved when it began)."""
+        tail = self._tail
+        if tail is not None:
+            self._tail = None
+            text = tail[0] if len(tail) == 1 else "".join(tail)
+            self._events.append(Delta(stream=self.stream_id, seq=self._next_seq - 1, text=text))
 
     def take_nowait(self) -> list[ClientEvent]:
         """Every event the reader has not taken yet (possibly none)."""
         count = self._next_seq - self._read_seq
         if count <= 0:
             return []
+        self._seal()
         events = self._events
         batch = [events[i] for i in range(len(events) - count, len(events))] if count < len(events) else list(events)
         self._read_seq = self._next_seq
@@ -98,6 +107,7 @@ class StreamLog:
 
     def since(self, seq: int) -> list[ClientEvent]:
         """The retained events from ``seq`` on, for a client resuming a stream."""
+        self._seal()
         if not self._events or seq >= self._next_seq:
             return []
         first = self._events[0].seq
