@@ -58,6 +58,10 @@ from ._openai_codec import (
 
 log = logging.getLogger(__name__)
 
+# hypercorn's default listen backlog (100) overflows when hundreds of clients connect while
+# the event loop is busy: the kernel then resets connections before Baton ever sees them.
+LISTEN_BACKLOG = 4096
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -487,6 +491,7 @@ async def serve_http(
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
+    config.backlog = LISTEN_BACKLOG
     # A Logger (not "-") so that hypercorn does not install handlers; the CLI configures logging.
     config.errorlog = logging.getLogger("hypercorn.error")
     # hypercorn types the app with its TypedDict events; ours takes plain mappings.

@@ -173,3 +173,40 @@ async def test_faults_raised_inside_httpx_fail_over(autojump_clock, name, on_sen
     [failover] = [e for e in events if isinstance(e, Failover)]
     assert failover.reason == reason
     assert all(s.closed for s in streams)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_upstream_connections_are_reused_across_streams(autojump_clock, kind):
+    async with open_simulated_provider() as a, open_simulated_provider() as b:
+        url = a.base_url_anthropic if kind == "anthropic" else a.base_url_openai
+        cfg = config(kind, url, "openai", b.base_url_openai)
+        providers = adapters(cfg)
+        async with open_baton(cfg, providers) as baton:
+            for _ in range(5):
+                handle = baton.start_stream(route="default", messages=PROMPT)
+                events = [e async for e in handle]
+                assert isinstance(events[-1], Done)
+        for p in providers.values():
+            await p.aclose()
+        assert len(a.log) == 5
+        assert a.connections == 1  # keep-alive: one connection served all five streams
+
+
+async def test_an_abandoned_stream_is_not_drained_but_closed(autojump_clock):
+    async with open_simulated_provider(FaultSchedule.always(Behaviour("drip", token_delay=1.0))) as a:
+        async with open_simulated_provider() as b:
+            cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
+            providers = adapters(cfg)
+            async with open_baton(cfg, providers) as baton:
+                handle = baton.start_stream(route="default", messages=PROMPT)
+                seen = 0
+                async for event in handle:
+                    if isinstance(event, Delta):
+                        seen += 1
+                        if seen == 3:
+                            handle.cancel()
+            for p in providers.values():
+                await p.aclose()
+            with trio.fail_after(5):
+                await a.wait_all_closed()
+    assert len(a.log[0].tokens_sent) <= 4

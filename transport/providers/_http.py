@@ -19,7 +19,7 @@ import trio
 
 from actors._config import ProviderConfig
 from actors._errors import Failure, FailureKind, UpstreamError
-from actors._messages import UpstreamEvent
+from actors._messages import Finish, UpstreamEvent
 
 from ._errors import (
     failure_from_exception,
@@ -29,6 +29,11 @@ from ._errors import (
 from ._sse import SSEDecoder, SSEError, SSEEvent
 
 logger = logging.getLogger(__name__)
+
+# After a complete answer, read at most this much of what follows, for this long, so the
+# connection can be reused (it is only the usage chunk, [DONE] and the chunked-body end).
+DRAIN_BYTES = 64 * 1024
+DRAIN_TIME = 0.5
 
 #: How much of an error body we read: enough for any JSON error, not a runaway HTML page.
 MAX_ERROR_BODY = 64 * 1024
@@ -196,6 +201,7 @@ class UpstreamEvents:
         self._pending: deque[UpstreamEvent] = deque()
         self._error: UpstreamError | None = None
         self._finished = False
+        self._complete = False  # the answer's finish reason or end marker arrived intact
 
     def __repr__(self) -> str:
         return f"<UpstreamEvents provider={self._provider!r} finished={self._finished}>"
@@ -253,19 +259,42 @@ class UpstreamEvents:
         try:
             if self._parser.feed(events, self._pending):
                 self._finished = True
+                self._complete = True
+            elif not self._complete and any(type(e) is Finish for e in self._pending):
+                self._complete = True
         except UpstreamError as exc:
             self._finished = True
             self._error = exc
             logger.info("provider %s: error in stream: %s", self._provider, exc.failure.describe())
 
     async def aclose(self) -> None:
-        """Stop reading and close the response (drops the connection if the body is unread)."""
+        """Stop reading and close the response.
+
+        When the answer arrived complete, the few bytes left (the usage chunk, ``[DONE]``, the
+        body's last chunk) are read first, bounded, so that httpx returns the connection to its
+        pool for the next stream instead of dropping it. An unfinished body is never drained:
+        that would pay for tokens nobody reads.
+        """
+        was_complete = self._complete and self._error is None
         self._finished = True
         self._pending.clear()
         try:
+            if was_complete:
+                await self._drain()
             await _close_iterator(self._chunks)
         finally:
             await self._response.aclose()
+
+    async def _drain(self) -> None:
+        drained = 0
+        with trio.move_on_after(DRAIN_TIME):
+            try:
+                async for chunk in self._chunks:
+                    drained += len(chunk)
+                    if drained > DRAIN_BYTES:
+                        return
+            except httpx.HTTPError:
+                return
 
 
 @asynccontextmanager
