@@ -1,0 +1,122 @@
+"""``baton bench`` / ``python -m scenarios.bench``: measure what Baton costs on this machine.
+
+Starts a fast OpenAI-compatible mock and Baton (each in its own process, on 127.0.0.1), drives
+latency, throughput and capacity workloads through Baton's HTTP/SSE and WebSocket APIs and
+straight to the mock, and prints a table per workload and a verdict per target. The default
+run takes about two minutes; ``--quick`` takes seconds with small counts. Linux only (CPU and
+memory are read from ``/proc``).
+
+    python -m scenarios.bench              # the full run
+    python -m scenarios.bench --quick      # a smoke run
+    python -m scenarios.bench --profile /tmp/baton-profile   # then profile Baton with py-spy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import attrs
+import trio
+
+from ._bench import DEFAULT, QUICK, TARGETS, WORKLOADS, BenchSettings, run_bench
+from ._benchprocs import proc_available
+from ._benchprofile import format_profile, hot_spots, py_spy_available
+from ._benchreport import format_report, to_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to ``parser`` (``baton bench`` and ``python -m scenarios.bench``)."""
+    parser.add_argument("--quick", action="store_true", help="a short run (seconds) with small counts")
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, help="run only these workloads")
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, help="run only these targets")
+    parser.add_argument("--throughput-seconds", type=float, help="seconds per target and round")
+    parser.add_argument("--throughput-streams", type=int, help="concurrent streams (default 50)")
+    parser.add_argument("--capacity-streams", type=int, help="slow streams open at once (default 500)")
+    parser.add_argument("--mock-burst", type=int, help="token events per send at the mock with no delay (default 1)")
+    parser.add_argument("--http-client", choices=("raw", "httpx"),
+                        help="the load generator's HTTP client: raw (lean, default) or httpx")  # fmt: skip
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="afterwards, profile Baton with py-spy under the throughput workload")  # fmt: skip
+    parser.add_argument("--profile-workload", choices=WORKLOADS, default="throughput",
+                        help="the workload to profile under (default throughput)")  # fmt: skip
+    parser.add_argument("--proxy-log-level", default="INFO", help="Baton's log level (default INFO, as baton serve)")
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    """The run's sizes: the default or quick preset with the options' overrides."""
+    settings = QUICK if args.quick else DEFAULT
+    overrides = {
+        "workloads": tuple(args.workloads) if args.workloads else None,
+        "targets": tuple(args.targets) if args.targets else None,
+        "throughput_seconds": args.throughput_seconds,
+        "throughput_streams": args.throughput_streams,
+        "capacity_streams": args.capacity_streams,
+        "mock_burst": args.mock_burst,
+        "http_client": args.http_client,
+    }
+    return attrs.evolve(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_from_args(args: argparse.Namespace, *, command: str = "") -> int:
+    """Run the benchmark the options describe and print its report; returns the exit status."""
+    if not proc_available():
+        print("baton bench: needs Linux's /proc to read Baton's CPU time and memory", file=sys.stderr)
+        return 2
+    if args.profile is not None and not py_spy_available():
+        print("baton bench: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
+    if args.profile is not None:
+        try:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"baton bench: cannot use {args.profile} for profiles: {exc}", file=sys.stderr)
+            return 2
+    settings = settings_from_args(args)
+    say = partial(print, flush=True)
+    run, status = None, 1
+    try:
+        run = trio.run(partial(run_bench, settings, say=say, profile_dir=args.profile,
+                               profile_workload=args.profile_workload, proxy_log_level=args.proxy_log_level))
+    except* (RuntimeError, OSError) as group:
+        # A child that would not start, py-spy that could not attach: one line, not a traceback.
+        print(f"baton bench: {_first_leaf(group)}", file=sys.stderr)
+    except* KeyboardInterrupt:
+        print("baton bench: interrupted; the mock and Baton were stopped", file=sys.stderr)
+        status = 130
+    if run is None:
+        return status
+    print()
+    print(format_report(run, command=command))
+    for target, raw in run.profiles.items():
+        print()
+        print(format_profile(hot_spots(raw), f"{args.profile_workload} workload via {target}"))
+        print(f"  (raw stacks: {raw}; open in https://speedscope.app or flamegraph.pl)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_json(run), indent=2, default=str))
+    return 0
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m scenarios.bench``."""
+    parser = argparse.ArgumentParser(prog="python -m scenarios.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "-m", "scenarios.bench", *(sys.argv[1:] if argv is None else argv)])
+    return run_from_args(args, command=command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
