@@ -17,7 +17,11 @@ import trio
 from actors import BatonConfig, ConfigError, config_from_dict
 from transport._cli import build_providers, configure_logging, load_config, run_baton
 
+from ._scenarios_cli import add_arguments as add_scenarios_arguments
+from ._scenarios_cli import run_from_args as run_scenarios_command
 from ._simulated import SimulatedProvider
+from .bench import add_arguments as add_bench_arguments
+from .bench import run_from_args as run_bench_command
 
 POINTERS = """\
 Baton is serving two simulated providers (no network, no keys needed):
@@ -89,7 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--http-port", type=int, default=8080, help="HTTP port for the default setup")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    bench = commands.add_parser("bench", help="measure Baton's latency, throughput, CPU and memory against a local mock")
+    add_bench_arguments(bench)
+    scenarios = commands.add_parser("scenarios", help="fault-injection suites, replays and the reliability comparison")
+    add_scenarios_arguments(scenarios)
     args = parser.parse_args(argv)
+    if args.command == "scenarios":
+        return run_scenarios_command(args)
+    if args.command == "bench":
+        return run_bench_command(args, command=" ".join(["baton", *(sys.argv[1:] if argv is None else argv)]))
     configure_logging(log_format=args.log_format, level=args.log_level)
     try:
         if args.config:

@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 
 from actors import Done, Message, StreamError, open_baton
 from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule, Rule
+from scenarios._faults import FaultSchedule
+from scenarios._strategies import (
+    Timeouts,
+    any_behaviour,
+    continuers,
+    first_then,
+    midstream_faults,
+    stays_healthy,
+)
 from scenarios._textgen import answer_tokens
 
 from .conftest import make_config, run_stream
@@ -30,52 +38,16 @@ PROMPTS = [
 FIRST_TOKEN_TIMEOUT = 5.0
 IDLE_TIMEOUT = 4.0
 
-positions = st.integers(0, 60)
-behaviours = st.one_of(
-    st.just(Behaviour("healthy")),
-    st.just(Behaviour("refuse")),
-    st.builds(lambda s: Behaviour("status", status=s), st.sampled_from([500, 502, 503, 504, 529, 401, 403])),
-    st.builds(lambda r: Behaviour("status", status=429, retry_after=r), st.sampled_from([None, 0.5, 3.0, 120.0])),
-    st.just(Behaviour("status", status=400, code="context_length_exceeded", message="too long")),
-    st.builds(lambda k: Behaviour("reset", at_token=k), positions),
-    st.builds(lambda k, s: Behaviour("stall", at_token=k, stall=s), positions, st.sampled_from([0.5, 30.0])),
-    st.builds(lambda k: Behaviour("keepalive_stall", at_token=k, stall=30.0), positions),
-    st.builds(lambda k: Behaviour("malformed", at_token=k), positions),
-    st.builds(lambda k: Behaviour("stream_error", at_token=k), positions),
-    st.just(Behaviour("no_done")),
-    st.just(Behaviour("no_finish")),
-    st.builds(lambda: Behaviour("healthy", prefill="restart")),
-    st.builds(lambda: Behaviour("healthy", prefill="reject")),
-)
+# The fault families and "stays healthy" are shared with the scenario suites (scenarios/).
+TIMEOUTS = Timeouts(first_token=FIRST_TOKEN_TIMEOUT, idle=IDLE_TIMEOUT)
+behaviours = any_behaviour(TIMEOUTS, rejecting=False)
+midstream = midstream_faults(TIMEOUTS)
 
 
-@st.composite
-def schedules(draw):
-    first = draw(behaviours)
-    rest = draw(behaviours)
-    n = draw(st.integers(1, 3))
-    return FaultSchedule((Rule(first, last_request=n - 1),), default=rest)
+def schedules():
+    """A behaviour for a target's first 1-3 requests and one for the rest."""
+    return first_then(behaviours, behaviours)
 
-
-def finishes(schedule: FaultSchedule) -> bool:
-    """Whether a target with this schedule answers every request it gets in full."""
-    ok = {"healthy", "no_done", "malformed"}
-    fine = lambda b: b.kind in ok and b.prefill != "reject" or (b.kind == "stall" and b.stall < IDLE_TIMEOUT)  # noqa: E731
-    return all(fine(b) for b in [r.behaviour for r in schedule.rules] + [schedule.default])
-
-
-midstream_faults = st.one_of(
-    st.builds(lambda k: Behaviour("reset", at_token=k), st.integers(1, 40)),
-    st.builds(lambda k: Behaviour("stall", at_token=k, stall=60.0), st.integers(1, 40)),
-    st.builds(lambda k: Behaviour("stream_error", at_token=k), st.integers(1, 40)),
-    st.just(Behaviour("no_finish")),
-)
-continuers = st.one_of(
-    st.just(Behaviour("healthy", prefill="restart")),
-    st.just(Behaviour("healthy", prefill="reject")),
-    st.just(Behaviour("healthy")),
-    midstream_faults,
-)
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -93,8 +65,8 @@ def test_any_fault_schedule_keeps_the_promise(plan, prompt, can_reset, words, pr
 
 @SETTINGS
 @given(
-    midstream_faults,
-    st.lists(continuers.map(FaultSchedule.always), min_size=1, max_size=3),
+    midstream,
+    st.lists(continuers(TIMEOUTS).map(FaultSchedule.always), min_size=1, max_size=3),
     st.sampled_from(PROMPTS),
     st.booleans(),
     st.sampled_from(["plain", "exotic"]),
@@ -133,5 +105,5 @@ def check_promise(plan, prompt, can_reset, words, prefill):
         assert isinstance(terminal, StreamError)
         assert terminal.code in ("all_providers_unavailable", "upstream_rejected", "stream_diverged")
         assert answer.startswith(run.text)
-    if any(finishes(s) for s in plan):
+    if any(stays_healthy(s, config.providers[name]) for name, s in zip(names, plan)):
         assert isinstance(terminal, Done), terminal
