@@ -48,13 +48,14 @@ class AttemptOutcome:
 
     ``done``: the answer is complete; ``ended``: the stream ended here (diverged, client
     cannot reset); ``failed``: ``failure`` says why; ``pool_full``: no slot freed in time;
-    ``lost``: a hedge race was won by the other attempt.
+    ``lost``: a hedge race was won by the other attempt (or the hedge never had to start).
     """
 
     kind: Literal["done", "failed", "pool_full", "ended", "lost"]
     failure: Failure | None = None
     produced_text: bool = False
     form: str = "fresh"
+    started: bool = True  # false for a hedge that was never needed
 
 
 class StreamSink(Protocol):

@@ -195,12 +195,13 @@ class HealthActor:
         state = self._state
         match msg:
             case Admit(reply=reply):
-                state, ok = breaker.admit(state, cfg, now)
-                try:
-                    reply.send_nowait(ok)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    if ok:
-                        state = breaker.on_trial_abandoned(state, cfg, now)
+                with reply:  # closed even on a crash: the asker then hears "no"
+                    state, ok = breaker.admit(state, cfg, now)
+                    try:
+                        reply.send_nowait(ok)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        if ok:
+                            state = breaker.on_trial_abandoned(state, cfg, now)
             case Report(outcome="success", ttft=ttft):
                 if ttft is not None:
                     self._ttfts.append(ttft)

@@ -16,10 +16,15 @@ import attrs
 import trio
 
 from ._config import RouteConfig, Target
+from ._errors import BatonError
 from ._health import HealthBoard, HealthSnapshot
 from .policy._route import choose
 
 log = logging.getLogger(__name__)
+
+class RouterFailed(BatonError):
+    """The router crashed while answering; the asking session cannot go on."""
+
 
 RETRY_WINDOW = 10.0  # seconds over which the retry budget is measured
 RETRY_FLOOR = 3  # retries always allowed inside the window, however few requests there were
@@ -69,11 +74,14 @@ class RouterActor:
         """Answer picks until the mailbox closes."""
         task_status.started()
         async for msg in self._receive:
-            result = self._pick(msg)
-            try:
-                msg.reply.send_nowait(result)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the asker is gone
+            # Closing the reply even if _pick crashes tells the asker at once (EndOfChannel)
+            # instead of leaving it waiting for an answer the restarted router never sends.
+            with msg.reply:
+                result = self._pick(msg)
+                try:
+                    msg.reply.send_nowait(result)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the asker is gone
 
     def close(self) -> None:
         """End the actor in order: its loop sees the end of its mailbox."""
@@ -91,7 +99,10 @@ class RouterActor:
         reply_send, reply_receive = trio.open_memory_channel[PickResult](1)
         await self._send.send(Pick(route=route, exclude=exclude, retry=retry, hedge=hedge, reply=reply_send))
         with reply_receive:
-            return await reply_receive.receive()
+            try:
+                return await reply_receive.receive()
+            except trio.EndOfChannel:
+                raise RouterFailed(f"the router failed while choosing a target of {route!r}") from None
 
     def _within_budget(self, route: RouteConfig, now: float, retry: bool) -> bool:
         budget = self._budget

@@ -179,9 +179,10 @@ class StreamSession:
                 attempts += 1
                 starts.setdefault(index, []).append(trio.current_time())
                 if hedge is not None:
-                    attempts += 1
-                    starts.setdefault(hedge.index, []).append(trio.current_time())
                     outcome, hedge_outcome = await self._hedged(target, hedge.target, self._hedge_delay(target))
+                    if hedge_outcome.started:
+                        attempts += 1
+                        starts.setdefault(hedge.index, []).append(trio.current_time())
                     if hedge_outcome.kind in ("done", "ended"):
                         if outcome.kind == "failed":
                             assert outcome.failure is not None
@@ -268,8 +269,9 @@ class StreamSession:
 
     async def _hedge_target(self, index: int, attempts: int) -> Picked | None:
         """The second target to race the first one, when the route hedges the first attempt."""
-        if self._route.hedge_after is None or attempts > 0 or self._delivered:
-            return None
+        route = self._route
+        if route.hedge_after is None or attempts > 0 or self._delivered or route.max_attempts < 2:
+            return None  # a hedge needs an attempt of its own to spare
         picked = await self._ctx.router.pick(self._route.name, exclude=frozenset({index}), hedge=True)
         if not isinstance(picked, Picked):
             return None
@@ -292,7 +294,7 @@ class StreamSession:
         The first attempt to produce text wins the stream; the other is cancelled at once and
         comes back as ``lost``. A primary that fails before the delay starts the hedge at once.
         """
-        results: list[AttemptOutcome] = [AttemptOutcome(kind="lost"), AttemptOutcome(kind="lost")]
+        results = [AttemptOutcome(kind="lost"), AttemptOutcome(kind="lost", started=False)]
         scopes = [trio.CancelScope(), trio.CancelScope()]
         winner: list[int] = []
         primary_failed = trio.Event()
@@ -312,6 +314,7 @@ class StreamSession:
                         await primary_failed.wait()
                     if winner:
                         return
+                    results[1] = AttemptOutcome(kind="lost")  # started: it costs an attempt
                 results[which] = await self._attempt(target, prefill_rejected=False, claim=lambda: claim(which))
             if which == 0 and results[0].kind != "done":
                 primary_failed.set()

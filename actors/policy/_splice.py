@@ -147,9 +147,8 @@ class SpliceGuard:
         if 0 in incomplete and len(bc) >= self._restart_min:
             self._decided = True
             return Forward("")  # a restart that stopped early: nothing new
-        if any(s > 0 and self._words_from[s] >= OVERLAP_WORDS for s in incomplete) and len(bc) >= OVERLAP_MIN:
-            self._decided = True
-            return Forward("")  # only a repeat of the delivered text's last words
+        # Matching the start of a later stretch without reaching the end is no overlap of the
+        # last words: those words may simply occur earlier too. Such text is forwarded.
         return self._decide(final=True)
 
     def _decide(self, *, final: bool) -> SpliceStep:
