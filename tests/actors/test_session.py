@@ -359,3 +359,29 @@ async def test_a_crashing_session_ends_only_its_own_stream_with_an_error(autojum
     async with open_baton(only_b, {"b": providers["b"]}) as baton:
         fine = await run_stream(baton)
     assert isinstance(fine.terminal, Done)
+
+
+async def test_a_router_crash_ends_the_asking_stream_and_the_restarted_router_serves_the_next(autojump_clock, fakes):
+    from actors._router import RouterActor
+
+    crashes = []
+    original = RouterActor._pick
+
+    def pick_once_broken(self, msg):
+        if not crashes:
+            crashes.append(msg)
+            raise RuntimeError("a bug in route choice")
+        return original(self, msg)
+
+    providers = fakes(a=HEALTHY, b=HEALTHY)
+    async with open_baton(make_config(), providers) as baton:
+        RouterActor._pick = pick_once_broken
+        try:
+            with trio.fail_after(5):
+                first = await run_stream(baton)
+                second = await run_stream(baton)
+        finally:
+            RouterActor._pick = original
+        assert baton.statistics().restarts == 1
+    assert first.terminal.code == "internal_error"
+    assert isinstance(second.terminal, Done)
