@@ -40,7 +40,6 @@ from .policy._failover import FailOver, Reject, Retry, decide, health_verdict
 log = logging.getLogger(__name__)
 
 
-
 @attrs.frozen(kw_only=True)
 class StreamStatistics:
     stream: str
@@ -183,6 +182,9 @@ class StreamSession:
                     if hedge_outcome.started:
                         attempts += 1
                         starts.setdefault(hedge.index, []).append(trio.current_time())
+                    else:
+                        # Never needed: give back the admission (a half-open trial place).
+                        ctx.health[hedge.target.provider].report_nowait(Report(outcome="neutral", admitted=True))
                     if hedge_outcome.kind in ("done", "ended"):
                         if outcome.kind == "failed":
                             assert outcome.failure is not None
@@ -416,10 +418,13 @@ class StreamSession:
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None:
         if self._pending is not None:
             self._announce(target, "continue")
-        if self._failovers == 0 and len([a for a in self._attempts if a.deltas]) <= 1 and usage is not None:
-            final_usage = usage
+        if self._failovers == 0 and usage is not None:
+            final_usage = usage  # one target answered it all: its own count is exact
         else:
-            # After a failover, count only what reached the client (one upstream delta ~ one token).
+            # After a failover, completion tokens count only what reached the client (one
+            # upstream delta ~ one token); prompt tokens are what the finishing target charged,
+            # which includes the delivered text it was asked to continue. Every attempt's own
+            # usage is in the stream's statistics.
             prompt = usage.prompt_tokens if usage is not None else 0
             final_usage = Usage(prompt_tokens=prompt, completion_tokens=self._delivered_deltas)
         self.log.append(
@@ -469,7 +474,6 @@ class StreamSession:
             self.id, self._route.name, ",".join(a.provider for a in self._attempts) or "-",
             outcome, "-" if ttft is None else f"{ttft:.3f}", duration, self._delivered_deltas,
         )  # fmt: skip
-
 
 
 def _describe_state(name: str, snapshot: HealthSnapshot | None, now: float) -> str:

@@ -155,3 +155,20 @@ async def test_the_retry_budget_stops_an_outage_from_multiplying_load(autojump_c
     # floor of 3 plus 20% of the 50 requests
     assert len(done) == 13 and len(refused) == 37
     assert all("retry budget" in t.message for t in refused)
+
+
+async def test_a_hedge_that_was_never_needed_gives_back_its_half_open_trial(autojump_clock):
+    from actors._health import Report
+
+    a = FakeProvider("a", FaultSchedule((Rule(Behaviour("refuse"), start=10.0),)))
+    b = FakeProvider("b")
+    config = make_config(route={"hedge_after": 0.5}, b={"health": {"cooldown": 2.0, "half_open_requests": 1}})
+    async with open_baton(config, {"a": a, "b": b}) as baton:
+        baton._ctx.health["b"].report_nowait(Report(outcome="failure", trip=True))
+        await trio.sleep(3)
+        assert baton.statistics().providers["b"].health.status == "probing"
+        fast = await run_stream(baton)  # a answers at once; b was admitted as the hedge, unused
+        assert fast.terminal.provider == "a" and b.log == []
+        await trio.sleep(10)
+        failed_over = await run_stream(baton)  # a refuses now: b's trial place must be free
+    assert isinstance(failed_over.terminal, Done) and failed_over.terminal.provider == "b"
