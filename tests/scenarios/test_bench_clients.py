@@ -63,6 +63,8 @@ async def test_raw_client_and_httpx_read_the_whole_mock_answer_over_one_connecti
 async def test_raw_client_retries_a_kept_alive_connection_the_server_closed() -> None:
     answers = 0
 
+    hung_up = trio.Event()
+
     async def one_answer_per_connection(stream: trio.SocketStream) -> None:
         nonlocal answers
         async with stream:
@@ -70,13 +72,15 @@ async def test_raw_client_retries_a_kept_alive_connection_the_server_closed() ->
             answers += 1
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             # No "connection: close": the client keeps it, and the server hangs up anyway.
+        hung_up.set()
 
     async with trio.open_nursery() as nursery:
         serve = functools.partial(trio.serve_tcp, one_answer_per_connection, 0, host="127.0.0.1")
         listeners = await nursery.start(serve)
         client = RawHTTPClient("127.0.0.1", listeners[0].socket.getsockname()[1])
         assert await client.request("GET", "/") == (200, b"ok")
-        await trio.sleep(0.05)  # the server has closed the kept connection by now
+        with trio.fail_after(5):
+            await hung_up.wait()  # the server has closed the kept connection
         assert await client.request("GET", "/") == (200, b"ok")
         assert answers == 2
         await client.aclose()
