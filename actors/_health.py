@@ -126,6 +126,8 @@ class HealthActor:
         self._ttfts: deque[float] = deque(maxlen=TTFT_SAMPLES)
         self._ttft_at: float | None = None
         self._state_dirty = False
+        self._probing_now = False  # an active probe is out
+        self._status_changed = trio.Event()
 
     def __repr__(self) -> str:
         return f"<HealthActor {self.name} {self._state.status}>"
@@ -196,7 +198,10 @@ class HealthActor:
         match msg:
             case Admit(reply=reply):
                 with reply:  # closed even on a crash: the asker then hears "no"
-                    state, ok = breaker.admit(state, cfg, now)
+                    if self._probing_now and breaker.advance(state, cfg, now).status == "probing":
+                        ok = False  # the active probe is this interval's trial
+                    else:
+                        state, ok = breaker.admit(state, cfg, now)
                     try:
                         reply.send_nowait(ok)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -222,6 +227,7 @@ class HealthActor:
             case Report():
                 pass
             case ProbeDone(ok=ok, kind=kind, detail=detail):
+                self._probing_now = False
                 if not ok:
                     log.info("probe of %s failed: %s", self.name, detail)
                 state = breaker.on_probe(state, cfg, now, ok=ok, kind=kind)
@@ -231,6 +237,7 @@ class HealthActor:
         old = self._state
         self._state = state
         if state.status != old.status:
+            self._status_changed.set()
             log.warning(
                 "provider %s is now %s (was %s; %d consecutive failures)",
                 self.name, state.status, old.status, state.consecutive_failures,
@@ -272,7 +279,12 @@ class HealthActor:
         cfg = self._config
         while True:
             unwell = self._state.status in ("unhealthy", "probing")
-            await trio.sleep(cfg.probe_interval_unhealthy if unwell else cfg.probe_interval)
+            self._status_changed = trio.Event()
+            with trio.move_on_after(cfg.probe_interval_unhealthy if unwell else cfg.probe_interval):
+                # A change of state restarts the ticker at the new state's interval, so a
+                # provider that starts probing is probed within probe_interval_unhealthy.
+                await self._status_changed.wait()
+                continue
             # An open breaker rests for its cooldown (probes would only hammer it); a probing
             # one is probed unless a live trial is already testing it.
             if breaker.wants_probe(self._state, cfg, trio.current_time()):
@@ -282,6 +294,7 @@ class HealthActor:
         kind = self._config.probe_kind
         self.probes_run += 1
         ok, detail = True, ""
+        self._probing_now = True
         with trio.move_on_after(self._config.probe_timeout) as scope:
             try:
                 await self.provider.probe(kind)

@@ -224,3 +224,29 @@ async def test_recovery_is_noticed_by_probes_within_the_unhealthy_probe_interval
     assert 100 <= healed_noticed <= 105.5
     # while it rested after opening, it was not probed at all
     assert not [p for p in provider.probes if opened_at < p.at < opened_at + 30 - 1e-9]
+
+
+async def test_while_an_active_probe_tests_a_probing_provider_no_live_trial_is_admitted(autojump_clock):
+    import trio.testing
+
+    gate = trio.Event()
+
+    class SlowProbe(FakeProvider):
+        async def probe(self, kind):
+            await gate.wait()
+            await super().probe(kind)
+
+    board = HealthBoard()
+    provider = SlowProbe("p")
+    actor = HealthActor(provider, HealthConfig(cooldown=10.0, probe_interval_unhealthy=5.0, probe_timeout=100.0), board)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        actor.report_nowait(Report(outcome="failure", trip=True))
+        await trio.sleep(15.5)  # rested 10 s; the probe loop's next tick (15 s) started a probe
+        await trio.testing.wait_all_tasks_blocked()
+        assert board.get("p").status == "probing"
+        assert not await actor.admit()  # the probe is this interval's trial
+        gate.set()
+        await trio.sleep(0.1)
+        actor.close()
+    assert provider.probes and provider.probes[-1].ok
