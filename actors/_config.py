@@ -151,7 +151,7 @@ def _check_value(where: str, key: str, value: Any, annotation: str) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(where, "must be a finite number")
-    elif "int" in annotation.replace("Literal", "") and annotation.startswith("int"):
+    elif annotation.startswith("int"):
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(where, f"must be an integer, not {_type_name(value)}")
     elif annotation.startswith("bool"):

@@ -188,7 +188,7 @@ class StreamSession:
                     if hedge_outcome.kind in ("done", "ended"):
                         if outcome.kind == "failed":
                             assert outcome.failure is not None
-                            self._report_failure(health, outcome.failure, outcome.produced_text)
+                            self._report_failure(health, outcome.failure)
                         return
                     if hedge_outcome.kind == "failed":
                         # The hedge failed (before or after winning): it is out for this request.
@@ -233,7 +233,7 @@ class StreamSession:
             config=ctx.provider_configs[target.provider], now=trio.current_time(),
             jitter=ctx.random.random(),
         )  # fmt: skip
-        self._report_failure(ctx.health[target.provider], failure, outcome.produced_text)
+        self._report_failure(ctx.health[target.provider], failure)
         failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
         log.warning(
             "stream %s: attempt on %s failed (%s); %s",
@@ -345,9 +345,9 @@ class StreamSession:
             assert attempt.statistics is not None
             self._attempts.append(attempt.statistics)
 
-    def _report_failure(self, health: HealthActor, failure: Failure, produced: bool) -> None:
+    def _report_failure(self, health: HealthActor, failure: Failure) -> None:
         verdict = health_verdict(failure)
-        if verdict.rate_limited_for is not None or (failure.status == 429):
+        if verdict.rate_limited:
             health.report_nowait(Report(outcome="rate_limited", retry_after=verdict.rate_limited_for))
         elif verdict.counts:
             health.report_nowait(Report(outcome="failure", trip=verdict.trip))

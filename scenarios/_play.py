@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
@@ -55,6 +55,17 @@ CLOSE_GRACE = 30.0  # seconds the simulators may take to see every attempt close
 _HEALTH_LOGGER = "actors._health"
 
 
+def client_text(events: Sequence[ClientEvent]) -> str:
+    """The answer a client holds after ``events``: a ``reset`` failover discards what came before."""
+    text = ""
+    for event in events:
+        if isinstance(event, Failover) and event.mode == "reset":
+            text = ""
+        elif isinstance(event, Delta):
+            text += event.text
+    return text
+
+
 @attrs.define
 class ClientRun:
     """What one client saw of its stream; times are trio times."""
@@ -71,14 +82,8 @@ class ClientRun:
 
     @property
     def text(self) -> str:
-        """The answer as the client holds it (a ``reset`` failover discards what came before)."""
-        text = ""
-        for event in self.events:
-            if isinstance(event, Failover) and event.mode == "reset":
-                text = ""
-            elif isinstance(event, Delta):
-                text += event.text
-        return text
+        """The answer as the client holds it (see ``client_text``)."""
+        return client_text(self.events)
 
 
 @attrs.frozen(kw_only=True)

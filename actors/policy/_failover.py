@@ -58,6 +58,7 @@ class HealthVerdict:
 
     counts: bool = False
     trip: bool = False
+    rate_limited: bool = False
     rate_limited_for: float | None = None
 
 
@@ -103,7 +104,7 @@ def health_verdict(failure: Failure) -> HealthVerdict:
         if status in (401, 403):
             return HealthVerdict(counts=True, trip=True)
         if status == 429:
-            return HealthVerdict(rate_limited_for=failure.retry_after)
+            return HealthVerdict(rate_limited=True, rate_limited_for=failure.retry_after)
         if 400 <= status < 500:
             return HealthVerdict()
         return HealthVerdict(counts=True)

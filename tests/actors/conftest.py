@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from actors import Delta, Failover, Message, config_from_dict, is_terminal, open_baton
+from actors import Message, config_from_dict, is_terminal, open_baton
 from scenarios._fake import FakeProvider
 from scenarios._faults import FaultSchedule
+from scenarios._play import client_text
 from scenarios._textgen import answer_tokens
 
 PROMPT = (Message(role="user", content="Tell me about proxies."),)
@@ -37,13 +38,7 @@ class Run:
 
     @property
     def text(self) -> str:
-        text = ""
-        for event in self.events:
-            if isinstance(event, Failover) and event.mode == "reset":
-                text = ""
-            if isinstance(event, Delta):
-                text += event.text
-        return text
+        return client_text(self.events)
 
     @property
     def terminal(self):

@@ -3,7 +3,7 @@
 It starts the mock provider and Baton in their own processes, as ``baton bench`` does, runs a
 few latency streams and a short throughput round through Baton's HTTP and WebSocket APIs and
 straight to the mock, and asserts bounds generous enough for a loaded CI machine but not for
-an accidental per-token sleep or an O(n^2) in the hot path: with ``time.sleep(0.001)`` per
+an accidental per-token sleep or an O(n^2) in the hot path: with a blocking 1 ms sleep per
 token Baton cannot pass 1,000 tokens/s, a fiftieth of what the direct client reaches. Linux
 only (it reads ``/proc``). Takes about 10 seconds.
 """
