@@ -17,6 +17,7 @@ import orjson
 from actors._config import ProviderConfig
 from actors._provider import ProbeKind
 
+from . import _chunked
 from ._http import (
     EventParser,
     UpstreamEvents,
@@ -48,6 +49,8 @@ class HTTPProvider:
         stream_url: str,
         models_url: str,
     ) -> None:
+        # Every token is its own HTTP chunk; read them a network read at a time (see _chunked).
+        _chunked.install()
         self._config = config
         self._owns_client = client is None
         self._client = client if client is not None else make_client(config)
