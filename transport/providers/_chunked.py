@@ -51,7 +51,7 @@ class MergingChunkedReader(h11_readers.ChunkedReader):
         super().__init__()
         # The end of the message or a framing error, found in the same pass as data before
         # it: the data is returned first and this by the next call, as the stock reader would.
-        self._end: h11.EndOfMessage | None = None
+        self._end: h11.Data | h11.EndOfMessage | None = None
         self._error: LocalProtocolError | None = None
 
     def __call__(self, buf: ReceiveBuffer) -> h11.Data | h11.EndOfMessage | None:
@@ -65,7 +65,7 @@ class MergingChunkedReader(h11_readers.ChunkedReader):
         data: bytearray = buf._data
         size = len(data)
         pos = 0
-        pieces: list[bytes] = []
+        pieces: list[bytes | bytearray] = []
         remaining = self._bytes_in_chunk
         discard = self._bytes_to_discard
         try:
