@@ -119,8 +119,7 @@ class MergingChunkedReader(h11_readers.ChunkedReader):
             return super().__call__(buf)
         if not pieces:
             return None
-        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        return h11.Data(data=body)
+        return h11.Data(data=b"".join(pieces))
 
 
 def _stock_readers() -> dict[Any, Any] | None:
