@@ -69,6 +69,10 @@ def wires(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
 @example((b"", [b"5\r\nhello\r", b"\n0\r\n\r\n"]))
 @example((b"", [b"5\r\nhelloXY0\r\n\r\n"]))
 @example((b"", [b"3\r\nabc\r\nzz\r\n"]))
+@example((b"", [b"A\r\n0123456789\r\n0\r\n\r\n"]))
+@example((b"", [b"00000000000000000003\r\nabc\r\n0\r\n\r\n"]))
+@example((b"", [b"000000000000000000003\r\nabc\r\n0\r\n\r\n"]))
+@example((b"", [b"\r\nabc\r\n0\r\n\r\n"]))
 def test_delivers_what_h11s_reader_delivers(case: tuple[bytes, list[bytes]]) -> None:
     _, pieces = case
     stock_body, stock_events, stock_end = read(h11_readers.ChunkedReader(), pieces)

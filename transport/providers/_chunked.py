@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # trailing whitespace), checked with ``fullmatch`` on the line including its CRLF.
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _CRLF = b"\r\n"
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class MergingChunkedReader(h11_readers.ChunkedReader):
@@ -83,12 +84,16 @@ class MergingChunkedReader(h11_readers.ChunkedReader):
                     eol = data.find(_CRLF, pos)
                     if eol < 0:
                         break
-                    line = bytes(data[pos : eol + 2])
-                    match = _CHUNK_HEADER.fullmatch(line)
-                    if match is None:
-                        raise LocalProtocolError(f"illegal chunk header: {line!r}")
+                    digits = bytes(data[pos:eol])
+                    if 0 < len(digits) <= 20 and not digits.translate(None, _HEX_DIGITS):
+                        remaining = int(digits, 16)  # the common line: only the size
+                    else:
+                        line = bytes(data[pos : eol + 2])
+                        match = _CHUNK_HEADER.fullmatch(line)
+                        if match is None:
+                            raise LocalProtocolError(f"illegal chunk header: {line!r}")
+                        remaining = int(match[1], 16)
                     pos = eol + 2
-                    remaining = int(match[1], 16)
                     if remaining == 0:
                         self._reading_trailer = True
                         break
