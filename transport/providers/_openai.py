@@ -157,7 +157,9 @@ class OpenAIChunkParser:
             finish_reason = choice.get("finish_reason")
             if isinstance(finish_reason, str) and finish_reason:
                 reason = FINISH_REASON_ALIASES.get(finish_reason, finish_reason)
-        usage = _usage(chunk.get("usage"))
+        usage = chunk.get("usage")
+        if usage is not None:
+            usage = _usage(usage)
         if reason is not None and not self._finished:
             self._finished = True
             out.append(Finish(reason=reason, usage=usage, model=self._model))

@@ -14,16 +14,19 @@ is ASCII, so a multi-byte UTF-8 character split across chunks is never decoded i
 
 from __future__ import annotations
 
-import attrs
+from typing import NamedTuple
 
 #: The longest event (in bytes) the decoder buffers before giving up on the stream: an upstream
 #: that never sends a blank line must not grow our memory without bound.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
-@attrs.frozen(slots=True)
-class SSEEvent:
-    """One dispatched event: its ``event:`` name (``None`` when unnamed) and its data."""
+class SSEEvent(NamedTuple):
+    """One dispatched event: its ``event:`` name (``None`` when unnamed) and its data.
+
+    A named tuple rather than an attrs class: one is made per token, and a tuple is built in a
+    third of the time.
+    """
 
     event: str | None
     data: str
