@@ -23,6 +23,7 @@ from actors import Baton, Message, RequestError, StreamError, Usage, config_from
 from scenarios import Behaviour, FakeProvider, FaultSchedule, answer_tokens
 from transport import MetricsEndpoint, serve_http
 from transport._openai_codec import ChunkEncoder, stream_error_status
+from transport.providers import _chunked
 
 PROMPT = [{"role": "user", "content": "Tell me about the harbour."}]
 TOKENS = answer_tokens([Message(role="user", content=PROMPT[0]["content"])])
@@ -178,6 +179,26 @@ async def test_stream_is_openais_exact_chunk_format() -> None:
     assert events[-2] == chunk({}, "stop")
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == ANSWER
     assert all("usage" not in c for c in chunks)
+
+
+async def test_a_chunked_request_body_is_read_whole_with_the_merging_reader() -> None:
+    """The faster chunked reader is process-wide, so the server reads request bodies with it."""
+    assert _chunked.install()
+    body = orjson.dumps({"model": "r", "messages": PROMPT, "stream": False})
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    async with running(two_targets(), healthy_pair()) as server, client_for_tests() as client:
+        response = await client.post(
+            server.url + "/v1/chat/completions",
+            content=pieces(),
+            headers={"content-type": "application/json"},
+        )
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
 
 
 async def test_stream_with_include_usage_ends_with_a_usage_chunk() -> None:
