@@ -28,9 +28,9 @@ import re
 from typing import Any
 
 import h11
+from h11 import LocalProtocolError
 from h11 import _readers as h11_readers
 from h11._receivebuffer import ReceiveBuffer
-from h11._util import LocalProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ def _stock_readers() -> dict[Any, Any] | None:
 
 
 _STATE = ("_bytes_in_chunk", "_bytes_to_discard", "_reading_trailer")
+_warned = False
 
 
 def install() -> bool:
@@ -155,8 +156,12 @@ def install() -> bool:
     Idempotent. Returns false, and changes nothing, when h11's internals are not the ones this
     reader was written against.
     """
+    global _warned
     by_framing = _stock_readers()
     if by_framing is None:
+        if _warned:
+            return False
+        _warned = True
         logger.warning(
             "h11 %s has an unfamiliar body reader table; chunked bodies are read with h11's own"
             " reader (correct, slower)",
