@@ -170,9 +170,3 @@ def install() -> bool:
         return False
     by_framing["chunked"] = MergingChunkedReader
     return True
-
-
-def installed() -> bool:
-    """Whether h11 currently reads chunked bodies with ``MergingChunkedReader``."""
-    by_framing = _stock_readers()
-    return by_framing is not None and by_framing["chunked"] is MergingChunkedReader
