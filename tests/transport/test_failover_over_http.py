@@ -210,3 +210,30 @@ async def test_an_abandoned_stream_is_not_drained_but_closed(autojump_clock):
             with trio.fail_after(5):
                 await a.wait_all_closed()
     assert len(a.log[0].tokens_sent) <= 4
+
+
+async def test_a_provider_with_many_connections_keeps_its_limit_and_reuses_them(autojump_clock):
+    """Its connections are split into several httpx pools; together they act as one pool."""
+    slow = FaultSchedule.always(Behaviour("drip", token_delay=0.5))
+    async with open_simulated_provider(slow) as a, open_simulated_provider() as b:
+        cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai, max_connections=70)
+        providers = adapters(cfg)
+
+        async def collect(handle, results: list[list]) -> None:
+            results.append([e async for e in handle])
+
+        async with open_baton(cfg, providers) as baton:
+            for _ in range(2):
+                results: list[list] = []
+                async with trio.open_nursery() as nursery:
+                    for _ in range(70):
+                        handle = baton.start_stream(route="default", messages=PROMPT)
+                        nursery.start_soon(collect, handle, results)
+                assert len(results) == 70
+                for events in results:
+                    assert isinstance(events[-1], Done) and events[-1].provider == "a"
+                    assert "".join(e.text for e in events if isinstance(e, Delta)) == ANSWER
+        for p in providers.values():
+            await p.aclose()
+    assert len(a.log) == 140
+    assert a.connections == 70  # all 70 open at once, then every one reused for the second round

@@ -1,4 +1,4 @@
-"""What both adapters share as objects: the client, the key, streaming, probing and closing.
+"""What both adapters share as objects: the clients, the key, streaming, probing and closing.
 
 A subclass names its URLs and headers, builds its request body, and supplies the parser for
 its event format; ``HTTPProvider`` does the rest the same way for every provider.
@@ -19,11 +19,11 @@ from actors._provider import ProbeKind
 
 from . import _chunked
 from ._http import (
+    Clients,
     EventParser,
     UpstreamEvents,
     check,
     client_timeout,
-    make_client,
     open_event_stream,
 )
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class HTTPProvider:
-    """The shared half of an adapter: one ``httpx.AsyncClient``, one key, one probe model.
+    """The shared half of an adapter: its httpx clients, one key, one probe model.
 
     Pass ``client`` to share or mock the HTTP client (the provider then leaves closing it to
     you). ``headers`` carry the key; they are sent, never logged, and ``repr`` leaves them out.
@@ -53,7 +53,11 @@ class HTTPProvider:
         _chunked.install()
         self._config = config
         self._owns_client = client is None
-        self._client = client if client is not None else make_client(config)
+        self._clients = (
+            Clients.for_provider(config)
+            if client is None
+            else Clients([client], [config.max_connections])
+        )
         self._api_key = api_key or None
         self._probe_model = probe_model
         self._headers = dict(headers)
@@ -78,7 +82,7 @@ class HTTPProvider:
 
     def _post(self, url: str, body: Mapping[str, Any], *, stream: bool) -> httpx.Request:
         headers = {**self._headers, "accept": "text/event-stream"} if stream else self._headers
-        return self._client.build_request(
+        return self._clients.first.build_request(
             "POST", url, content=orjson.dumps(body), headers=headers, timeout=self._timeout
         )
 
@@ -91,10 +95,11 @@ class HTTPProvider:
             "provider %s: POST %s model=%s", self.name, self._stream_url, body.get("model")
         )
         request = self._post(self._stream_url, body, stream=True)
-        async with open_event_stream(
-            self._client, request, parser, provider=self.name, secret=self._api_key
-        ) as events:
-            yield events
+        with self._clients.lease() as client:
+            async with open_event_stream(
+                client, request, parser, provider=self.name, secret=self._api_key
+            ) as events:
+                yield events
 
     def _probe_body(self, model: str) -> dict[str, Any]:
         """The body of a one-token, non-streaming request for ``model``."""
@@ -117,12 +122,13 @@ class HTTPProvider:
                 self._stream_url, self._probe_body(self._probe_model), stream=False
             )
         else:
-            request = self._client.build_request(
+            request = self._clients.first.build_request(
                 "GET", self._models_url, headers=self._headers, timeout=self._timeout
             )
-        await check(self._client, request, provider=self.name, secret=self._api_key)
+        with self._clients.lease() as client:
+            await check(client, request, provider=self.name, secret=self._api_key)
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this provider created it."""
+        """Close the HTTP clients if this provider created them."""
         if self._owns_client:
-            await self._client.aclose()
+            await self._clients.aclose()
