@@ -143,7 +143,8 @@ class Attempt:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog, timer)
                 try:
-                    async with self._ctx.providers[self._target.provider].stream(self._request) as events:
+                    provider = self._ctx.providers[self._target.provider]
+                    async with provider.stream(self._request, read_delay=self._ctx.load.read_delay) as events:
                         async for event in events:
                             kind = type(event)
                             if kind is TextDelta:

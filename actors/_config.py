@@ -102,6 +102,9 @@ class ServerConfig:
     http_port: int = 8080
     max_request_bytes: int = 4 * 1024 * 1024
     event_log_cap: int = 4096  # events a stream keeps for resuming; older ones are dropped
+    # Under load, the longest a stream with text waits between upstream reads, so that each
+    # read carries more of the answer (see actors.policy._pace); 0 turns read pacing off.
+    max_read_delay: float = 0.25
 
 
 @attrs.frozen(kw_only=True)
@@ -122,7 +125,7 @@ _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
     "max_request_bytes", "event_log_cap", "queue_size",
 }  # fmt: skip
-_NON_NEGATIVE = {"retries", "max_retry_wait", "retry_budget"}
+_NON_NEGATIVE = {"retries", "max_retry_wait", "retry_budget", "max_read_delay"}
 _PORTS = {"ws_port", "http_port"}
 
 

@@ -6,7 +6,7 @@ actors never learn which.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol
 
@@ -27,6 +27,10 @@ class Provider(Protocol):
     whether or not the stream was consumed. Neither step applies timeouts of trio's clock on its
     own beyond connecting: the session puts deadlines around them.
 
+    ``read_delay``, when given, says how many seconds to wait before each network read once the
+    stream has produced text (the actor system's read pacing under load, usually 0). An
+    implementation without network reads may ignore it.
+
     ``probe(kind)`` checks the provider cheaply (``models``: list models; ``chat``: a one-token
     completion) and raises ``UpstreamError`` when it is not well.
     """
@@ -38,7 +42,7 @@ class Provider(Protocol):
     def kind(self) -> str: ...
 
     def stream(
-        self, request: UpstreamRequest
+        self, request: UpstreamRequest, *, read_delay: Callable[[], float] | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[UpstreamEvent]]: ...
 
     async def probe(self, kind: ProbeKind) -> None: ...

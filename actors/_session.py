@@ -21,6 +21,7 @@ from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
 from ._config import ProviderConfig, RouteConfig, Target
 from ._errors import Failure
 from ._health import HealthActor, HealthBoard, HealthSnapshot, Report
+from ._load import LoadMonitor
 from ._messages import (
     Done,
     Failover,
@@ -62,6 +63,7 @@ class SessionContext:
     random: random.Random
     board: HealthBoard
     queues: Mapping[str, trio.CapacityLimiter]  # per route: requests waiting out an outage
+    load: LoadMonitor
 
 
 class StreamSession:

@@ -24,6 +24,7 @@ from opentelemetry import metrics
 from ._config import BatonConfig, Target
 from ._errors import ConfigError, RequestError
 from ._health import HealthActor, HealthBoard, HealthSnapshot
+from ._load import LoadMonitor, LoadStatistics
 from ._messages import ClientEvent, Message
 from ._pool import PoolActor, ProviderPoolStatistics
 from ._provider import Provider
@@ -50,6 +51,7 @@ class BatonStatistics:
     routes: Mapping[str, tuple[Target, ...]]
     active_streams: int
     restarts: int
+    load: LoadStatistics
 
 
 class StreamHandle:
@@ -147,11 +149,13 @@ class Baton:
         )  # fmt: skip
         self._streams[stream_id] = session
         self.total_streams += 1
+        self._ctx.load.stream_started()
 
         async def run() -> None:
             try:
                 await session.run()
             finally:
+                self._ctx.load.stream_ended()
                 del self._streams[stream_id]
                 if not self._streams:
                     self._all_ended.set()
@@ -205,6 +209,7 @@ class Baton:
             routes={name: route.targets for name, route in self.config.routes.items()},
             active_streams=len(self._streams),
             restarts=self._supervisor.statistics().restarts,
+            load=self._ctx.load.statistics(),
         )
 
 
@@ -239,10 +244,12 @@ async def open_baton(
         for name, cfg in config.providers.items()
     }
     router = RouterActor(config.routes, board, seed=seed)
+    load = LoadMonitor(config.server.max_read_delay)
     context = SessionContext(
         router=router, pool=pool, health=health, providers=providers,
         provider_configs=config.providers, telemetry=telemetry, random=random.Random(seed),
         board=board, queues={name: trio.CapacityLimiter(r.queue_size) for name, r in config.routes.items()},
+        load=load,
     )  # fmt: skip
 
     def healthy() -> list[tuple[str, int]]:
@@ -251,7 +258,11 @@ async def open_baton(
     def pool_in_use() -> list[tuple[str, int]]:
         return [(name, p.in_use) for name, p in pool.statistics().providers.items()]
 
-    telemetry.observe(healthy, pool_in_use)
+    def load_now() -> tuple[float, float]:
+        stats = load.statistics()
+        return stats.event_loop_lag, stats.read_delay
+
+    telemetry.observe(healthy, pool_in_use, load_now)
     async with trio.open_nursery() as actors:
         try:
             async with trio.open_nursery() as sessions:
@@ -260,6 +271,7 @@ async def open_baton(
                 for name, actor in health.items():
                     await supervisor.start_permanent(f"health:{name}", actor.run)
                 await supervisor.start_permanent("router", router.run)
+                await supervisor.start_permanent("load", load.run)
                 baton = Baton(config, supervisor, context, board)
                 try:
                     yield baton
@@ -269,5 +281,6 @@ async def open_baton(
         finally:
             pool.close()
             router.close()
+            load.close()
             for actor in health.values():
                 actor.close()

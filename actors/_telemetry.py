@@ -56,6 +56,7 @@ class Telemetry:
         self,
         healthy: Callable[[], Iterable[tuple[str, int]]],
         pool_in_use: Callable[[], Iterable[tuple[str, int]]],
+        load: Callable[[], tuple[float, float]],
     ) -> None:
         """Register the gauges read at collection time from the running actors."""
 
@@ -72,3 +73,18 @@ class Telemetry:
         self._meter.create_observable_gauge(
             "proxy_pool_in_use", [pool_cb], unit="1", description="Upstream slots in use"
         )
+
+        def lag_cb(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(load()[0])]
+
+        def delay_cb(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(load()[1])]
+
+        self._meter.create_observable_gauge(
+            "proxy_event_loop_lag", [lag_cb], unit="s",
+            description="How late the event loop runs ready tasks (smoothed)",
+        )  # fmt: skip
+        self._meter.create_observable_gauge(
+            "proxy_read_delay", [delay_cb], unit="s",
+            description="Pause between a stream's upstream reads while the event loop lags",
+        )  # fmt: skip

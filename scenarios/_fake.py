@@ -8,7 +8,7 @@ trio's clock, so under ``MockClock`` a minute-long stall costs nothing. Its ``lo
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -102,8 +102,10 @@ class FakeProvider:
         return now, now - self.epoch
 
     @asynccontextmanager
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
-        """Open one attempt; see ``actors.Provider``.
+    async def stream(
+        self, request: UpstreamRequest, *, read_delay: Callable[[], float] | None = None
+    ) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
+        """Open one attempt; see ``actors.Provider`` (in memory, so there are no reads to pace).
 
         Entering raises ``UpstreamError`` for ``refuse``, ``status`` and a rejected prefill.
         The iterator plays the behaviour's tokens and fault. Leaving closes the attempt and

@@ -341,6 +341,12 @@ def status_document(baton: Baton) -> dict[str, Any]:
         "reason": reason,
         "active_streams": stats.active_streams,
         "restarts": stats.restarts,
+        # Seconds: how late the event loop runs tasks, and the pause it puts between the
+        # upstream reads of each stream because of that (0 when Baton keeps up).
+        "load": {
+            "event_loop_lag": _seconds(stats.load.event_loop_lag),
+            "read_delay": _seconds(stats.load.read_delay),
+        },
         "providers": providers,
         "routes": routes,
     }

@@ -90,7 +90,7 @@ class ScriptedProvider:
     async def probe(self, kind):
         return None
 
-    def stream(self, request):
+    def stream(self, request, *, read_delay=None):
         from contextlib import asynccontextmanager
 
         import trio

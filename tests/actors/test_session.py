@@ -334,7 +334,7 @@ class BrokenProvider:
     async def probe(self, kind):
         return None
 
-    def stream(self, request):
+    def stream(self, request, *, read_delay=None):
         from contextlib import asynccontextmanager
 
         @asynccontextmanager

@@ -112,6 +112,7 @@ def test_a_bad_config_file_stops_startup_with_one_clear_message(tmp_path, capsys
         ("[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\ncolour = 1\n", "providers.a.colour: unknown key"),
         ("[providers.a\n", "is not valid TOML"),
         ("[providers.a]\nbase_url = 'http://x'\n", "providers.a.kind: is required"),
+        ("[server]\nmax_read_delay = -0.1\n", "server.max_read_delay: must not be negative"),
     ],
 )
 def test_config_mistakes_name_the_file_and_key(tmp_path, text, message):

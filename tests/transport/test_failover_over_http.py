@@ -237,3 +237,38 @@ async def test_a_provider_with_many_connections_keeps_its_limit_and_reuses_them(
             await p.aclose()
     assert len(a.log) == 140
     assert a.connections == 70  # all 70 open at once, then every one reused for the second round
+
+
+async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same_text(autojump_clock):
+    """A busy event loop makes reads wait, so each carries more tokens; the answer is unchanged."""
+    from actors._load import SAMPLE_INTERVAL
+
+    async def hog() -> None:  # every step of this task takes 50 ms of the clock
+        while True:
+            autojump_clock.jump(0.05)
+            await trio.sleep(SAMPLE_INTERVAL / 2)
+
+    async def deltas(max_read_delay: float) -> list[str]:
+        drip = FaultSchedule.always(Behaviour("drip", token_delay=0.02))
+        async with open_simulated_provider(drip) as a:
+            cfg = config_from_dict({
+                "server": {"max_read_delay": max_read_delay},
+                "providers": {"a": {"kind": "openai", "base_url": a.base_url_openai, "idle_timeout": 30.0}},
+                "routes": {"default": {"targets": [{"provider": "a", "model": "ma"}]}},
+            })  # fmt: skip
+            providers = adapters(cfg)
+            async with open_baton(cfg, providers) as baton, trio.open_nursery() as nursery:
+                nursery.start_soon(hog)
+                events = [e async for e in baton.start_stream(route="default", messages=PROMPT)]
+                nursery.cancel_scope.cancel()
+            for p in providers.values():
+                await p.aclose()
+        assert isinstance(events[-1], Done)
+        return [e.text for e in events if isinstance(e, Delta)]
+
+    tokens = answer_tokens(PROMPT)
+    unpaced, paced = await deltas(0.0), await deltas(0.25)
+    assert "".join(unpaced) == "".join(paced) == ANSWER
+    assert len(unpaced) == len(tokens)  # without pacing every token is its own read and delta
+    assert len(paced) < len(tokens) / 3, (len(paced), len(tokens))
+    assert paced[0] == tokens[0]  # the first text is never held back

@@ -640,6 +640,9 @@ async def test_status_reports_health_pools_routes_and_streams() -> None:
         status = (await client.get(server.url + "/status")).json()
         await response.aclose()
     assert status["active_streams"] == 1
+    load = status["load"]  # real time here: values depend on the machine, not on the test
+    assert set(load) == {"event_loop_lag", "read_delay"}
+    assert all(isinstance(v, float) and 0 <= v < 1 for v in load.values())
     a, b = status["providers"]["a"], status["providers"]["b"]
     assert a["kind"] == "openai" and a["consecutive_failures"] == 1 and a["state"] == "healthy"
     assert a["pool"] == {
@@ -716,6 +719,8 @@ async def test_metrics_expose_baton_names_after_traffic_with_a_failover() -> Non
         "# TYPE proxy_pool_in_use gauge",
         "# TYPE proxy_pool_wait_seconds histogram",
         "# TYPE proxy_active_streams gauge",
+        "# TYPE proxy_event_loop_lag_seconds gauge",
+        "# TYPE proxy_read_delay_seconds gauge",
     ):
         assert line in lines, line
     assert "otel_scope" not in response.text and "target_info" not in response.text

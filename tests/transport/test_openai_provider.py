@@ -665,3 +665,28 @@ async def test_real_socket_stream_and_truncated_body(finish: bool) -> None:
         finally:
             await provider.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_reads_wait_the_read_delay_once_text_arrived_and_until_the_finish(autojump_clock) -> None:
+    """Pacing under load: the first text and what follows the finish are never delayed."""
+    parts = [chunk({"role": "assistant", "content": ""}), chunk({"content": "Hello"}),
+             chunk({"content": " wörld"}), chunk({"content": "!"}), chunk({}, finish="stop"),
+             chunk(choices=[], usage=USAGE), b"data: [DONE]\n\n"]  # fmt: skip
+    provider = provider_for(sse(parts))
+    start = trio.current_time()
+    seen: list[tuple[str, float]] = []
+    async with provider.stream(REQUEST, read_delay=lambda: 1.0) as events:
+        async for event in events:
+            label = event.text if isinstance(event, TextDelta) else type(event).__name__
+            seen.append((label, trio.current_time() - start))
+    assert seen == [
+        ("Hello", 0.0), (" wörld", 1.0), ("!", 2.0), ("Finish", 3.0), ("UsageReport", 3.0),
+    ]  # fmt: skip
+
+
+async def test_a_read_delay_of_zero_reads_at_once(autojump_clock) -> None:
+    provider = provider_for(sse(pieces(STREAM, 7)))
+    start = trio.current_time()
+    async with provider.stream(REQUEST, read_delay=lambda: 0.0) as events:
+        assert [event async for event in events] == EVENTS
+    assert trio.current_time() == start

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -243,7 +243,9 @@ class AnthropicProvider(HTTPProvider):
         return "anthropic"
 
     @asynccontextmanager
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
+    async def stream(
+        self, request: UpstreamRequest, *, read_delay: Callable[[], float] | None = None
+    ) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
         """Open a streaming Messages API call and yield its upstream events.
 
         Entering waits for the response head and raises ``UpstreamError`` when the provider
@@ -251,7 +253,7 @@ class AnthropicProvider(HTTPProvider):
         once. See ``actors._provider.Provider``.
         """
         parser = AnthropicEventParser(secret=self._api_key)
-        async with self._open_stream(messages_body(request), parser) as events:
+        async with self._open_stream(messages_body(request), parser, read_delay) as events:
             yield events
 
     def _probe_body(self, model: str) -> dict[str, Any]:

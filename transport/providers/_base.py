@@ -7,7 +7,7 @@ its event format; ``HTTPProvider`` does the rest the same way for every provider
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -88,7 +88,10 @@ class HTTPProvider:
 
     @asynccontextmanager
     async def _open_stream(
-        self, body: Mapping[str, Any], parser: EventParser
+        self,
+        body: Mapping[str, Any],
+        parser: EventParser,
+        read_delay: Callable[[], float] | None,
     ) -> AsyncIterator[UpstreamEvents]:
         """Post ``body`` to the streaming endpoint and yield its events (see ``Provider``)."""
         logger.debug(
@@ -97,8 +100,9 @@ class HTTPProvider:
         request = self._post(self._stream_url, body, stream=True)
         with self._clients.lease() as client:
             async with open_event_stream(
-                client, request, parser, provider=self.name, secret=self._api_key
-            ) as events:
+                client, request, parser,
+                provider=self.name, secret=self._api_key, read_delay=read_delay,
+            ) as events:  # fmt: skip
                 yield events
 
     def _probe_body(self, model: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Protocol
 
@@ -20,7 +20,7 @@ import trio
 
 from actors._config import ProviderConfig
 from actors._errors import Failure, FailureKind, UpstreamError
-from actors._messages import Finish, UpstreamEvent
+from actors._messages import Finish, TextDelta, UpstreamEvent
 
 from ._errors import (
     failure_from_exception,
@@ -249,10 +249,20 @@ class UpstreamEvents:
     in-stream error, ``PROTOCOL`` for an undecodable stream) after first delivering every event
     that arrived before the fault. It stops at the provider's end marker or at a clean end of
     the body, finish reason or not: the session decides that a missing finish is an ``EOF``.
+
+    Once text arrived and until the finish, each read first waits ``read_delay()`` seconds
+    when that is above 0: under load more of the answer then arrives per read (see
+    ``actors.policy._pace``). The first text and everything after the finish are never paced.
     """
 
     def __init__(
-        self, response: httpx.Response, parser: EventParser, *, provider: str, secret: str | None
+        self,
+        response: httpx.Response,
+        parser: EventParser,
+        *,
+        provider: str,
+        secret: str | None,
+        read_delay: Callable[[], float] | None = None,
     ) -> None:
         self._response = response
         self._chunks = response.aiter_bytes()
@@ -264,6 +274,8 @@ class UpstreamEvents:
         self._error: UpstreamError | None = None
         self._finished = False
         self._complete = False  # the answer's finish reason or end marker arrived intact
+        self._read_delay = read_delay
+        self._paced = False  # text arrived and the answer is not complete: reads may wait
 
     def __repr__(self) -> str:
         return f"<UpstreamEvents provider={self._provider!r} finished={self._finished}>"
@@ -284,6 +296,10 @@ class UpstreamEvents:
 
     async def _read_more(self) -> None:
         """Read one chunk and parse the events it completes into ``_pending``."""
+        if self._paced and self._read_delay is not None:
+            delay = self._read_delay()
+            if delay > 0:
+                await trio.sleep(delay)
         try:
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
@@ -319,11 +335,15 @@ class UpstreamEvents:
         if not events:
             return
         try:
-            if self._parser.feed(events, self._pending):
+            pending = self._pending
+            if self._parser.feed(events, pending):
                 self._finished = True
                 self._complete = True
-            elif not self._complete and any(type(e) is Finish for e in self._pending):
+            elif not self._complete and any(type(e) is Finish for e in pending):
                 self._complete = True
+            self._paced = not self._complete and (
+                self._paced or any(type(e) is TextDelta for e in pending)
+            )
         except UpstreamError as exc:
             self._finished = True
             self._error = exc
@@ -367,16 +387,20 @@ async def open_event_stream(
     *,
     provider: str,
     secret: str | None,
+    read_delay: Callable[[], float] | None = None,
 ) -> AsyncIterator[UpstreamEvents]:
     """Send a streaming request and yield its events; leaving closes the response at once.
 
     Entering raises ``UpstreamError`` as ``open_response`` does. The close on exit is shielded
     and bounded by ``CLOSE_GRACE`` so that it runs even when the attempt was cancelled.
+    ``read_delay`` paces the reads once text arrived (see ``UpstreamEvents``).
     """
     response = await open_response(
         client, request, provider=provider, secret=secret, expect_event_stream=True
     )
-    events = UpstreamEvents(response, parser, provider=provider, secret=secret)
+    events = UpstreamEvents(
+        response, parser, provider=provider, secret=secret, read_delay=read_delay
+    )
     try:
         yield events
     finally:

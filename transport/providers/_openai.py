@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -204,7 +204,9 @@ class OpenAIProvider(HTTPProvider):
         return "openai"
 
     @asynccontextmanager
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
+    async def stream(
+        self, request: UpstreamRequest, *, read_delay: Callable[[], float] | None = None
+    ) -> AsyncIterator[AsyncIterator[UpstreamEvent]]:
         """Open a streaming chat completion and yield its upstream events.
 
         Entering waits for the response head and raises ``UpstreamError`` when the provider
@@ -212,7 +214,8 @@ class OpenAIProvider(HTTPProvider):
         once. See ``actors._provider.Provider``.
         """
         body = chat_body(request, honours_prefill=self._config.prefill is True)
-        async with self._open_stream(body, OpenAIChunkParser(secret=self._api_key)) as events:
+        parser = OpenAIChunkParser(secret=self._api_key)
+        async with self._open_stream(body, parser, read_delay) as events:
             yield events
 
     def _probe_body(self, model: str) -> dict[str, Any]:
