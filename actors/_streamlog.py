@@ -33,6 +33,10 @@ class StreamLog:
         # The last delta while the reader has not taken it: its pieces are joined only when it
         # is taken, so merging costs a list append per token, not a string copy.
         self._tail: list[str] | None = None
+        # A reader that shows nothing for events other than text and the end (OpenAI's chunk
+        # format: ``started`` and ``failover`` only change the model of later chunks) sets this,
+        # and is woken only by those; the other events reach it in the same batch, in order.
+        self.wake_for_text_only = False
 
     def __repr__(self) -> str:
         return f"<StreamLog {self.stream_id} next_seq={self._next_seq} read={self._read_seq}>"
@@ -67,9 +71,11 @@ class StreamLog:
         event = make(stream=self.stream_id, seq=self._next_seq, **fields)
         self._events.append(event)
         self._next_seq += 1
-        self._wakeup.set()
         if is_terminal(event):
             self.terminal = event
+            self._wakeup.set()
+        elif not self.wake_for_text_only:
+            self._wakeup.set()
         return event
 
     def _seal(self) -> None:

@@ -173,6 +173,7 @@ class HTTPApp:
                 raise APIError(404, "model_not_found", exc.message, param="model") from None
             code = "invalid_value" if exc.code == "bad_request" else exc.code
             raise APIError(exc.status, code, exc.message) from None
+        handle.log.wake_for_text_only = True  # Started and Failover alone send nothing here
         answer = self._stream if request.stream else self._complete
         finished = False
         try:

@@ -54,3 +54,30 @@ def test_resuming_from_a_seq_returns_what_is_kept_and_refuses_what_was_dropped()
     assert [e.text for e in log.since(3)] == ["c", "d"]
     with pytest.raises(ResumeUnavailable):
         log.since(0)
+
+
+async def test_a_reader_woken_only_for_text_gets_the_other_events_with_it(autojump_clock):
+    log = StreamLog("s")
+    log.wake_for_text_only = True
+    batches: list[list] = []
+
+    async def reader() -> None:
+        while True:
+            try:
+                batches.append(await log.take())
+            except trio.EndOfChannel:
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.sleep(1.0)
+        log.append(Started, ref=None, route="r", provider="p", model="m")
+        await trio.sleep(1.0)
+        assert batches == []  # a Started alone does not wake this reader
+        log.append_text("hi")
+        await trio.sleep(1.0)
+        log.append(Done, **done_fields())
+    assert [[(type(e), e.seq) for e in batch] for batch in batches] == [
+        [(Started, 0), (Delta, 1)],
+        [(Done, 2)],  # the end always wakes it
+    ]

@@ -61,8 +61,9 @@ class HTTPProvider:
         self._api_key = api_key or None
         self._probe_model = probe_model
         self._headers = dict(headers)
-        self._stream_url = stream_url
-        self._models_url = models_url
+        # Parsed once: httpx parses a URL string again for every request.
+        self._stream_url = httpx.URL(stream_url)
+        self._models_url = httpx.URL(models_url)
         # Set per request as well, so that a shared or mocked client still never times reads.
         self._timeout = client_timeout(config)
         self._warned_probe = False
