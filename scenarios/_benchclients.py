@@ -41,6 +41,7 @@ class StreamResult:
     chars: int  # characters of answer text received
     events: int  # events (SSE data events, WebSocket frames) that carried text
     error: str | None  # None: complete and exactly the expected text
+    longest_gap: float  # the longest wait between two text events (0 with fewer than two)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,8 @@ class SSETextReader:
     def __init__(self) -> None:
         self._buffer = b""
         self.first_text_at: float | None = None
+        self.last_text_at = 0.0
+        self.longest_gap = 0.0
         self.chars = 0
         self.events = 0
         self.done = False
@@ -110,6 +113,9 @@ class SSETextReader:
         if content:
             if self.first_text_at is None:
                 self.first_text_at = now
+            else:
+                self.longest_gap = max(self.longest_gap, now - self.last_text_at)
+            self.last_text_at = now
             self.chars += len(content)
             self.events += 1
 
@@ -168,26 +174,32 @@ async def http_stream(
         error = reader.error
     if error is None and not reader.done:
         error = "the stream ended without [DONE]"
-    return _result(started, reader.first_text_at, reader.chars, reader.events, error, expected_chars)
+    return _result(
+        started, reader.first_text_at, reader.chars, reader.events, reader.longest_gap, error,
+        expected_chars,
+    )
 
 
 def _result(
-    started: float, first_at: float | None, chars: int, events: int, error: str | None,
-    expected_chars: int,
+    started: float, first_at: float | None, chars: int, events: int, longest_gap: float,
+    error: str | None, expected_chars: int,
 ) -> StreamResult:  # fmt: skip
     if error is None and chars != expected_chars:
         error = f"received {chars} characters of text, expected {expected_chars}"
     return StreamResult(
         started_at=started, ttft=None if first_at is None else first_at - started,
         elapsed=trio.current_time() - started, chars=chars, events=events, error=error,
+        longest_gap=longest_gap,
     )  # fmt: skip
 
 
 class _WSStream:
-    __slots__ = ("chars", "error", "events", "finished", "first_at")
+    __slots__ = ("chars", "error", "events", "finished", "first_at", "last_at", "longest_gap")
 
     def __init__(self) -> None:
         self.first_at: float | None = None
+        self.last_at = 0.0
+        self.longest_gap = 0.0
         self.chars = 0
         self.events = 0
         self.error: str | None = None
@@ -226,7 +238,10 @@ class WSClient:
                 state.error = f"timed out after {timeout:g} s"
         finally:
             self._by_ref.pop(ref, None)
-        return _result(started, state.first_at, state.chars, state.events, state.error, expected_chars)
+        return _result(
+            started, state.first_at, state.chars, state.events, state.longest_gap, state.error,
+            expected_chars,
+        )
 
     async def read_frames(self) -> None:
         """Route frames to their streams until the connection closes."""
@@ -246,8 +261,12 @@ class WSClient:
         if kind == "delta":
             state = self._by_stream.get(stream_id)
             if state is not None:
+                now = trio.current_time()
                 if state.first_at is None:
-                    state.first_at = trio.current_time()
+                    state.first_at = now
+                else:
+                    state.longest_gap = max(state.longest_gap, now - state.last_at)
+                state.last_at = now
                 state.chars += len(event["text"])
                 state.events += 1
         elif kind == "started":

@@ -48,6 +48,7 @@ class Row:
     listen_overflows: int
     connections_per_stream: float  # new TCP connections the mock saw per stream
     events_per_stream: float  # text events a client received per stream (merging shows here)
+    longest_gap_ms: float  # p95 over streams of each one's longest wait between text events
     peak_rss_mb: float | None
 
 
@@ -87,6 +88,7 @@ def _row(workload: str, target: str, mine: list[Measurement]) -> Row:
         listen_overflows=sum(m.listen_overflows for m in mine),
         connections_per_stream=sum(m.mock_connections for m in mine) / len(results) if results else 0.0,
         events_per_stream=sum(r.events for r in ok) / len(ok) if ok else 0.0,
+        longest_gap_ms=percentile([1000 * r.longest_gap for r in ok], 0.95),
         peak_rss_mb=None if target == "direct" or not peaks else max(peaks) / 2**20,
     )  # fmt: skip
 
@@ -171,13 +173,15 @@ def _capacity(rows: Sequence[Row], s: BenchSettings, run: BenchRun) -> list[str]
             row.target, str(row.streams), str(row.errors), *map(_ms, row.ttft_ms), _opt(row.peak_rss_mb, ".0f"),
             _opt(row.proxy_cpu_per_1k, ".4f"), "—" if row.target == "direct" else f"{row.proxy_cores:.2f}",
             f"{row.mock_cores:.2f}", f"{row.client_cores:.2f}", f"{row.other_cores:.2f}", f"{row.elapsed:.1f}",
+            f"{row.events_per_stream:.0f}", _ms(row.longest_gap_ms),
         ])  # fmt: skip
     if not body:
         return []
     title = (f"\ncapacity: {s.capacity_streams} streams at {s.capacity_rate:g} tok/s ({s.capacity_tokens} tokens each), "
              f"started evenly over {s.capacity_ramp:g} s; Baton idle RSS {run.proxy_idle_rss / 2**20:.0f} MB")  # fmt: skip
     header = ["target", "streams", "errors", "TTFT p50", "p95", "p99", "peak RSS MB", "CPU-s/1k tok",
-              "Baton cores", "mock cores", "client cores", "other cores", "seconds"]  # fmt: skip
+              "Baton cores", "mock cores", "client cores", "other cores", "seconds", "events/stream",
+              "longest gap p95 ms"]  # fmt: skip
     return [title, *_table(header, body)]
 
 
