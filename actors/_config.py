@@ -257,6 +257,14 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
         provider = _build(ProviderConfig, pwhere, table, {"name": name}, {"health": _health})
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{pwhere}.base_url", f"must start with http:// or https://, not {provider.base_url!r}")
+        if provider.idle_timeout <= server.max_read_delay:
+            # A stream paced under load waits up to max_read_delay between reads: that silence
+            # must not count as a stalled provider.
+            raise ConfigError(
+                f"{pwhere}.idle_timeout",
+                f"must be longer than server.max_read_delay ({server.max_read_delay:g} s), "
+                f"not {provider.idle_timeout:g}",
+            )
         providers[name] = provider
     raw_routes = data.get("routes", {})
     if not isinstance(raw_routes, Mapping):

@@ -113,6 +113,8 @@ def test_a_bad_config_file_stops_startup_with_one_clear_message(tmp_path, capsys
         ("[providers.a\n", "is not valid TOML"),
         ("[providers.a]\nbase_url = 'http://x'\n", "providers.a.kind: is required"),
         ("[server]\nmax_read_delay = -0.1\n", "server.max_read_delay: must not be negative"),
+        ("[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\nidle_timeout = 0.2\n",
+         "providers.a.idle_timeout: must be longer than server.max_read_delay (0.25 s), not 0.2"),
     ],
 )
 def test_config_mistakes_name_the_file_and_key(tmp_path, text, message):
