@@ -86,6 +86,18 @@ def health_actor(schedule=None, **config):
     return HealthActor(provider, cfg, board), board, provider
 
 
+async def test_admission_hears_the_reports_sent_before_it(autojump_clock):
+    actor, board, _ = health_actor(failure_threshold=1, cooldown=30.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        assert await actor.admit()  # healthy and idle: admitted at once
+        actor.report_nowait(Report(outcome="failure"))
+        # The failure is still in the mailbox; the answer must take it into account.
+        assert not await actor.admit()
+        assert board.get("p").status == "unhealthy"
+        actor.close()
+
+
 async def test_consecutive_failures_open_the_breaker_and_cooldown_lets_traffic_try_again(autojump_clock):
     actor, board, _ = health_actor(failure_threshold=3, cooldown=30.0)
     async with trio.open_nursery() as nursery:
