@@ -8,6 +8,7 @@ under ``autojump_clock``: in-process loopback I/O completes without real waiting
 
 from __future__ import annotations
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -272,3 +273,42 @@ async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same
     assert len(unpaced) == len(tokens)  # without pacing every token is its own read and delta
     assert len(paced) < len(tokens) / 3, (len(paced), len(tokens))
     assert paced[0] == tokens[0]  # the first text is never held back
+
+
+MIDSTREAM = [f for f in FAULTS if f[2] == "midstream"]
+
+
+@pytest.mark.parametrize("fault, reason, phase", MIDSTREAM, ids=[f[1] + "-" + f[0].kind for f in MIDSTREAM])
+async def test_a_paced_stream_fails_over_as_cleanly_as_an_unpaced_one(autojump_clock, fault, reason, phase):
+    """A fault that lands while reads are paced still fails over with the exact text."""
+    from actors._load import SAMPLE_INTERVAL
+
+    async def hog() -> None:  # keeps the event loop lagging, so reads are paced throughout
+        while True:
+            autojump_clock.jump(0.05)
+            await trio.sleep(SAMPLE_INTERVAL / 2)
+
+    slow_fault = FaultSchedule.always(attrs.evolve(fault, token_delay=0.05))
+    slow = FaultSchedule.always(Behaviour("drip", token_delay=0.05))
+    async with open_simulated_provider(slow_fault) as a, open_simulated_provider(slow) as b:
+        cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
+        providers = adapters(cfg)
+        async with open_baton(cfg, providers) as baton, trio.open_nursery() as nursery:
+            nursery.start_soon(hog)
+            handle = baton.start_stream(route="default", messages=PROMPT)
+            events, paces = [], []
+            async for event in handle:
+                events.append(event)
+                paces.append(baton.statistics().load.read_delay)
+            nursery.cancel_scope.cancel()
+        for p in providers.values():
+            await p.aclose()
+        with trio.fail_after(5):
+            await a.wait_all_closed()
+            await b.wait_all_closed()
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert isinstance(events[-1], Done) and events[-1].provider == "b"
+    assert max(paces) == 0.25  # reads were paced at the maximum while the stream ran
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == ANSWER
+    [failover] = [e for e in events if isinstance(e, Failover)]
+    assert (failover.reason, failover.phase) == (reason, phase)
