@@ -81,7 +81,7 @@ class HTTPProvider:
         """The configuration this provider was built from."""
         return self._config
 
-    def _post(self, url: str, body: Mapping[str, Any], *, stream: bool) -> httpx.Request:
+    def _post(self, url: httpx.URL, body: Mapping[str, Any], *, stream: bool) -> httpx.Request:
         headers = {**self._headers, "accept": "text/event-stream"} if stream else self._headers
         return self._clients.first.build_request(
             "POST", url, content=orjson.dumps(body), headers=headers, timeout=self._timeout
