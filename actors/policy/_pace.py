@@ -9,7 +9,8 @@ arrives per read and the CPU goes further. The text is the same, in fewer and la
 first tokens are never paced. Without lag there is no wait at all.
 
 ``next_pace`` is the pure step: a smoothed lag from one more lag sample, and the wait it calls
-for.
+for. ``next_sample_interval`` says when to sample next: often while the loop lags, rarely while
+it keeps up (so an idle system, or a test under ``MockClock``, is not woken 50 times a second).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ LAG_ALPHA = 0.2
 LAG_THRESHOLD = 0.005
 #: The wait between reads, as a multiple of the smoothed lag (up to the configured maximum).
 PACE_GAIN = 20.0
+#: Seconds between lag samples while the loop lags; each calm sample doubles the interval up
+#: to the longest, and a lagging one brings it back.
+SAMPLE_INTERVAL = 0.02
+LONGEST_SAMPLE_INTERVAL = 1.0
 
 
 @attrs.frozen
@@ -38,3 +43,10 @@ def next_pace(previous: Pace, lag_sample: float, max_read_delay: float) -> Pace:
     if lag < LAG_THRESHOLD or max_read_delay <= 0:
         return Pace(lag=lag, read_delay=0.0)
     return Pace(lag=lag, read_delay=min(max_read_delay, PACE_GAIN * lag))
+
+
+def next_sample_interval(interval: float, lag_sample: float, pace: Pace) -> float:
+    """The wait before the next lag sample, after one that found ``lag_sample``."""
+    if lag_sample >= LAG_THRESHOLD / 2 or pace.lag >= LAG_THRESHOLD / 2:
+        return SAMPLE_INTERVAL
+    return min(LONGEST_SAMPLE_INTERVAL, 2 * interval)

@@ -4,8 +4,15 @@ import pytest
 import trio
 
 from actors import Delta, Done, Message, open_baton
-from actors._load import SAMPLE_INTERVAL
-from actors.policy._pace import LAG_THRESHOLD, PACE_GAIN, Pace, next_pace
+from actors.policy._pace import (
+    LAG_THRESHOLD,
+    LONGEST_SAMPLE_INTERVAL,
+    PACE_GAIN,
+    SAMPLE_INTERVAL,
+    Pace,
+    next_pace,
+    next_sample_interval,
+)
 from scenarios._fake import FakeProvider
 from scenarios._faults import Behaviour, FaultSchedule
 
@@ -46,6 +53,18 @@ def test_one_late_wakeup_is_smoothed_and_forgotten_again():
     assert next_pace(Pace(), -0.01, 0.25) == Pace()  # early wake-ups are not negative lag
 
 
+def test_sampling_backs_off_while_the_loop_keeps_up_and_returns_when_it_lags():
+    calm = Pace()
+    intervals = [SAMPLE_INTERVAL]
+    for _ in range(10):
+        intervals.append(next_sample_interval(intervals[-1], 0.0, calm))
+    assert intervals[:4] == [SAMPLE_INTERVAL, 2 * SAMPLE_INTERVAL, 4 * SAMPLE_INTERVAL, 8 * SAMPLE_INTERVAL]
+    assert intervals[-1] == LONGEST_SAMPLE_INTERVAL
+    assert next_sample_interval(LONGEST_SAMPLE_INTERVAL, LAG_THRESHOLD, calm) == SAMPLE_INTERVAL
+    lagging = Pace(lag=LAG_THRESHOLD, read_delay=0.1)
+    assert next_sample_interval(SAMPLE_INTERVAL, 0.0, lagging) == SAMPLE_INTERVAL
+
+
 async def hog(clock, step: float) -> None:
     """A task whose every step takes ``step`` seconds of the clock, as a CPU-bound one would."""
     while True:
@@ -64,7 +83,7 @@ async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_stream
         assert baton.statistics().load.read_delay == 0.0  # a stream runs, but the loop keeps up
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hog, autojump_clock, 0.05)
-            await trio.sleep(1.0)
+            await trio.sleep(2.0)  # the calm second let sampling back off to once a second
             busy = baton.statistics().load
             assert baton.statistics().active_streams == 1
             nursery.cancel_scope.cancel()
@@ -82,3 +101,16 @@ async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_stream
             nursery.cancel_scope.cancel()
         assert idle.read_delay == 0.0
     assert any(isinstance(e, Delta) for e in events)
+
+
+async def test_a_long_calm_stream_is_sampled_rarely(autojump_clock):
+    """Under MockClock a ten-minute stream must stay a matter of milliseconds, not 30,000 wake-ups."""
+    slow = FakeProvider("a", FaultSchedule.always(Behaviour("drip", token_delay=5.0)))
+    providers = {"a": slow, "b": FakeProvider("b")}
+    async with open_baton(make_config(a={"idle_timeout": 60.0}), providers) as baton:
+        start = trio.current_time()
+        events = [e async for e in baton.start_stream(route="default", messages=[Message(role="user", content="hi")])]
+        seconds = trio.current_time() - start
+        samples = baton.statistics().load.samples
+    assert isinstance(events[-1], Done) and seconds > 300
+    assert samples < seconds / LONGEST_SAMPLE_INTERVAL + 10

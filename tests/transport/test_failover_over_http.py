@@ -242,7 +242,7 @@ async def test_a_provider_with_many_connections_keeps_its_limit_and_reuses_them(
 
 async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same_text(autojump_clock):
     """A busy event loop makes reads wait, so each carries more tokens; the answer is unchanged."""
-    from actors._load import SAMPLE_INTERVAL
+    from actors.policy._pace import SAMPLE_INTERVAL
 
     async def hog() -> None:  # every step of this task takes 50 ms of the clock
         while True:
@@ -281,7 +281,7 @@ MIDSTREAM = [f for f in FAULTS if f[2] == "midstream"]
 @pytest.mark.parametrize("fault, reason, phase", MIDSTREAM, ids=[f[1] + "-" + f[0].kind for f in MIDSTREAM])
 async def test_a_paced_stream_fails_over_as_cleanly_as_an_unpaced_one(autojump_clock, fault, reason, phase):
     """A fault that lands while reads are paced still fails over with the exact text."""
-    from actors._load import SAMPLE_INTERVAL
+    from actors.policy._pace import SAMPLE_INTERVAL
 
     async def hog() -> None:  # keeps the event loop lagging, so reads are paced throughout
         while True:
