@@ -3,9 +3,9 @@
 A task sleeps and notes how much later than asked it woke up: that is how long a ready task
 waits for its turn. It samples only while streams are running, every 20 ms while the loop lags
 and backing off to once a second while it keeps up; a new stream brings it back to 20 ms, as
-load usually arrives with new streams. ``read_delay()`` is what adapters wait
-between the reads of a stream that already has text (see ``policy._pace``). Time is trio's
-clock, so a test moves it with ``MockClock.jump``.
+load usually arrives with new streams. ``read_delay()`` is what adapters wait between the reads
+of a stream that already has text (see ``policy._pace``). Time is trio's clock, so a test moves
+it with ``MockClock.jump``.
 """
 
 from __future__ import annotations
@@ -52,21 +52,25 @@ class LoadMonitor:
         return self._pace.read_delay
 
     def statistics(self) -> LoadStatistics:
+        """A snapshot of the lag, the pace and the samples taken."""
         pace = self._pace
         return LoadStatistics(
             event_loop_lag=pace.lag, read_delay=pace.read_delay, samples=self._samples
         )
 
     def stream_started(self) -> None:
+        """Count a stream in; a monitor that is idle or backed off samples again soon."""
         self._active += 1
         if self._interval > SAMPLE_INTERVAL:  # idle or backed off: sample soon
             self._interval = SAMPLE_INTERVAL
             self._wakeup.set()
 
     def stream_ended(self) -> None:
+        """Count a stream out; with none left the monitor stops sampling."""
         self._active -= 1
 
     def close(self) -> None:
+        """End ``run`` in order."""
         self._closed = True
         self._wakeup.set()
 
