@@ -58,7 +58,12 @@ def test_sampling_backs_off_while_the_loop_keeps_up_and_returns_when_it_lags():
     intervals = [SAMPLE_INTERVAL]
     for _ in range(10):
         intervals.append(next_sample_interval(intervals[-1], 0.0, calm))
-    assert intervals[:4] == [SAMPLE_INTERVAL, 2 * SAMPLE_INTERVAL, 4 * SAMPLE_INTERVAL, 8 * SAMPLE_INTERVAL]
+    assert intervals[:4] == [
+        SAMPLE_INTERVAL,
+        2 * SAMPLE_INTERVAL,
+        4 * SAMPLE_INTERVAL,
+        8 * SAMPLE_INTERVAL,
+    ]
     assert intervals[-1] == LONGEST_SAMPLE_INTERVAL
     assert next_sample_interval(LONGEST_SAMPLE_INTERVAL, LAG_THRESHOLD, calm) == SAMPLE_INTERVAL
     lagging = Pace(lag=LAG_THRESHOLD, read_delay=0.1)
@@ -72,7 +77,9 @@ async def hog(clock, step: float) -> None:
         await trio.sleep(SAMPLE_INTERVAL / 2)
 
 
-async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_streams_run(autojump_clock):
+async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_streams_run(
+    autojump_clock,
+):
     slow = FakeProvider("a", FaultSchedule.always(Behaviour("drip", token_delay=0.1)))
     providers = {"a": slow, "b": FakeProvider("b")}
     async with open_baton(make_config(), providers) as baton:
@@ -92,7 +99,10 @@ async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_stream
         assert isinstance(events[-1], Done)
         assert baton.statistics().active_streams == 0
         await trio.sleep(1.0)
-        assert baton.statistics().load.read_delay == 0.0 and baton.statistics().load.event_loop_lag == 0.0
+        assert (
+            baton.statistics().load.read_delay == 0.0
+            and baton.statistics().load.event_loop_lag == 0.0
+        )
         # Lag while no stream runs is not measured: there is nothing to pace.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hog, autojump_clock, 0.05)
@@ -109,7 +119,12 @@ async def test_a_long_calm_stream_is_sampled_rarely(autojump_clock):
     providers = {"a": slow, "b": FakeProvider("b")}
     async with open_baton(make_config(a={"idle_timeout": 60.0}), providers) as baton:
         start = trio.current_time()
-        events = [e async for e in baton.start_stream(route="default", messages=[Message(role="user", content="hi")])]
+        events = [
+            e
+            async for e in baton.start_stream(
+                route="default", messages=[Message(role="user", content="hi")]
+            )
+        ]
         seconds = trio.current_time() - start
         samples = baton.statistics().load.samples
     assert isinstance(events[-1], Done) and seconds > 300

@@ -667,7 +667,9 @@ async def test_real_socket_stream_and_truncated_body(finish: bool) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_reads_wait_the_read_delay_once_text_arrived_and_until_the_finish(autojump_clock) -> None:
+async def test_reads_wait_the_read_delay_once_text_arrived_and_until_the_finish(
+    autojump_clock,
+) -> None:
     """Pacing under load: the first text and what follows the finish are never delayed."""
     parts = [chunk({"role": "assistant", "content": ""}), chunk({"content": "Hello"}),
              chunk({"content": " wörld"}), chunk({"content": "!"}), chunk({}, finish="stop"),
@@ -690,3 +692,22 @@ async def test_a_read_delay_of_zero_reads_at_once(autojump_clock) -> None:
     async with provider.stream(REQUEST, read_delay=lambda: 0.0) as events:
         assert [event async for event in events] == EVENTS
     assert trio.current_time() == start
+
+
+async def test_a_providers_split_pools_act_as_one_client() -> None:
+    """The pools are lent most-free-first and share one cookie jar (limits: see the 70-stream test)."""
+    from contextlib import ExitStack
+
+    from transport.providers._http import Clients
+
+    clients = Clients.for_provider(config(max_connections=70))
+    with ExitStack() as stack:
+        # Each lease goes to the pool with the most free connections: 24, 23, 23 free at first.
+        leased = [stack.enter_context(clients.lease()) for _ in range(4)]
+        pools = list(dict.fromkeys(leased))
+        assert [leased.index(pool) for pool in pools] == [0, 2, 3]  # pools 1, 1, 2, 3
+        pools[0].cookies.set("lb", "node-7", domain="api.example.test")
+        assert dict(pools[1].cookies) == dict(pools[2].cookies) == {"lb": "node-7"}
+    with clients.lease() as again:
+        assert again is pools[0]  # all idle again: the first pool, whose connections are warm
+    await clients.aclose()

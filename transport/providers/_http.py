@@ -12,6 +12,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from http.cookiejar import CookieJar
 from typing import Protocol
 
 import httpx
@@ -61,10 +62,11 @@ def client_timeout(config: ProviderConfig) -> httpx.Timeout:
 
 
 def make_client(
-    config: ProviderConfig, max_connections: int, tls: ssl.SSLContext
+    config: ProviderConfig, max_connections: int, tls: ssl.SSLContext, cookies: CookieJar
 ) -> httpx.AsyncClient:
     """Build an ``httpx.AsyncClient`` for a provider with ``max_connections`` connections."""
     return httpx.AsyncClient(
+        cookies=cookies,
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
@@ -100,13 +102,14 @@ class Clients:
         """Pools of at most ``SHARD_CONNECTIONS`` adding up to ``config.max_connections``.
 
         They share one TLS context: each would otherwise load its own copy of the CA bundle
-        (about 1.5 MB apiece).
+        (about 1.5 MB apiece). They share one cookie jar, so that they act as the one client
+        they replace (a provider's load balancer may set a cookie on any of them).
         """
         total = config.max_connections
         count = -(-total // SHARD_CONNECTIONS)
         limits = [total // count + (1 if i < total % count else 0) for i in range(count)]
-        tls = httpx.create_ssl_context()
-        return cls([make_client(config, limit, tls) for limit in limits], limits)
+        tls, jar = httpx.create_ssl_context(), CookieJar()
+        return cls([make_client(config, limit, tls, jar) for limit in limits], limits)
 
     def __repr__(self) -> str:
         return f"<Clients pools={len(self._clients)} free={self._free}>"
