@@ -113,3 +113,18 @@ class ScriptedProvider:
                 self.open -= 1
 
         return attempt()
+
+
+async def lag_the_loop(clock, step: float = 0.05) -> None:
+    """Run until cancelled as a task whose every step takes ``step`` seconds of ``clock``.
+
+    That is how a CPU-bound task looks to the event loop: under ``MockClock`` it makes the
+    ``LoadMonitor`` see lag, and so pace reads.
+    """
+    import trio
+
+    from actors.policy._pace import SAMPLE_INTERVAL
+
+    while True:
+        clock.jump(step)
+        await trio.sleep(SAMPLE_INTERVAL / 2)

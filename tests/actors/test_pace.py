@@ -16,7 +16,7 @@ from actors.policy._pace import (
 from scenarios._fake import FakeProvider
 from scenarios._faults import Behaviour, FaultSchedule
 
-from .conftest import make_config
+from .conftest import lag_the_loop, make_config
 
 
 def settle(lag: float, max_read_delay: float = 0.25, samples: int = 200) -> Pace:
@@ -70,13 +70,6 @@ def test_sampling_backs_off_while_the_loop_keeps_up_and_returns_when_it_lags():
     assert next_sample_interval(SAMPLE_INTERVAL, 0.0, lagging) == SAMPLE_INTERVAL
 
 
-async def hog(clock, step: float) -> None:
-    """A task whose every step takes ``step`` seconds of the clock, as a CPU-bound one would."""
-    while True:
-        clock.jump(step)
-        await trio.sleep(SAMPLE_INTERVAL / 2)
-
-
 async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_streams_run(
     autojump_clock,
 ):
@@ -89,7 +82,7 @@ async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_stream
         assert baton.statistics().active_streams == 1
         assert baton.statistics().load.read_delay == 0.0  # a stream runs, but the loop keeps up
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hog, autojump_clock, 0.05)
+            nursery.start_soon(lag_the_loop, autojump_clock)
             await trio.sleep(2.0)  # the calm second let sampling back off to once a second
             busy = baton.statistics().load
             assert baton.statistics().active_streams == 1
@@ -105,7 +98,7 @@ async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_stream
         )
         # Lag while no stream runs is not measured: there is nothing to pace.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hog, autojump_clock, 0.05)
+            nursery.start_soon(lag_the_loop, autojump_clock)
             await trio.sleep(1.0)
             idle = baton.statistics().load
             nursery.cancel_scope.cancel()

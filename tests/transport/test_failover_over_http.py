@@ -17,6 +17,7 @@ from actors import Delta, Done, Failover, Message, StreamError, config_from_dict
 from scenarios._faults import Behaviour, FaultSchedule
 from scenarios._simulated import open_simulated_provider
 from scenarios._textgen import answer_tokens
+from tests.actors.conftest import lag_the_loop
 from transport.providers import AnthropicProvider, OpenAIProvider
 
 PROMPT = (Message(role="user", content="Tell me about harbours."),)
@@ -242,13 +243,6 @@ async def test_a_provider_with_many_connections_keeps_its_limit_and_reuses_them(
 
 async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same_text(autojump_clock):
     """A busy event loop makes reads wait, so each carries more tokens; the answer is unchanged."""
-    from actors.policy._pace import SAMPLE_INTERVAL
-
-    async def hog() -> None:  # every step of this task takes 50 ms of the clock
-        while True:
-            autojump_clock.jump(0.05)
-            await trio.sleep(SAMPLE_INTERVAL / 2)
-
     async def deltas(max_read_delay: float) -> list[str]:
         drip = FaultSchedule.always(Behaviour("drip", token_delay=0.02))
         async with open_simulated_provider(drip) as a:
@@ -259,7 +253,7 @@ async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same
             })  # fmt: skip
             providers = adapters(cfg)
             async with open_baton(cfg, providers) as baton, trio.open_nursery() as nursery:
-                nursery.start_soon(hog)
+                nursery.start_soon(lag_the_loop, autojump_clock)
                 events = [e async for e in baton.start_stream(route="default", messages=PROMPT)]
                 nursery.cancel_scope.cancel()
             for p in providers.values():
@@ -281,20 +275,13 @@ MIDSTREAM = [f for f in FAULTS if f[2] == "midstream"]
 @pytest.mark.parametrize("fault, reason, phase", MIDSTREAM, ids=[f[1] + "-" + f[0].kind for f in MIDSTREAM])
 async def test_a_paced_stream_fails_over_as_cleanly_as_an_unpaced_one(autojump_clock, fault, reason, phase):
     """A fault that lands while reads are paced still fails over with the exact text."""
-    from actors.policy._pace import SAMPLE_INTERVAL
-
-    async def hog() -> None:  # keeps the event loop lagging, so reads are paced throughout
-        while True:
-            autojump_clock.jump(0.05)
-            await trio.sleep(SAMPLE_INTERVAL / 2)
-
     slow_fault = FaultSchedule.always(attrs.evolve(fault, token_delay=0.05))
     slow = FaultSchedule.always(Behaviour("drip", token_delay=0.05))
     async with open_simulated_provider(slow_fault) as a, open_simulated_provider(slow) as b:
         cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
         providers = adapters(cfg)
         async with open_baton(cfg, providers) as baton, trio.open_nursery() as nursery:
-            nursery.start_soon(hog)
+            nursery.start_soon(lag_the_loop, autojump_clock)
             handle = baton.start_stream(route="default", messages=PROMPT)
             events, paces = [], []
             async for event in handle:
