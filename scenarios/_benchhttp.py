@@ -67,7 +67,9 @@ class RawHTTPClient:
             + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
         )  # fmt: skip
         for attempt in range(2):
-            reused = bool(self._idle)
+            # A retry opens a new connection: when the server hung up on one idle connection
+            # (its keep-alive timeout), it has usually hung up on the others as well.
+            reused = attempt == 0 and bool(self._idle)
             connection = self._idle.pop() if reused else await self._connect()
             try:
                 try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import httpx
+import pytest
 import trio
 
 from scenarios._benchclients import SSETextReader, http_stream
@@ -60,28 +61,34 @@ async def test_raw_client_and_httpx_read_the_whole_mock_answer_over_one_connecti
         nursery.cancel_scope.cancel()
 
 
-async def test_raw_client_retries_a_kept_alive_connection_the_server_closed() -> None:
+@pytest.mark.parametrize("kept", [1, 3])
+async def test_raw_client_retries_kept_alive_connections_the_server_closed(kept: int) -> None:
     answers = 0
-
-    hung_up = trio.Event()
+    hung_up = 0
+    all_hung_up = trio.Event()
 
     async def one_answer_per_connection(stream: trio.SocketStream) -> None:
-        nonlocal answers
+        nonlocal answers, hung_up
         async with stream:
             await stream.receive_some(65536)
             answers += 1
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             # No "connection: close": the client keeps it, and the server hangs up anyway.
-        hung_up.set()
+        hung_up += 1
+        if hung_up == kept:
+            all_hung_up.set()
 
     async with trio.open_nursery() as nursery:
         serve = functools.partial(trio.serve_tcp, one_answer_per_connection, 0, host="127.0.0.1")
         listeners = await nursery.start(serve)
         client = RawHTTPClient("127.0.0.1", listeners[0].socket.getsockname()[1])
-        assert await client.request("GET", "/") == (200, b"ok")
+        # ``kept`` requests at once: the client keeps that many connections idle afterwards.
+        async with trio.open_nursery() as requests:
+            for _ in range(kept):
+                requests.start_soon(client.request, "GET", "/")
         with trio.fail_after(5):
-            await hung_up.wait()  # the server has closed the kept connection
+            await all_hung_up.wait()  # the server has closed every kept connection
         assert await client.request("GET", "/") == (200, b"ok")
-        assert answers == 2
+        assert answers == kept + 1
         await client.aclose()
         nursery.cancel_scope.cancel()
