@@ -1,11 +1,13 @@
 """The benchmark: Baton's added latency, throughput, CPU and memory against a fast local mock.
 
-Three processes on 127.0.0.1: the mock provider (``_mock``), Baton under test
-(``_benchproxy``, the same servers ``baton serve`` runs) and this one, the load generator.
-Three targets get the same load: ``direct`` (the HTTP client straight to the mock: the
-baseline), ``http`` (Baton's OpenAI-compatible SSE API) and ``ws`` (Baton's WebSocket API).
-Three workloads, each run in rounds that take the targets in turn (rotating who goes first),
-so that noise on the machine hits all targets alike:
+Four processes on 127.0.0.1: the mock provider (``_mock``), Baton under test
+(``_benchproxy``, the same servers ``baton serve`` runs), a bare pass-through proxy on the same
+libraries (``_benchpassthrough``) and this one, the load generator. Four targets get the same
+load: ``direct`` (the HTTP client straight to the mock: the baseline), ``passthrough`` (what
+trio, hypercorn and httpx cost with nothing of Baton's on top), ``http`` (Baton's
+OpenAI-compatible SSE API) and ``ws`` (Baton's WebSocket API). Three workloads, each run in
+rounds that take the targets in turn (rotating who goes first), so that noise on the machine
+hits all targets alike:
 
 - ``latency``: one stream at a time, ``latency_tokens`` tokens 10 ms apart: time to first
   token (TTFT) percentiles, and Baton's added TTFT (its p50 minus direct's).
@@ -59,7 +61,8 @@ from ._benchprocs import (
 )
 from ._mock import answer_text, model_name
 
-TARGETS = ("direct", "http", "ws")
+TARGETS = ("direct", "passthrough", "http", "ws")
+BATON_TARGETS = ("http", "ws")
 WORKLOADS = ("latency", "throughput", "capacity")
 _STREAM_CAP = 200_000  # streams per throughput round, whatever the duration: a bound, not a goal
 _RSS_SAMPLE_INTERVAL = 0.05
@@ -154,8 +157,9 @@ class Measurement:
 
     Costs, tokens and ``elapsed`` cover the measurement window: the whole round, or for
     throughput the steady part of it (streams already running, none yet winding down).
-    ``round_tokens`` and ``round_proxy_cpu`` always cover the whole round: their ratio, Baton's
-    CPU per token, needs no estimate of which tokens fell in a window.
+    ``round_tokens`` and ``round_proxy_cpu`` always cover the whole round: their ratio, the
+    proxy's CPU per token, needs no estimate of which tokens fell in a window. The proxy is the
+    pass-through for the ``passthrough`` target and Baton for the others (idle for ``direct``).
     """
 
     workload: str
@@ -207,20 +211,32 @@ HTTPClient = httpx.AsyncClient | RawHTTPClient
 
 
 class _Bench:
-    """The load generator's connections to the three targets and the meters of the children."""
+    """The load generator's connections to the targets and the meters of the children.
+
+    ``http`` maps each HTTP target (``direct``, ``passthrough``, ``http``) to its client.
+    """
 
     def __init__(
-        self, settings: BenchSettings, mock: Child, proxy: Child,
-        direct: HTTPClient, http: HTTPClient, ws: list[WSClient], control: httpx.AsyncClient,
+        self, settings: BenchSettings, mock: Child, proxy: Child, passthrough: Child | None,
+        http: dict[str, HTTPClient], ws: list[WSClient], control: httpx.AsyncClient,
     ) -> None:  # fmt: skip
         self.settings = settings
         self._control = control  # for /stats and /status, apart from the load's connections
         self.proxy = ProcessMeter(proxy.pid)
         self.mock = ProcessMeter(mock.pid)
-        self._direct, self._http, self._ws = direct, http, ws
-        self._direct_url = f"http://127.0.0.1:{mock.info['port']}/v1/chat/completions"
+        # The proxy each target measures: Baton, or the bare pass-through for its own target.
+        self._meters = dict.fromkeys(TARGETS, self.proxy)
+        if passthrough is not None:
+            self._meters["passthrough"] = ProcessMeter(passthrough.pid)
+        self._http, self._ws = http, ws
+        path = "/v1/chat/completions"
+        self._urls = {
+            "direct": f"http://127.0.0.1:{mock.info['port']}{path}",
+            "http": f"http://127.0.0.1:{proxy.info['http_port']}{path}",
+        }
+        if passthrough is not None:
+            self._urls["passthrough"] = f"http://127.0.0.1:{passthrough.info['http_port']}{path}"
         self._mock_stats_url = f"http://127.0.0.1:{mock.info['port']}/stats"
-        self._http_url = f"http://127.0.0.1:{proxy.info['http_port']}/v1/chat/completions"
         self.status_url = f"http://127.0.0.1:{proxy.info['http_port']}/status"
 
     def runner(self, target: str) -> RunStream:
@@ -228,15 +244,11 @@ class _Bench:
         timeout = self.settings.stream_timeout
         per_connection = self.settings.ws_streams_per_connection
 
-        async def direct(workload: Workload, index: int) -> StreamResult:
-            return await http_stream(
-                self._direct, self._direct_url, workload.mock_model,
-                expected_chars=workload.expected_chars, timeout=timeout,
-            )  # fmt: skip
-
         async def http(workload: Workload, index: int) -> StreamResult:
+            # The mock knows the workload by its model; the proxies, by the route's name.
+            model = workload.mock_model if target == "direct" else workload.name
             return await http_stream(
-                self._http, self._http_url, workload.name,
+                self._http[target], self._urls[target], model,
                 expected_chars=workload.expected_chars, timeout=timeout,
             )  # fmt: skip
 
@@ -244,11 +256,11 @@ class _Bench:
             client = self._ws[(index // per_connection) % len(self._ws)]
             return await client.stream(workload.name, expected_chars=workload.expected_chars, timeout=timeout)
 
-        return {"direct": direct, "http": http, "ws": ws}[target]
+        return ws if target == "ws" else http
 
-    def _snapshot(self) -> _Snapshot:
+    def _snapshot(self, proxy: ProcessMeter) -> _Snapshot:
         return _Snapshot(
-            time=trio.current_time(), proxy=self.proxy.usage(), mock=self.mock.usage(),
+            time=trio.current_time(), proxy=proxy.usage(), mock=self.mock.usage(),
             client=own_cpu(), system=system_busy(), overflows=listen_overflows(),
         )  # fmt: skip
 
@@ -264,8 +276,9 @@ class _Bench:
         but may deliver its text in a burst at the end, so counting text as it arrives would
         make the window's tokens depend on when bursts happen to land.
         """
+        proxy = self._meters[target]
         if track_memory:
-            self.proxy.reset_peak()
+            proxy.reset_peak()
         sampled: list[int] = []
         results: list[StreamResult] = []
 
@@ -274,19 +287,19 @@ class _Bench:
 
         connections_before = await self._mock_connections()
         async with trio.open_nursery() as nursery:
-            first = self._snapshot()
+            first = self._snapshot(proxy)
             if track_memory:
                 sampled.append(first.proxy.rss)
-                nursery.start_soon(self._sample_rss, sampled)
+                nursery.start_soon(self._sample_rss, proxy, sampled)
             async with trio.open_nursery() as loading:
                 loading.start_soon(run_load)
                 if window is not None:
                     await trio.sleep_until(first.time + window[0])
-                    start = self._snapshot()
+                    start = self._snapshot(proxy)
                     await trio.sleep_until(first.time + window[1])
-                    end = self._snapshot()
+                    end = self._snapshot(proxy)
             nursery.cancel_scope.cancel()
-        last = self._snapshot()
+        last = self._snapshot(proxy)
         if window is None:
             start, end = first, last
         connections = await self._mock_connections() - connections_before
@@ -312,10 +325,10 @@ class _Bench:
         response = await self._control.get(self._mock_stats_url)
         return int(orjson.loads(response.content)["connections"])
 
-    async def _sample_rss(self, sampled: list[int]) -> None:
+    async def _sample_rss(self, proxy: ProcessMeter, sampled: list[int]) -> None:
         # VmHWM catches the true peak where it can be reset; sampling covers kernels where not.
         while True:
-            sampled.append(self.proxy.usage().rss)
+            sampled.append(proxy.usage().rss)
             await trio.sleep(_RSS_SAMPLE_INTERVAL)
 
     async def status(self) -> dict[str, object]:
@@ -442,41 +455,50 @@ async def run_bench(
         # A local temporary file opens at once: no thread needed. Closed in the finally below.
         logs = log_file or open(Path(tmp) / "children.log", "w+b")  # noqa: SIM115, ASYNC230
         try:
-            mock_args = ["--burst", str(settings.mock_burst)]
-            async with open_child("scenarios._mock", mock_args, stderr=logs) as mock:
+            async with AsyncExitStack() as stack:
+                mock_args = ["--burst", str(settings.mock_burst)]
+                mock = await stack.enter_async_context(open_child("scenarios._mock", mock_args, stderr=logs))
                 config = Path(tmp) / "baton.toml"
                 config.write_text(proxy_config(mock.info["port"], list(workloads.values()), max_connections=max_connections))
                 proxy_args = [str(config), "--log-level", proxy_log_level]
-                async with open_child("scenarios._benchproxy", proxy_args, stderr=logs) as proxy:
-                    say(f"mock pid {mock.pid} port {mock.info['port']}; Baton pid {proxy.pid} "
-                        f"http {proxy.info['http_port']} ws {proxy.info['ws_port']}")  # fmt: skip
-                    idle_rss = ProcessMeter(proxy.pid).usage().rss
-                    connections = max(1, math.ceil(concurrency / settings.ws_streams_per_connection))
-                    ws_url = f"ws://127.0.0.1:{proxy.info['ws_port']}/v1/stream"
-                    ports = (mock.info["port"], proxy.info["http_port"])
-                    async with (
-                        httpx.AsyncClient(timeout=30) as control,
-                        _open_http_clients(settings.http_client, ports, max_connections) as (direct, http),
-                        _open_ws_clients(ws_url, connections) as ws,
-                    ):
-                        bench = _Bench(settings, mock, proxy, direct, http, ws, control)
-                        peak_reset = bench.proxy.reset_peak()
-                        say("warming up")
-                        await _warm_up(bench, workloads)
-                        measurements: list[Measurement] = []
-                        for workload in chosen:
-                            measurements += await _workload_rounds(bench, workload, say)
-                        await trio.sleep(0.5)  # streams finishing their cleanup
-                        status = await bench.status()
-                        profiles: dict[str, Path] = {}
-                        if profile_dir is not None:
-                            for target in ("http", "ws"):
-                                say(f"profiling Baton with py-spy under the {profile_workload} workload via {target}")
-                                load, seconds = _profile_load(settings, workloads[profile_workload])
-                                profiles[target] = await profile_proxy(
-                                    proxy.pid, bench.runner(target), load,
-                                    profile_dir / f"proxy-{profile_workload}-{target}", seconds=seconds,
-                                )  # fmt: skip
+                proxy = await stack.enter_async_context(open_child("scenarios._benchproxy", proxy_args, stderr=logs))
+                passthrough = None
+                if "passthrough" in settings.targets:
+                    passthrough = await stack.enter_async_context(
+                        open_child("scenarios._benchpassthrough", [str(config)], stderr=logs)
+                    )
+                say(f"mock pid {mock.pid} port {mock.info['port']}; Baton pid {proxy.pid} "
+                    f"http {proxy.info['http_port']} ws {proxy.info['ws_port']}"
+                    + (f"; pass-through pid {passthrough.pid}" if passthrough else ""))  # fmt: skip
+                idle_rss = ProcessMeter(proxy.pid).usage().rss
+                connections = max(1, math.ceil(concurrency / settings.ws_streams_per_connection))
+                ports = {"direct": mock.info["port"], "http": proxy.info["http_port"]}
+                if passthrough is not None:
+                    ports["passthrough"] = passthrough.info["http_port"]
+                control = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
+                http = await stack.enter_async_context(
+                    _open_http_clients(settings.http_client, ports, max_connections)
+                )
+                ws_url = f"ws://127.0.0.1:{proxy.info['ws_port']}/v1/stream"
+                ws = await stack.enter_async_context(_open_ws_clients(ws_url, connections))
+                bench = _Bench(settings, mock, proxy, passthrough, http, ws, control)
+                peak_reset = bench.proxy.reset_peak()
+                say("warming up")
+                await _warm_up(bench, workloads)
+                measurements: list[Measurement] = []
+                for workload in chosen:
+                    measurements += await _workload_rounds(bench, workload, say)
+                await trio.sleep(0.5)  # streams finishing their cleanup
+                status = await bench.status()
+                profiles: dict[str, Path] = {}
+                if profile_dir is not None:
+                    for target in BATON_TARGETS:
+                        say(f"profiling Baton with py-spy under the {profile_workload} workload via {target}")
+                        load, seconds = _profile_load(settings, workloads[profile_workload])
+                        profiles[target] = await profile_proxy(
+                            proxy.pid, bench.runner(target), load,
+                            profile_dir / f"proxy-{profile_workload}-{target}", seconds=seconds,
+                        )  # fmt: skip
             problem_count, problems = _log_problems(logs)
         finally:
             if log_file is None:
@@ -504,19 +526,23 @@ def _profile_load(
 
 @asynccontextmanager
 async def _open_http_clients(
-    kind: str, ports: tuple[int, int], max_connections: int
-) -> AsyncIterator[tuple[HTTPClient, HTTPClient]]:
-    """The load's HTTP clients to the mock (direct) and to Baton, of the ``kind`` asked for."""
+    kind: str, ports: dict[str, int], max_connections: int
+) -> AsyncIterator[dict[str, HTTPClient]]:
+    """The load's HTTP clients, one per HTTP target (its port in ``ports``), of the ``kind`` asked for."""
     if kind == "httpx":
-        async with make_http_client(max_connections) as direct, make_http_client(max_connections) as http:
-            yield direct, http
+        async with AsyncExitStack() as stack:
+            yield {
+                target: await stack.enter_async_context(make_http_client(max_connections)) for target in ports
+            }
         return
-    clients = [RawHTTPClient("127.0.0.1", port, max_idle=max_connections) for port in ports]
+    clients: dict[str, HTTPClient] = {
+        target: RawHTTPClient("127.0.0.1", port, max_idle=max_connections) for target, port in ports.items()
+    }
     try:
-        yield clients[0], clients[1]
+        yield clients
     finally:
         with trio.move_on_after(5, shield=True):
-            for client in clients:
+            for client in clients.values():
                 await client.aclose()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from ._bench import TARGETS, WORKLOADS, BenchRun, BenchSettings, Measurement
+from ._bench import BATON_TARGETS, TARGETS, WORKLOADS, BenchRun, BenchSettings, Measurement
 from ._benchclients import percentile
 
 # Baton's targets (issue 7), checked for both the HTTP/SSE and the WebSocket side.
@@ -40,7 +40,7 @@ class Row:
     elapsed: float
     tokens_per_s: float
     streams_per_s: float
-    proxy_cpu_per_1k: float | None  # CPU seconds of Baton per 1,000 tokens; None for direct
+    proxy_cpu_per_1k: float | None  # the proxy's CPU seconds per 1,000 tokens; None for direct
     proxy_cores: float
     mock_cores: float
     client_cores: float
@@ -123,12 +123,15 @@ def format_report(run: BenchRun, *, command: str = "") -> str:
             f"{platform.python_version()}, loopback only" + (f" — {command}" if command else "")
         ),
         (
-            "direct = the same HTTP client straight to the mock (baseline); http = Baton's OpenAI SSE "
-            "API; ws = Baton's WebSocket API. TTFT in ms from sending the request."
+            "direct = the same HTTP client straight to the mock (baseline); passthrough = a bare "
+            "pass-through proxy on Baton's libraries (trio, hypercorn, httpx: the stack's own cost); "
+            "http = Baton's OpenAI SSE API; ws = Baton's WebSocket API. TTFT in ms from sending the "
+            "request. CPU, cores and RSS of a target are its proxy's: the pass-through's or Baton's."
         ),
     ]
     out += _latency(rows, s) + _throughput(rows, s) + _capacity(rows, s, run)
     out += _verdicts(rows, s)
+    out += _against_passthrough(rows)
     out += _notes(rows, run)
     return "\n".join(out)
 
@@ -162,7 +165,7 @@ def _throughput(rows: Sequence[Row], s: BenchSettings) -> list[str]:
     title = (f"\nthroughput: {s.throughput_streams} concurrent streams of {s.throughput_tokens} tokens, no delay, "
              f"{s.throughput_rounds} rounds x {s.throughput_seconds:g} s per target")  # fmt: skip
     header = ["target", "streams", "errors", "tok/s", "streams/s", "x direct", "CPU-s/1k tok",
-              "Baton cores", "mock cores", "client cores", "other cores", "events/stream"]  # fmt: skip
+              "proxy cores", "mock cores", "client cores", "other cores", "events/stream"]  # fmt: skip
     return [title, *_table(header, body)]
 
 
@@ -180,7 +183,7 @@ def _capacity(rows: Sequence[Row], s: BenchSettings, run: BenchRun) -> list[str]
     title = (f"\ncapacity: {s.capacity_streams} streams at {s.capacity_rate:g} tok/s ({s.capacity_tokens} tokens each), "
              f"started evenly over {s.capacity_ramp:g} s; Baton idle RSS {run.proxy_idle_rss / 2**20:.0f} MB")  # fmt: skip
     header = ["target", "streams", "errors", "TTFT p50", "p95", "p99", "peak RSS MB", "CPU-s/1k tok",
-              "Baton cores", "mock cores", "client cores", "other cores", "seconds", "events/stream",
+              "proxy cores", "mock cores", "client cores", "other cores", "seconds", "events/stream",
               "longest gap p95 ms"]  # fmt: skip
     return [title, *_table(header, body)]
 
@@ -189,7 +192,7 @@ def verdicts(rows: Sequence[Row]) -> list[tuple[str, str, str, bool | None]]:
     """``(target, side, measured, met)`` for each of Baton's targets; ``met`` None: not measured."""
     out: list[tuple[str, str, str, bool | None]] = []
     base = _find(rows, "latency", "direct")
-    for side in ("http", "ws"):
+    for side in BATON_TARGETS:
         lat, thr, cap = (_find(rows, w, side) for w in WORKLOADS)
         if lat is not None and base is not None:
             added = lat.ttft_ms[0] - base.ttft_ms[0]
@@ -220,6 +223,55 @@ def _verdicts(rows: Sequence[Row], s: BenchSettings) -> list[str]:
     return [title, *_table(["target", "side", "measured", "verdict"], body)]
 
 
+def against_passthrough(rows: Sequence[Row]) -> list[tuple[str, str, float, float, bool]]:
+    """``(measure, side, Baton's value, the pass-through's, Baton better)`` where both ran.
+
+    The pass-through is the issue's "40-line pass-through proxy on trio + httpx" row, measured
+    in the same run: the part of Baton's cost that its libraries set.
+    """
+    lat_base = _find(rows, "latency", "direct")
+    out: list[tuple[str, str, float, float, bool]] = []
+    for side in BATON_TARGETS:
+        pairs = {w: (_find(rows, w, side), _find(rows, w, "passthrough")) for w in WORKLOADS}
+        lat, thr, cap = (pairs[w] for w in WORKLOADS)
+        if lat_base is not None and lat[0] is not None and lat[1] is not None:
+            base = lat_base.ttft_ms[0]
+            baton, bare = lat[0].ttft_ms[0] - base, lat[1].ttft_ms[0] - base
+            out.append(("added TTFT p50, ms", side, baton, bare, baton <= bare))
+        if thr[0] is not None and thr[1] is not None:
+            out.append(("throughput, tok/s", side, thr[0].tokens_per_s, thr[1].tokens_per_s,
+                        thr[0].tokens_per_s >= thr[1].tokens_per_s))  # fmt: skip
+            cpu, bare_cpu = thr[0].proxy_cpu_per_1k, thr[1].proxy_cpu_per_1k
+            if cpu is not None and bare_cpu is not None:
+                out.append(("CPU-s per 1k tokens", side, cpu, bare_cpu, cpu <= bare_cpu))
+        if cap[0] is not None and cap[1] is not None:
+            p95, bare_p95 = cap[0].ttft_ms[1] / 1000, cap[1].ttft_ms[1] / 1000
+            out.append(("slow streams p95 TTFT, s", side, p95, bare_p95, p95 <= bare_p95))
+            rss, bare_rss = cap[0].peak_rss_mb, cap[1].peak_rss_mb
+            if rss is not None and bare_rss is not None:
+                out.append(("slow streams peak RSS, MB", side, rss, bare_rss, rss <= bare_rss))
+    return out
+
+
+_COMPARED = {  # how each measure of ``against_passthrough`` is shown
+    "added TTFT p50, ms": "+.2f", "throughput, tok/s": ",.0f", "CPU-s per 1k tokens": ".4f",
+    "slow streams p95 TTFT, s": ".3f", "slow streams peak RSS, MB": ".0f",
+}  # fmt: skip
+
+
+def _against_passthrough(rows: Sequence[Row]) -> list[str]:
+    body = [[measure, side, format(baton, _COMPARED[measure]), format(bare, _COMPARED[measure]), "yes" if better else "no"]
+            for measure, side, baton, bare, better in against_passthrough(rows)]  # fmt: skip
+    if not body:
+        return []
+    title = "\nBaton against the bare stack (the pass-through proxy on the same libraries, same run)"
+    return [title, *_table(["measure", "side", "Baton", "pass-through", "Baton better"], body)]
+
+
+def _proxy(target: str) -> str:
+    return "the pass-through" if target == "passthrough" else "Baton"
+
+
 def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
     notes = []
     for row in rows:
@@ -228,7 +280,7 @@ def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
             notes.append(f"{where}: the load generator used {row.client_cores:.2f} of a core: this target's "
                          "tok/s is bounded by the Python client, not by what it measures")  # fmt: skip
         if row.workload == "throughput" and row.target != "direct" and row.proxy_cores >= _SATURATED:
-            notes.append(f"{where}: Baton used {row.proxy_cores:.2f} of a core: it is the bottleneck")
+            notes.append(f"{where}: {_proxy(row.target)} used {row.proxy_cores:.2f} of a core: it is the bottleneck")
         if row.listen_overflows and row.target != "direct":
             notes.append(f"{where}: the kernel counted {row.listen_overflows} accept-queue overflows (a server "
                          "accepting more slowly than connections came; each costs its client a retransmitted "
@@ -240,7 +292,7 @@ def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
     if reconnecting:
         direct = [f"{r.workload} {r.connections_per_stream:.2f}" for r in rows if r.target == "direct"]
         notes.append(
-            "Baton opened a new upstream connection for (nearly) every stream (new connections per "
+            "a proxy opened a new upstream connection for (nearly) every stream (new connections per "
             f"stream at the mock: {', '.join(reconnecting)}; the same client straight to the mock: "
             f"{', '.join(direct) or '—'}, more only where it needs more connections at once): each "
             "stream pays a TCP handshake (TLS too, with a real provider)"
@@ -267,7 +319,7 @@ def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
         notes.append("peak RSS could not be reset per round (/proc/PID/clear_refs): it is sampled every 50 ms")
     out = ["\nnotes"]
     out += [f"- {note}" for note in notes] or ["- no errors, no leaked streams or pool slots, no warnings logged"]
-    out.append("- CPU and memory are read from /proc (Linux only). CPU-s/1k tok: Baton's user+system CPU over "
+    out.append("- CPU and memory are read from /proc (Linux only). CPU-s/1k tok: the proxy's user+system CPU over "
                "whole rounds divided by the tokens of the streams that completed correctly. tok/s, streams/s and "
                "cores of throughput cover the steady part of each round (every stream running; a stream counts "
                "with the share of its lifetime inside). 'other cores': the rest of the machine's busy CPU.")  # fmt: skip
@@ -282,6 +334,10 @@ def to_json(run: BenchRun) -> dict[str, Any]:
         "verdicts": [
             {"target": goal, "side": side, "measured": measured, "met": met}
             for goal, side, measured, met in verdicts(summarize(run.measurements))
+        ],
+        "against_passthrough": [
+            {"measure": measure, "side": side, "baton": baton, "passthrough": bare, "baton_better": better}
+            for measure, side, baton, bare, better in against_passthrough(summarize(run.measurements))
         ],
         "proxy_idle_rss": run.proxy_idle_rss,
         "proxy_log_problems": list(run.proxy_log_problems),

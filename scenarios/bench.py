@@ -1,9 +1,10 @@
 """``baton bench`` / ``python -m scenarios.bench``: measure what Baton costs on this machine.
 
-Starts a fast OpenAI-compatible mock and Baton (each in its own process, on 127.0.0.1), drives
-latency, throughput and capacity workloads through Baton's HTTP/SSE and WebSocket APIs and
-straight to the mock, and prints a table per workload and a verdict per target. The default
-run takes about two minutes; ``--quick`` takes seconds with small counts. Linux only (CPU and
+Starts a fast OpenAI-compatible mock, Baton and a bare pass-through proxy on Baton's libraries
+(each in its own process, on 127.0.0.1), drives latency, throughput and capacity workloads
+through Baton's HTTP/SSE and WebSocket APIs, through the pass-through and straight to the mock,
+and prints a table per workload, a verdict per target and Baton against the bare stack. The
+default run takes about three minutes; ``--quick`` takes seconds with small counts. Linux only (CPU and
 memory are read from ``/proc``).
 
     python -m scenarios.bench              # the full run

@@ -1,11 +1,14 @@
 """A regression guard on Baton's speed: a tiny run of the benchmark (``scenarios.bench``).
 
-It starts the mock provider and Baton in their own processes, as ``baton bench`` does, runs a
-few latency streams and a short throughput round through Baton's HTTP and WebSocket APIs and
-straight to the mock, and asserts bounds generous enough for a loaded CI machine but not for
-an accidental per-token sleep or an O(n^2) in the hot path: with a blocking 1 ms sleep per
-token Baton cannot pass 1,000 tokens/s, a fiftieth of what the direct client reaches. Linux
-only (it reads ``/proc``). Takes about 10 seconds.
+It starts the mock provider, Baton and the bare pass-through proxy in their own processes, as
+``baton bench`` does, runs a few latency streams and a short throughput round through Baton's
+HTTP and WebSocket APIs, through the pass-through and straight to the mock, and asserts bounds
+generous enough for a loaded CI machine but not for an accidental per-token sleep or an O(n^2)
+in the hot path: with a blocking 1 ms sleep per token Baton cannot pass 1,000 tokens/s, a
+fiftieth of what the direct client reaches. Against the pass-through (measured in the same run,
+so the machine's speed cancels out), Baton must deliver more tokens per second at less CPU per
+token: it merges tokens into fewer sends, where the pass-through sends every upstream read on.
+Linux only (it reads ``/proc``). Takes about 15 seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pytest
 
 from scenarios._bench import BenchSettings, run_bench
 from scenarios._benchprocs import proc_available
-from scenarios._benchreport import summarize
+from scenarios._benchreport import against_passthrough, summarize
 
 GUARD = BenchSettings(
     latency_rounds=1, latency_samples=6, throughput_rounds=1, throughput_seconds=1.5,
@@ -51,4 +54,9 @@ async def test_baton_keeps_up_with_a_direct_client() -> None:
         assert ratio >= MIN_THROUGHPUT_RATIO, f"{side} reaches {ratio:.2f} x direct's tok/s\n{report}"
         cpu = throughput.proxy_cpu_per_1k
         assert cpu is not None and cpu <= MAX_CPU_PER_1K_TOKENS, f"{side}: {cpu} CPU-s per 1k tokens\n{report}"
+    # Healthy: Baton 4-6 x the pass-through's tok/s, at a quarter of its CPU per token.
+    versus = {(measure, side): better for measure, side, _, _, better in against_passthrough(rows.values())}
+    for side in ("http", "ws"):
+        assert versus["throughput, tok/s", side], f"{side} is slower than the pass-through\n{report}"
+        assert versus["CPU-s per 1k tokens", side], f"{side} costs more CPU than the pass-through\n{report}"
     assert not run.proxy_final_status.get("active_streams"), "streams leaked after the workloads"
