@@ -313,7 +313,7 @@ def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
         if provider.get("state") not in ("healthy", "unknown"):
             notes.append(f"after the workloads provider {name} is {provider.get('state')}")
     if run.proxy_log_problem_count:
-        notes.append(f"Baton and the mock logged {run.proxy_log_problem_count} warning/error lines; the first:")
+        notes.append(f"the children (Baton, the mock, the pass-through) logged {run.proxy_log_problem_count} warning/error lines; the first:")
         notes += [f"    {line}" for line in run.proxy_log_problems[:5]]
     if not run.peak_reset_works:
         notes.append("peak RSS could not be reset per round (/proc/PID/clear_refs): it is sampled every 50 ms")
