@@ -213,12 +213,13 @@ HTTPClient = httpx.AsyncClient | RawHTTPClient
 class _Bench:
     """The load generator's connections to the targets and the meters of the children.
 
-    ``http`` maps each HTTP target (``direct``, ``passthrough``, ``http``) to its client.
+    ``ports`` and ``http`` map each HTTP target (``direct``, ``passthrough``, ``http``) to its
+    port and its client.
     """
 
     def __init__(
         self, settings: BenchSettings, mock: Child, proxy: Child, passthrough: Child | None,
-        http: dict[str, HTTPClient], ws: list[WSClient], control: httpx.AsyncClient,
+        ports: dict[str, int], http: dict[str, HTTPClient], ws: list[WSClient], control: httpx.AsyncClient,
     ) -> None:  # fmt: skip
         self.settings = settings
         self._control = control  # for /stats and /status, apart from the load's connections
@@ -229,13 +230,7 @@ class _Bench:
         if passthrough is not None:
             self._meters["passthrough"] = ProcessMeter(passthrough.pid)
         self._http, self._ws = http, ws
-        path = "/v1/chat/completions"
-        self._urls = {
-            "direct": f"http://127.0.0.1:{mock.info['port']}{path}",
-            "http": f"http://127.0.0.1:{proxy.info['http_port']}{path}",
-        }
-        if passthrough is not None:
-            self._urls["passthrough"] = f"http://127.0.0.1:{passthrough.info['http_port']}{path}"
+        self._urls = {target: f"http://127.0.0.1:{port}/v1/chat/completions" for target, port in ports.items()}
         self._mock_stats_url = f"http://127.0.0.1:{mock.info['port']}/stats"
         self.status_url = f"http://127.0.0.1:{proxy.info['http_port']}/status"
 
@@ -481,7 +476,7 @@ async def run_bench(
                 )
                 ws_url = f"ws://127.0.0.1:{proxy.info['ws_port']}/v1/stream"
                 ws = await stack.enter_async_context(_open_ws_clients(ws_url, connections))
-                bench = _Bench(settings, mock, proxy, passthrough, http, ws, control)
+                bench = _Bench(settings, mock, proxy, passthrough, ports, http, ws, control)
                 peak_reset = bench.proxy.reset_peak()
                 say("warming up")
                 await _warm_up(bench, workloads)
