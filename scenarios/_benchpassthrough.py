@@ -28,8 +28,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from actors import BatonConfig
-from transport._cli import load_config
-from transport._http import LISTEN_BACKLOG
+from transport import LISTEN_BACKLOG, load_config
 
 from ._mock import watch_stdin_then_cancel
 

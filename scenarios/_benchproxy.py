@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import trio
 
 from actors import BatonConfig
-from transport._cli import build_providers, configure_logging, load_config, run_baton
+from transport import build_providers, configure_logging, load_config, run_baton
 
 from ._mock import watch_stdin_then_cancel
 

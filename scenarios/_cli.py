@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import trio
 
 from actors import BatonConfig, ConfigError, config_from_dict
-from transport._cli import build_providers, configure_logging, load_config, run_baton
+from transport import build_providers, configure_logging, load_config, run_baton
 
 from ._scenarios_cli import add_arguments as add_scenarios_arguments
 from ._scenarios_cli import run_from_args as run_scenarios_command

@@ -276,7 +276,7 @@ async def _providers(stack: AsyncExitStack, history: History) -> Mapping[str, An
             history.attempts[name] = fake.log
             history.probes[name] = fake.probes
         return fakes
-    from transport._cli import build_providers
+    from transport import build_providers
 
     nursery = await stack.enter_async_context(trio.open_nursery())
     stack.callback(nursery.cancel_scope.cancel)

@@ -267,8 +267,7 @@ async def _through_baton(
     backup: FaultSchedule,
     answers: tuple[str, ...],
 ) -> SideResult:
-    from transport._cli import build_providers
-    from transport._http import serve_http
+    from transport import build_providers, serve_http
 
     async with open_simulated_provider(primary) as a, open_simulated_provider(backup) as b:
         common = {

@@ -20,7 +20,7 @@ import sys
 from typing import TextIO
 
 from actors import BatonConfig, ConfigError
-from transport._cli import configure_logging, load_config
+from transport import configure_logging, load_config
 
 from ._invariants import INVARIANTS, describe
 from ._reliability import ReliabilitySettings, format_reliability, run_reliability

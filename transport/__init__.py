@@ -1,8 +1,14 @@
 """Baton's network and process edges."""
 
+from ._http import LISTEN_BACKLOG as LISTEN_BACKLOG
 from ._http import build_app as build_app
 from ._http import serve_http as serve_http
 from ._metrics import MetricsEndpoint as MetricsEndpoint
+from ._serve import JSONFormatter as JSONFormatter
+from ._serve import build_providers as build_providers
+from ._serve import configure_logging as configure_logging
+from ._serve import load_config as load_config
+from ._serve import run_baton as run_baton
 from ._ws import ClientFrameError as ClientFrameError
 from ._ws import decode_client_message as decode_client_message
 from ._ws import encode_event as encode_event

@@ -15,7 +15,7 @@ from scenarios._cli import default_config, main
 from scenarios._faults import Behaviour, FaultSchedule
 from scenarios._simulated import open_simulated_provider
 from scenarios._textgen import answer_tokens
-from transport._cli import build_providers, load_config, run_baton
+from transport import build_providers, load_config, run_baton
 
 MESSAGES = [{"role": "user", "content": "Tell me about rivers."}]
 ANSWER = "".join(answer_tokens([Message(**m) for m in MESSAGES]))

@@ -10,7 +10,7 @@ import trio
 from actors import open_baton
 from scenarios._fake import FakeProvider
 from scenarios._faults import Behaviour, FaultSchedule
-from transport._cli import JSONFormatter, configure_logging
+from transport import JSONFormatter, configure_logging
 
 from tests.actors.conftest import make_config, run_stream
 

@@ -2,8 +2,8 @@
 
 ``load_config`` turns a TOML file into a ``BatonConfig`` (one clear message naming the file and
 key on any mistake); ``run_baton`` runs the actor system with the WebSocket and HTTP servers
-in one nursery. The ``baton`` command itself lives in ``scenarios`` (the top of the dependency
-chain), because with no config it serves against simulated providers.
+in one nursery. The ``baton`` command itself lives in ``scenarios.cli`` (the top of the
+dependency chain), because with no config it serves against simulated providers.
 """
 
 from __future__ import annotations
