@@ -35,6 +35,7 @@ from ._messages import Usage as Usage
 from ._messages import UsageReport as UsageReport
 from ._messages import is_terminal as is_terminal
 from ._pool import ProviderPoolStatistics as ProviderPoolStatistics
+from ._provider import ProbeKind as ProbeKind
 from ._provider import Provider as Provider
 from ._request import parse_messages as parse_messages
 from ._request import parse_params as parse_params

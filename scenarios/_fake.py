@@ -13,16 +13,18 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from actors._errors import Failure, FailureKind, UpstreamError
-from actors._messages import (
+from actors import (
+    Failure,
+    FailureKind,
     Finish,
     Malformed,
+    ProbeKind,
     TextDelta,
+    UpstreamError,
     UpstreamEvent,
     UpstreamRequest,
     Usage,
 )
-from actors._provider import ProbeKind
 
 from ._faults import (
     AttemptPlan,

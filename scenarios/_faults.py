@@ -20,8 +20,7 @@ from typing import Any, Literal
 import attrs
 import orjson
 
-from actors._errors import Failure, FailureKind
-from actors._messages import Message, UpstreamRequest
+from actors import Failure, FailureKind, Message, UpstreamRequest
 
 from ._textgen import ContinuationMode, Words, answer_tokens, continuation
 

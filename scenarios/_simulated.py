@@ -37,8 +37,7 @@ import h11
 import orjson
 import trio
 
-from actors._errors import Failure, FailureKind
-from actors._messages import UpstreamRequest
+from actors import Failure, FailureKind, UpstreamRequest
 
 from ._faults import (
     AttemptPlan,

@@ -17,7 +17,7 @@ from typing import Literal
 
 import orjson
 
-from actors._messages import Message
+from actors import Message
 
 Words = Literal["plain", "exotic"]
 ContinuationMode = Literal["fresh", "prefill", "instruct", "restart"]

@@ -12,8 +12,7 @@ from typing import Any
 import attrs
 import orjson
 
-from actors._errors import Failure
-from actors._messages import Message
+from actors import Failure, Message
 
 _MARK = "\x00baton-text\x00"  # stands for the token text in pre-rendered chunk templates
 SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors._errors import FailureKind, UpstreamError
-from actors._messages import Finish, Malformed, Message, TextDelta, UpstreamEvent, UpstreamRequest
+from actors import (
+    FailureKind,
+    Finish,
+    Malformed,
+    Message,
+    TextDelta,
+    UpstreamError,
+    UpstreamEvent,
+    UpstreamRequest,
+)
 from scenarios import Behaviour, FakeProvider, FaultSchedule, Rule, answer_tokens
 
 USER = (Message(role="user", content="Tell me a story."),)

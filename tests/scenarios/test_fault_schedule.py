@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._errors import FailureKind
-from actors._messages import Message
+from actors import FailureKind, Message
 from scenarios import Behaviour, FaultSchedule, Rule, answer_tokens, plan_attempt
 from scenarios._faults import BEHAVIOUR_KINDS, PREFILL_MODES
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import trio
 
-from actors._messages import Message
+from actors import Message
 from scenarios import (
     Behaviour,
     FaultSchedule,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors._messages import Message
+from actors import Message
 from scenarios import answer_basis, answer_tokens, continuation, is_continue_instruction
 
 USER = Message(role="user", content="Tell me about cats.")
