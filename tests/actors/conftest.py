@@ -7,10 +7,8 @@ from typing import Any
 import pytest
 
 from actors import Message, config_from_dict, is_terminal, open_baton
-from scenarios._fake import FakeProvider
-from scenarios._faults import FaultSchedule
+from scenarios import FakeProvider, FaultSchedule, answer_tokens
 from scenarios._play import client_text
-from scenarios._textgen import answer_tokens
 
 PROMPT = (Message(role="user", content="Tell me about proxies."),)
 

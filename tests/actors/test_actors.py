@@ -11,8 +11,7 @@ from actors._health import HealthActor, HealthBoard, Report
 from actors._pool import PoolActor, PoolTimeout
 from actors._router import Picked, RouterActor, Unavailable
 from actors._supervisor import EscalationError, Supervisor
-from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule, Rule
+from scenarios import Behaviour, FakeProvider, FaultSchedule, Rule
 
 # --- pool ------------------------------------------------------------------------------------
 

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors import Done, Message, StreamError, open_baton
-from scenarios._fake import FakeProvider
-from scenarios._faults import FaultSchedule
+from scenarios import FakeProvider, FaultSchedule, answer_tokens
 from scenarios._strategies import (
     Timeouts,
     any_behaviour,
@@ -27,7 +26,6 @@ from scenarios._strategies import (
     midstream_faults,
     stays_healthy,
 )
-from scenarios._textgen import answer_tokens
 
 from .conftest import make_config, run_stream
 

@@ -13,8 +13,7 @@ from actors.policy._pace import (
     next_pace,
     next_sample_interval,
 )
-from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule
+from scenarios import Behaviour, FakeProvider, FaultSchedule
 
 from .conftest import lag_the_loop, make_config
 

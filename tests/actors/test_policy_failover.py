@@ -3,11 +3,17 @@
 import pytest
 
 from actors import Failure, FailureKind, ProviderConfig
+from actors._messages import Message, UpstreamRequest
 from actors.policy._continuation import continuation_form, continuation_request
 from actors.policy._failover import (
-    TIGHT_LOOP_WINDOW, FailOver, Reject, Retry, decide, health_verdict, is_prefill_rejection,
+    TIGHT_LOOP_WINDOW,
+    FailOver,
+    Reject,
+    Retry,
+    decide,
+    health_verdict,
+    is_prefill_rejection,
 )  # fmt: skip
-from actors._messages import Message, UpstreamRequest
 
 CFG = ProviderConfig(name="p", kind="openai", base_url="http://p")
 

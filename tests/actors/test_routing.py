@@ -6,8 +6,7 @@ import pytest
 import trio
 
 from actors import Delta, Done, Started, StreamError, open_baton
-from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule, Rule
+from scenarios import Behaviour, FakeProvider, FaultSchedule, Rule
 
 from .conftest import PROMPT, make_config, run_stream
 

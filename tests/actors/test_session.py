@@ -6,10 +6,7 @@ import pytest
 import trio
 
 from actors import Done, Failover, Started, StreamError, TextDelta, open_baton
-from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule
-
-from scenarios._textgen import answer_tokens
+from scenarios import Behaviour, FakeProvider, FaultSchedule, answer_tokens
 
 from .conftest import PROMPT, ScriptedProvider, healthy_answer, make_config, run_stream
 

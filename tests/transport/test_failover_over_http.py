@@ -14,9 +14,7 @@ import pytest
 import trio
 
 from actors import Delta, Done, Failover, Message, StreamError, config_from_dict, open_baton
-from scenarios._faults import Behaviour, FaultSchedule
-from scenarios._simulated import open_simulated_provider
-from scenarios._textgen import answer_tokens
+from scenarios import Behaviour, FaultSchedule, answer_tokens, open_simulated_provider
 from tests.actors.conftest import lag_the_loop
 from transport.providers import AnthropicProvider, OpenAIProvider
 

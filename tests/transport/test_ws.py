@@ -31,9 +31,7 @@ from actors import (
     config_from_dict,
     open_baton,
 )
-from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule
-from scenarios._textgen import answer_tokens
+from scenarios import Behaviour, FakeProvider, FaultSchedule, answer_tokens
 from transport import ClientFrameError, decode_client_message, encode_event, serve_ws
 
 T = TypeVar("T")
