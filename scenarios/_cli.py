@@ -19,9 +19,9 @@ from transport import build_providers, configure_logging, load_config, run_baton
 
 from ._scenarios_cli import add_arguments as add_scenarios_arguments
 from ._scenarios_cli import run_from_args as run_scenarios_command
-from ._simulated import SimulatedProvider
 from .bench import add_arguments as add_bench_arguments
 from .bench import run_from_args as run_bench_command
+from .sim import SimulatedProvider
 
 POINTERS = """\
 Baton is serving two simulated providers (no network, no keys needed):

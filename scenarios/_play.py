@@ -39,10 +39,9 @@ from actors import (
     open_baton,
 )
 
-from ._fake import FakeProvider
 from ._faults import AttemptRecord, ProbeRecord
 from ._scenario import ClientSpec, Scenario, client_of, client_prompt, scenario_config
-from ._simulated import SimulatedProvider
+from .sim import FakeProvider, SimulatedProvider
 
 # Slack in a stream's bound for the waits the session adds between reading tokens: the grace
 # after a finish reason for the usage that may follow (1 s), and the retry backoff and

@@ -33,9 +33,9 @@ from actors import config_from_dict, open_baton
 
 from ._faults import Behaviour, FaultSchedule
 from ._scenario import client_prompt
-from ._simulated import open_simulated_provider
 from ._strategies import fault_table
 from ._textgen import answer_tokens
+from .sim import open_simulated_provider
 
 CLIENT_TIMEOUT_FACTOR = 2.0  # the clients' read timeout, in multiples of Baton's upstream timeout
 STREAM_DEADLINE = 30.0  # seconds any one stream may take, whatever it meets

@@ -11,10 +11,8 @@ import trio
 from websockets.asyncio.client import connect
 
 from actors import Message, config_from_dict
+from scenarios import Behaviour, FaultSchedule, answer_tokens, open_simulated_provider
 from scenarios._cli import default_config, main
-from scenarios._faults import Behaviour, FaultSchedule
-from scenarios._simulated import open_simulated_provider
-from scenarios._textgen import answer_tokens
 from transport import build_providers, load_config, run_baton
 
 MESSAGES = [{"role": "user", "content": "Tell me about rivers."}]

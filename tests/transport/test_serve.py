@@ -8,11 +8,9 @@ import logging
 import trio
 
 from actors import open_baton
-from scenarios._fake import FakeProvider
-from scenarios._faults import Behaviour, FaultSchedule
-from transport import JSONFormatter, configure_logging
-
+from scenarios import Behaviour, FakeProvider, FaultSchedule
 from tests.actors.conftest import make_config, run_stream
+from transport import JSONFormatter, configure_logging
 
 
 def test_json_log_lines_are_one_object_per_line():

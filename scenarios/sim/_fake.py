@@ -26,7 +26,7 @@ from actors import (
     Usage,
 )
 
-from ._faults import (
+from .._faults import (
     AttemptPlan,
     AttemptRecord,
     Behaviour,
@@ -36,7 +36,7 @@ from ._faults import (
     probe_failure,
     stream_error_failure,
 )
-from ._textgen import Words
+from .._textgen import Words
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import trio
 
 from actors import Failure, FailureKind, UpstreamRequest
 
-from ._faults import (
+from .._faults import (
     AttemptPlan,
     AttemptRecord,
     Behaviour,
@@ -49,7 +49,7 @@ from ._faults import (
     probe_failure,
     stream_error_failure,
 )
-from ._textgen import Words
+from .._textgen import Words
 from ._wire import (
     AnthropicWire,
     BadRequest,
