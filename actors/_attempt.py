@@ -89,7 +89,9 @@ class Attempt:
         self._health = ctx.health[target.provider]
         self._sink = sink
         self._claim = claim
-        self.form = continuation_form(self._cfg, delivered=delivered, prefill_rejected=prefill_rejected)
+        self.form = continuation_form(
+            self._cfg, delivered=delivered, prefill_rejected=prefill_rejected
+        )
         original = UpstreamRequest(model=target.model, messages=tuple(messages), params=params)
         self._request = continuation_request(
             original, delivered=delivered, form=self.form, instruct_prompt=self._cfg.instruct_prompt
@@ -127,7 +129,9 @@ class Attempt:
         except UpstreamError as exc:
             # Health hears of failures from the session, which knows whether they count.
             self._end("failed", reason_code(exc.failure, midstream=self.produced), None)
-            return AttemptOutcome(kind="failed", failure=exc.failure, produced_text=self.produced, form=self.form)
+            return AttemptOutcome(
+                kind="failed", failure=exc.failure, produced_text=self.produced, form=self.form
+            )
         finally:
             if self.statistics is None:
                 # Cancelled (the client left, or shutdown): not the provider's fault.
@@ -144,7 +148,9 @@ class Attempt:
                 nursery.start_soon(self._watchdog, timer)
                 try:
                     provider = self._ctx.providers[self._target.provider]
-                    async with provider.stream(self._request, read_delay=self._ctx.load.read_delay) as events:
+                    async with provider.stream(
+                        self._request, read_delay=self._ctx.load.read_delay
+                    ) as events:
                         async for event in events:
                             kind = type(event)
                             if kind is TextDelta:
@@ -152,7 +158,11 @@ class Attempt:
                                 self._last_progress = now
                                 if not self.produced:
                                     if self._claim is not None and not self._claim():
-                                        self._end("lost", "hedge", Report(outcome="abandoned", admitted=True))
+                                        self._end(
+                                            "lost",
+                                            "hedge",
+                                            Report(outcome="abandoned", admitted=True),
+                                        )
                                         return AttemptOutcome(kind="lost")
                                     self.produced = True
                                     self.ttft = now - self._began
@@ -183,8 +193,12 @@ class Attempt:
             if timer.cancelled_caught:
                 limit = cfg.idle_timeout if self.produced else cfg.first_token_timeout
                 what = "no text for" if self.produced else "no first token within"
-                raise UpstreamError(Failure(kind=FailureKind.TIMEOUT, message=f"{what} {limit:g} s"))
-            raise UpstreamError(Failure(kind=FailureKind.EOF, message="the stream ended without a finish reason"))
+                raise UpstreamError(
+                    Failure(kind=FailureKind.TIMEOUT, message=f"{what} {limit:g} s")
+                )
+            raise UpstreamError(
+                Failure(kind=FailureKind.EOF, message="the stream ended without a finish reason")
+            )
         if self._guard is not None and not self._apply(self._guard.finish()):
             return AttemptOutcome(kind="ended")
         self._end("done", None, Report(outcome="success", ttft=self.ttft))

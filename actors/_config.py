@@ -148,7 +148,9 @@ def _check_value(where: str, key: str, value: Any, annotation: str) -> Any:
         return None
     if literal_choices and isinstance(value, str):
         if value not in literal_choices:
-            raise ConfigError(where, f"must be one of {', '.join(map(repr, literal_choices))}, not {value!r}")
+            raise ConfigError(
+                where, f"must be one of {', '.join(map(repr, literal_choices))}, not {value!r}"
+            )
         return value
     if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = float(value)
@@ -186,7 +188,9 @@ _LITERAL_ALIASES = {
 }
 
 
-def _build(cls: type, where: str, data: Any, extra: Mapping[str, Any], nested: Mapping[str, Any]) -> Any:
+def _build(
+    cls: type, where: str, data: Any, extra: Mapping[str, Any], nested: Mapping[str, Any]
+) -> Any:
     """Build an attrs config object from a table, rejecting unknown keys and wrong types."""
     if not isinstance(data, Mapping):
         raise ConfigError(where, f"must be a table, not {_type_name(data)}")
@@ -242,7 +246,9 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
 
     for key in data:
         if key not in ("server", "providers", "routes"):
-            raise ConfigError(where(key), "unknown section (known sections: server, providers, routes)")
+            raise ConfigError(
+                where(key), "unknown section (known sections: server, providers, routes)"
+            )
     server = _build(ServerConfig, where("server"), data.get("server", {}), {}, {})
     raw_providers = data.get("providers", {})
     if not isinstance(raw_providers, Mapping):
@@ -256,7 +262,10 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
                     raise ConfigError(f"{pwhere}.{required}", "is required")
         provider = _build(ProviderConfig, pwhere, table, {"name": name}, {"health": _health})
         if not provider.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{pwhere}.base_url", f"must start with http:// or https://, not {provider.base_url!r}")
+            raise ConfigError(
+                f"{pwhere}.base_url",
+                f"must start with http:// or https://, not {provider.base_url!r}",
+            )
         if provider.idle_timeout <= server.max_read_delay:
             # A stream paced under load waits up to max_read_delay between reads: that silence
             # must not count as a stalled provider.

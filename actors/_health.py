@@ -202,7 +202,11 @@ class HealthActor:
             times.append(state.reopen_at)
         if state.status == "rate_limited" and state.rate_limited_until is not None:
             times.append(state.rate_limited_until)
-        if state.status == "healthy" and state.cooldown != self._config.cooldown and state.healthy_since is not None:
+        if (
+            state.status == "healthy"
+            and state.cooldown != self._config.cooldown
+            and state.healthy_since is not None
+        ):
             times.append(state.healthy_since + self._config.stable_period)
         return min(times, default=math.inf)
 

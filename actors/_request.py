@@ -28,23 +28,37 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
     Raises ``RequestError("bad_request", ...)`` naming the first thing wrong.
     """
     if not isinstance(raw, list) or not raw:
-        raise RequestError("bad_request", "'messages' must be a non-empty list of {role, content} objects.")
+        raise RequestError(
+            "bad_request", "'messages' must be a non-empty list of {role, content} objects."
+        )
     if len(raw) > MAX_MESSAGES:
         raise RequestError("bad_request", f"'messages' has more than {MAX_MESSAGES} entries.")
     messages = []
     for i, item in enumerate(raw):
         if not isinstance(item, Mapping):
-            raise RequestError("bad_request", f"messages[{i}] must be an object with 'role' and 'content'.")
+            raise RequestError(
+                "bad_request", f"messages[{i}] must be an object with 'role' and 'content'."
+            )
         role = item.get("role")
         if role not in ROLES:
-            raise RequestError("bad_request", f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}.")
+            raise RequestError(
+                "bad_request",
+                f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}.",
+            )
         content = item.get("content")
         if isinstance(content, list):
             # OpenAI's content parts: only text parts can be proxied to every provider.
             texts = []
             for j, part in enumerate(content):
-                if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise RequestError("bad_request", f"messages[{i}].content[{j}] must be a text part ({{\"type\": \"text\", \"text\": ...}}).")
+                if (
+                    not isinstance(part, Mapping)
+                    or part.get("type") != "text"
+                    or not isinstance(part.get("text"), str)
+                ):
+                    raise RequestError(
+                        "bad_request",
+                        f'messages[{i}].content[{j}] must be a text part ({{"type": "text", "text": ...}}).',
+                    )
                 texts.append(part["text"])
             content = "".join(texts)
         if not isinstance(content, str):
@@ -62,18 +76,38 @@ def parse_params(raw: Any) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key, value in raw.items():
         if key in _INTEGERS:
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (0 if key == "seed" else 1)
+            ):
                 raise RequestError("bad_request", f"'{key}' must be a positive integer.")
         elif key in _NUMBER_RANGES:
             low, high = _NUMBER_RANGES[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not low <= value <= high:
-                raise RequestError("bad_request", f"'{key}' must be a number from {low:g} to {high:g}.")
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not low <= value <= high
+            ):
+                raise RequestError(
+                    "bad_request", f"'{key}' must be a number from {low:g} to {high:g}."
+                )
         elif key == "stop":
             if isinstance(value, str):
                 value = [value]
-            if not isinstance(value, list) or not all(isinstance(s, str) for s in value) or len(value) > 4:
-                raise RequestError("bad_request", "'stop' must be a string or a list of up to 4 strings.")
+            if (
+                not isinstance(value, list)
+                or not all(isinstance(s, str) for s in value)
+                or len(value) > 4
+            ):
+                raise RequestError(
+                    "bad_request", "'stop' must be a string or a list of up to 4 strings."
+                )
         else:
-            raise RequestError("bad_request", f"unknown parameter {key!r}; supported: {', '.join(sorted([*_INTEGERS, *_NUMBER_RANGES, 'stop']))}.")
+            raise RequestError(
+                "bad_request",
+                f"unknown parameter {key!r}; supported: {', '.join(sorted([*_INTEGERS, *_NUMBER_RANGES, 'stop']))}.",
+            )
         params[key] = value
     return params

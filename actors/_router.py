@@ -22,6 +22,7 @@ from .policy._route import choose
 
 log = logging.getLogger(__name__)
 
+
 class RouterFailed(BatonError):
     """The router crashed while answering; the asking session cannot go on."""
 
@@ -62,7 +63,9 @@ RouterMsg = Pick
 class RouterActor:
     """Owns the routes' strategy state; ``pick`` is its one question."""
 
-    def __init__(self, routes: Mapping[str, RouteConfig], board: HealthBoard, *, seed: int | None = None) -> None:
+    def __init__(
+        self, routes: Mapping[str, RouteConfig], board: HealthBoard, *, seed: int | None = None
+    ) -> None:
         self._routes = dict(routes)
         self._board = board
         self._send, self._receive = trio.open_memory_channel[RouterMsg](0)
@@ -88,7 +91,12 @@ class RouterActor:
         self._send.close()
 
     async def pick(
-        self, route: str, *, exclude: frozenset[int] = frozenset(), retry: bool = False, hedge: bool = False
+        self,
+        route: str,
+        *,
+        exclude: frozenset[int] = frozenset(),
+        retry: bool = False,
+        hedge: bool = False,
     ) -> PickResult:
         """Ask for the target of the next attempt on ``route``.
 
@@ -97,12 +105,16 @@ class RouterActor:
         by the budget).
         """
         reply_send, reply_receive = trio.open_memory_channel[PickResult](1)
-        await self._send.send(Pick(route=route, exclude=exclude, retry=retry, hedge=hedge, reply=reply_send))
+        await self._send.send(
+            Pick(route=route, exclude=exclude, retry=retry, hedge=hedge, reply=reply_send)
+        )
         with reply_receive:
             try:
                 return await reply_receive.receive()
             except trio.EndOfChannel:
-                raise RouterFailed(f"the router failed while choosing a target of {route!r}") from None
+                raise RouterFailed(
+                    f"the router failed while choosing a target of {route!r}"
+                ) from None
 
     def _within_budget(self, route: RouteConfig, now: float, retry: bool) -> bool:
         budget = self._budget

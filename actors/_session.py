@@ -132,12 +132,18 @@ class StreamSession:
             with self.cancel_scope:
                 await self._serve()
             if self.cancel_scope.cancelled_caught and self._shutting_down:
-                self._error("shutting_down", "Baton is shutting down; please retry.", retryable=True)
+                self._error(
+                    "shutting_down", "Baton is shutting down; please retry.", retryable=True
+                )
             elif self.cancel_scope.cancelled_caught:
                 self._error("cancelled", "The client cancelled the stream.", retryable=False)
         except Exception:
             log.exception("stream %s crashed", self.id)
-            self._error("internal_error", "Baton failed while serving this stream; please retry.", retryable=True)
+            self._error(
+                "internal_error",
+                "Baton failed while serving this stream; please retry.",
+                retryable=True,
+            )
         finally:
             # Shutdown cancels us from outside: the client still gets its one terminal event.
             self._error("shutting_down", "Baton is shutting down; please retry.", retryable=True)
@@ -156,8 +162,15 @@ class StreamSession:
             if attempts >= route.max_attempts:
                 return self._exhausted(failures, f"gave up after {attempts} attempts")
             picked: PickResult | None
-            picked = await ctx.router.pick(route.name, exclude=frozenset(exclude), retry=attempts > 0)
-            if isinstance(picked, Unavailable) and picked.reason == "none_usable" and attempts == 0 and not exclude:
+            picked = await ctx.router.pick(
+                route.name, exclude=frozenset(exclude), retry=attempts > 0
+            )
+            if (
+                isinstance(picked, Unavailable)
+                and picked.reason == "none_usable"
+                and attempts == 0
+                and not exclude
+            ):
                 picked = await self._queue_for_recovery(picked)
                 if picked is None:
                     return
@@ -173,20 +186,28 @@ class StreamSession:
             if self._serving is None:
                 self._serving = target
                 self.log.append(
-                    Started, ref=self._ref, route=route.name, provider=target.provider, model=target.model
+                    Started,
+                    ref=self._ref,
+                    route=route.name,
+                    provider=target.provider,
+                    model=target.model,
                 )
             hedge = await self._hedge_target(index, attempts)
             while True:
                 attempts += 1
                 starts.setdefault(index, []).append(trio.current_time())
                 if hedge is not None:
-                    outcome, hedge_outcome = await self._hedged(target, hedge.target, self._hedge_delay(target))
+                    outcome, hedge_outcome = await self._hedged(
+                        target, hedge.target, self._hedge_delay(target)
+                    )
                     if hedge_outcome.started:
                         attempts += 1
                         starts.setdefault(hedge.index, []).append(trio.current_time())
                     else:
                         # Never needed: give back the admission (a half-open trial place).
-                        ctx.health[hedge.target.provider].report_nowait(Report(outcome="neutral", admitted=True))
+                        ctx.health[hedge.target.provider].report_nowait(
+                            Report(outcome="neutral", admitted=True)
+                        )
                     if hedge_outcome.kind in ("done", "ended"):
                         if outcome.kind == "failed":
                             assert outcome.failure is not None
@@ -195,11 +216,16 @@ class StreamSession:
                     if hedge_outcome.kind == "failed":
                         # The hedge failed (before or after winning): it is out for this request.
                         exclude.add(hedge.index)
-                        if self._settle(hedge.target, hedge_outcome, starts[hedge.index], failures) is None:
+                        if (
+                            self._settle(hedge.target, hedge_outcome, starts[hedge.index], failures)
+                            is None
+                        ):
                             return
                     hedge = None
                 else:
-                    outcome = await self._attempt(target, prefill_rejected=index in prefill_rejected)
+                    outcome = await self._attempt(
+                        target, prefill_rejected=index in prefill_rejected
+                    )
                 if outcome.kind in ("done", "ended"):
                     return
                 if outcome.kind == "lost":
@@ -223,7 +249,11 @@ class StreamSession:
                 break
 
     def _settle(
-        self, target: Target, outcome: AttemptOutcome, target_starts: list[float], failures: list[str]
+        self,
+        target: Target,
+        outcome: AttemptOutcome,
+        target_starts: list[float],
+        failures: list[str],
     ) -> Retry | FailOver | None:
         """Report a failed attempt to health and decide what follows; None: the stream ended."""
         ctx = self._ctx
@@ -276,7 +306,9 @@ class StreamSession:
         route = self._route
         if route.hedge_after is None or attempts > 0 or self._delivered or route.max_attempts < 2:
             return None  # a hedge needs an attempt of its own to spare
-        picked = await self._ctx.router.pick(self._route.name, exclude=frozenset({index}), hedge=True)
+        picked = await self._ctx.router.pick(
+            self._route.name, exclude=frozenset({index}), hedge=True
+        )
         if not isinstance(picked, Picked):
             return None
         if not await self._ctx.health[picked.target.provider].admit():
@@ -288,11 +320,17 @@ class StreamSession:
         if hedge_after == "auto":
             snapshot = self._ctx.board.get(primary.provider)
             p95 = snapshot.ttft_p95 if snapshot is not None else None
-            return p95 if p95 is not None else self._ctx.provider_configs[primary.provider].first_token_timeout / 2
+            return (
+                p95
+                if p95 is not None
+                else self._ctx.provider_configs[primary.provider].first_token_timeout / 2
+            )
         assert isinstance(hedge_after, float)
         return hedge_after
 
-    async def _hedged(self, primary: Target, secondary: Target, delay: float) -> tuple[AttemptOutcome, AttemptOutcome]:
+    async def _hedged(
+        self, primary: Target, secondary: Target, delay: float
+    ) -> tuple[AttemptOutcome, AttemptOutcome]:
         """Race ``secondary`` against ``primary`` if the primary has no first token by ``delay``.
 
         The first attempt to produce text wins the stream; the other is cancelled at once and
@@ -319,7 +357,9 @@ class StreamSession:
                     if winner:
                         return
                     results[1] = AttemptOutcome(kind="lost")  # started: it costs an attempt
-                results[which] = await self._attempt(target, prefill_rejected=False, claim=lambda: claim(which))
+                results[which] = await self._attempt(
+                    target, prefill_rejected=False, claim=lambda: claim(which)
+                )
             if which == 0 and results[0].kind != "done":
                 primary_failed.set()
 
@@ -350,7 +390,9 @@ class StreamSession:
     def _report_failure(self, health: HealthActor, failure: Failure) -> None:
         verdict = health_verdict(failure)
         if verdict.rate_limited:
-            health.report_nowait(Report(outcome="rate_limited", retry_after=verdict.rate_limited_for))
+            health.report_nowait(
+                Report(outcome="rate_limited", retry_after=verdict.rate_limited_for)
+            )
         elif verdict.counts:
             health.report_nowait(Report(outcome="failure", trip=verdict.trip))
         else:
@@ -443,15 +485,20 @@ class StreamSession:
         )  # fmt: skip
 
     def _exhausted(
-        self, failures: list[str], why: str, snapshots: Mapping[str, HealthSnapshot | None] | None = None
+        self,
+        failures: list[str],
+        why: str,
+        snapshots: Mapping[str, HealthSnapshot | None] | None = None,
     ) -> None:
         detail = "; ".join(failures) if failures else "no attempt could be made"
         states = ""
         if snapshots:
             now = trio.current_time()
-            states = " Provider states: " + ", ".join(
-                _describe_state(name, snap, now) for name, snap in snapshots.items()
-            ) + "."
+            states = (
+                " Provider states: "
+                + ", ".join(_describe_state(name, snap, now) for name, snap in snapshots.items())
+                + "."
+            )
         self._error(
             "all_providers_unavailable",
             f"No provider of route {self._route.name!r} could answer ({why}): {detail}.{states}",

@@ -93,7 +93,11 @@ class StreamLog:
             return []
         self._seal()
         events = self._events
-        batch = [events[i] for i in range(len(events) - count, len(events))] if count < len(events) else list(events)
+        batch = (
+            [events[i] for i in range(len(events) - count, len(events))]
+            if count < len(events)
+            else list(events)
+        )
         self._read_seq = self._next_seq
         return batch
 

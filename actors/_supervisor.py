@@ -33,7 +33,14 @@ class SupervisorStatistics:
 class Supervisor:
     """Runs permanent children with restarts and temporary children without."""
 
-    def __init__(self, nursery: trio.Nursery, sessions: trio.Nursery, *, max_restarts: int = 5, period: float = 10.0) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        sessions: trio.Nursery,
+        *,
+        max_restarts: int = 5,
+        period: float = 10.0,
+    ) -> None:
         self._nursery = nursery
         self._sessions = sessions
         self._max_restarts = max_restarts
@@ -45,15 +52,17 @@ class Supervisor:
     def statistics(self) -> SupervisorStatistics:
         return SupervisorStatistics(restarts=self.total_restarts, children=tuple(self._children))
 
-    async def start_permanent(
-        self, name: str, run: Callable[..., Awaitable[None]]
-    ) -> None:
+    async def start_permanent(self, name: str, run: Callable[..., Awaitable[None]]) -> None:
         """Start ``run(task_status=...)`` and keep it running; returns once it is ready."""
         self._children.append(name)
         await self._nursery.start(self._keep_running, name, run)
 
     async def _keep_running(
-        self, name: str, run: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         first = True
         while True:
@@ -70,7 +79,12 @@ class Supervisor:
                 while self._restarts and self._restarts[0] < now - self._period:
                     self._restarts.popleft()
                 if len(self._restarts) > self._max_restarts:
-                    log.critical("actor %s crashed %d times in %g s; stopping", name, len(self._restarts), self._period)
+                    log.critical(
+                        "actor %s crashed %d times in %g s; stopping",
+                        name,
+                        len(self._restarts),
+                        self._period,
+                    )
                     raise EscalationError(f"actor {name} keeps crashing: {exc!r}") from exc
                 self.total_restarts += 1
                 log.exception("actor %s crashed; restarting it", name)

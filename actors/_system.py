@@ -136,7 +136,9 @@ class Baton:
         route_config = self.config.routes.get(route)
         if route_config is None:
             known = ", ".join(sorted(self.config.routes))
-            raise RequestError("unknown_model", f"Unknown model {route!r}; this Baton serves: {known}.", status=404)
+            raise RequestError(
+                "unknown_model", f"Unknown model {route!r}; this Baton serves: {known}.", status=404
+            )
         if not messages:
             raise RequestError("bad_request", "'messages' must not be empty.")
         if self.closing:
@@ -184,7 +186,9 @@ class Baton:
         """Whether every route has a usable target, and if not, which route lacks one."""
         for name, route in self.config.routes.items():
             if not any(self._usable(t.provider) for t in route.targets):
-                states = ", ".join(f"{t.provider} {self._status(t.provider)}" for t in route.targets)
+                states = ", ".join(
+                    f"{t.provider} {self._status(t.provider)}" for t in route.targets
+                )
                 return False, f"route {name!r} has no usable target ({states})"
         return True, "ok"
 
@@ -201,8 +205,10 @@ class Baton:
         return BatonStatistics(
             providers={
                 name: ProviderStatistics(
-                    name=name, kind=self._ctx.providers[name].kind,
-                    health=self._board.get(name), pool=pool.providers[name],
+                    name=name,
+                    kind=self._ctx.providers[name].kind,
+                    health=self._board.get(name),
+                    pool=pool.providers[name],
                 )  # fmt: skip
                 for name in self.config.providers
             },

@@ -24,7 +24,9 @@ class Telemetry:
         provider = meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter("baton")
         self.requests = meter.create_counter(
-            "proxy_requests", unit="1", description="Streams finished, by route, provider and outcome"
+            "proxy_requests",
+            unit="1",
+            description="Streams finished, by route, provider and outcome",
         )
         self.request_duration = meter.create_histogram(
             "proxy_request_duration", unit="s", description="Whole stream duration",
@@ -48,7 +50,9 @@ class Telemetry:
             "proxy_health_transitions", unit="1", description="Circuit breaker state changes"
         )
         self.malformed_events = meter.create_counter(
-            "proxy_malformed_events", unit="1", description="Upstream events that could not be decoded"
+            "proxy_malformed_events",
+            unit="1",
+            description="Upstream events that could not be decoded",
         )
         self._meter = meter
 

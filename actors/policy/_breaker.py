@@ -74,7 +74,9 @@ def _move(state: BreakerState, status: Status, now: float, **changes: object) ->
 
 def _open(state: BreakerState, config: HealthConfig, now: float) -> BreakerState:
     cooldown = config.cooldown
-    recovered_recently = state.healthy_since is not None and now - state.healthy_since < config.stable_period
+    recovered_recently = (
+        state.healthy_since is not None and now - state.healthy_since < config.stable_period
+    )
     if state.opened_before and recovered_recently:
         cooldown = min(state.cooldown * 2, config.max_cooldown)
     return _move(
@@ -198,7 +200,14 @@ def on_rate_limited(
     if state.status == "unhealthy":
         return state
     resume: Status = "healthy" if state.status == "probing" else state.status
-    return _move(state, "rate_limited", now, rate_limited_until=until, resume_status=resume, half_open_in_flight=0)
+    return _move(
+        state,
+        "rate_limited",
+        now,
+        rate_limited_until=until,
+        resume_status=resume,
+        half_open_in_flight=0,
+    )
 
 
 def on_probe(

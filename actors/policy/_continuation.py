@@ -34,6 +34,8 @@ def continuation_request(
         return original
     messages = original.messages + (Message(role="assistant", content=delivered),)
     if form == "prefill":
-        return UpstreamRequest(model=original.model, messages=messages, params=original.params, prefill=True)
+        return UpstreamRequest(
+            model=original.model, messages=messages, params=original.params, prefill=True
+        )
     messages = messages + (Message(role="user", content=instruct_prompt),)
     return UpstreamRequest(model=original.model, messages=messages, params=original.params)

@@ -61,7 +61,9 @@ def choose(
     return pool[0]
 
 
-def _smooth_weighted(route: RouteConfig, pool: Sequence[int], state: MutableMapping[int, float]) -> int:
+def _smooth_weighted(
+    route: RouteConfig, pool: Sequence[int], state: MutableMapping[int, float]
+) -> int:
     """nginx's smooth weighted round-robin over ``pool``."""
     total = 0.0
     best = pool[0]
@@ -76,11 +78,19 @@ def _smooth_weighted(route: RouteConfig, pool: Sequence[int], state: MutableMapp
 
 
 def _least_latency(
-    route: RouteConfig, pool: Sequence[int], snapshots: Mapping[str, HealthSnapshot], random: float, now: float
+    route: RouteConfig,
+    pool: Sequence[int],
+    snapshots: Mapping[str, HealthSnapshot],
+    random: float,
+    now: float,
 ) -> int:
     for i in pool:
         snapshot = snapshots.get(route.targets[i].provider)
-        if snapshot is not None and snapshot.ttft_at is not None and now - snapshot.ttft_at > STALE_AFTER:
+        if (
+            snapshot is not None
+            and snapshot.ttft_at is not None
+            and now - snapshot.ttft_at > STALE_AFTER
+        ):
             return i
     if len(pool) > 1 and random < EXPLORATION_SHARE:
         return pool[int(random / EXPLORATION_SHARE * len(pool)) % len(pool)]

@@ -114,7 +114,12 @@ class SpliceGuard:
         """Take the next piece of the continuation; return what may be forwarded."""
         if self._decided:
             return self._forward(text)
-        if not self._buffer and text[:1].isspace() and not self._delivered[:1].isspace() and 0 in self._live:
+        if (
+            not self._buffer
+            and text[:1].isspace()
+            and not self._delivered[:1].isspace()
+            and 0 in self._live
+        ):
             # A reproduction of the delivered text would begin as it does, not with a space.
             self._live.remove(0)
         self._buffer.append(text)
@@ -143,7 +148,9 @@ class SpliceGuard:
             self._decided = True
             return Forward("")
         # Only readings whose held text ends where a word of the delivered text ends count.
-        incomplete = [s for s in self._live if len(bc) < len(dc) - s and s + len(bc) in self._word_bounds]
+        incomplete = [
+            s for s in self._live if len(bc) < len(dc) - s and s + len(bc) in self._word_bounds
+        ]
         if 0 in incomplete and len(bc) >= self._restart_min:
             self._decided = True
             return Forward("")  # a restart that stopped early: nothing new

@@ -13,14 +13,18 @@ from scenarios._play import client_text
 PROMPT = (Message(role="user", content="Tell me about proxies."),)
 
 
-def make_config(names=("a", "b"), *, route: dict[str, Any] | None = None, **provider_overrides: dict[str, Any]):
+def make_config(
+    names=("a", "b"), *, route: dict[str, Any] | None = None, **provider_overrides: dict[str, Any]
+):
     providers = {}
     for name in names:
         table = {"kind": "openai", "base_url": f"http://{name}.invalid/v1"}
         table.update(provider_overrides.get(name, {}))
         providers[name] = table
     targets = [{"provider": name, "model": f"model-{name}"} for name in names]
-    return config_from_dict({"providers": providers, "routes": {"default": {"targets": targets, **(route or {})}}})
+    return config_from_dict(
+        {"providers": providers, "routes": {"default": {"targets": targets, **(route or {})}}}
+    )
 
 
 def healthy_answer(seed: int = 0, messages=PROMPT) -> str:
@@ -71,7 +75,7 @@ def fakes():
     return build
 
 
-__all__ = ["make_config", "healthy_answer", "run_stream", "open_baton", "PROMPT"]
+__all__ = ["PROMPT", "healthy_answer", "make_config", "open_baton", "run_stream"]
 
 
 class ScriptedProvider:
@@ -100,11 +104,15 @@ class ScriptedProvider:
             self.requests.append(request)
             self.open += 1
             try:
+
                 async def events():
                     for token in self.tokens:
                         await trio.lowlevel.checkpoint()
                         yield TextDelta(token)
-                    yield Finish(reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=len(self.tokens)))
+                    yield Finish(
+                        reason="stop",
+                        usage=Usage(prompt_tokens=1, completion_tokens=len(self.tokens)),
+                    )
 
                 yield events()
             finally:

@@ -97,7 +97,9 @@ async def test_admission_hears_the_reports_sent_before_it(autojump_clock):
         actor.close()
 
 
-async def test_consecutive_failures_open_the_breaker_and_cooldown_lets_traffic_try_again(autojump_clock):
+async def test_consecutive_failures_open_the_breaker_and_cooldown_lets_traffic_try_again(
+    autojump_clock,
+):
     actor, board, _ = health_actor(failure_threshold=3, cooldown=30.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
@@ -176,7 +178,10 @@ async def test_router_picks_the_first_usable_target_and_says_why_when_none_is(au
         await trio.sleep(0.01)
         result = await router.pick("r")
         assert isinstance(result, Unavailable) and result.reason == "none_usable"
-        assert {name: s.status for name, s in result.snapshots.items()} == {"p0": "unhealthy", "p1": "unhealthy"}
+        assert {name: s.status for name, s in result.snapshots.items()} == {
+            "p0": "unhealthy",
+            "p1": "unhealthy",
+        }
         router.close()
         for actor in actors.values():
             actor.close()
@@ -206,10 +211,9 @@ async def test_a_crashed_permanent_actor_is_restarted_until_the_limit(autojump_c
 
     escalated = False
     try:
-        async with trio.open_nursery() as nursery:
-            async with trio.open_nursery() as sessions:
-                supervisor = Supervisor(nursery, sessions, max_restarts=3, period=10.0)
-                await supervisor.start_permanent("flaky", flaky)
+        async with trio.open_nursery() as nursery, trio.open_nursery() as sessions:
+            supervisor = Supervisor(nursery, sessions, max_restarts=3, period=10.0)
+            await supervisor.start_permanent("flaky", flaky)
     except* EscalationError:
         escalated = True
     assert escalated
@@ -237,7 +241,9 @@ async def test_recovery_is_noticed_by_probes_within_the_unhealthy_probe_interval
     assert not [p for p in provider.probes if opened_at < p.at < opened_at + 30 - 1e-9]
 
 
-async def test_while_an_active_probe_tests_a_probing_provider_no_live_trial_is_admitted(autojump_clock):
+async def test_while_an_active_probe_tests_a_probing_provider_no_live_trial_is_admitted(
+    autojump_clock,
+):
     import trio.testing
 
     gate = trio.Event()
@@ -249,7 +255,11 @@ async def test_while_an_active_probe_tests_a_probing_provider_no_live_trial_is_a
 
     board = HealthBoard()
     provider = SlowProbe("p")
-    actor = HealthActor(provider, HealthConfig(cooldown=10.0, probe_interval_unhealthy=5.0, probe_timeout=100.0), board)
+    actor = HealthActor(
+        provider,
+        HealthConfig(cooldown=10.0, probe_interval_unhealthy=5.0, probe_timeout=100.0),
+        board,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
         actor.report_nowait(Report(outcome="failure", trip=True))

@@ -87,7 +87,9 @@ def test_only_a_chat_probe_closes_an_open_breaker():
 
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["success", "failure", "trip", "admit", "probe_ok", "probe_fail", "rate_limit"]),
+        st.sampled_from(
+            ["success", "failure", "trip", "admit", "probe_ok", "probe_fail", "rate_limit"]
+        ),
         st.floats(0.0, 20.0),
     ),
     max_size=80,
@@ -120,12 +122,23 @@ def test_breaker_invariants_under_any_sequence(ops):
         # probing never admits more than allowed
         assert state.half_open_in_flight <= cfg.half_open_requests
         # N consecutive failures always open it (unless a rate limit holds it, which opens later)
-        if state.consecutive_failures >= cfg.failure_threshold and state.status not in ("unhealthy", "rate_limited"):
-            assert state.status == "probing" or before.status in ("unhealthy", "probing", "rate_limited")
+        if state.consecutive_failures >= cfg.failure_threshold and state.status not in (
+            "unhealthy",
+            "rate_limited",
+        ):
+            assert state.status == "probing" or before.status in (
+                "unhealthy",
+                "probing",
+                "rate_limited",
+            )
         if state.status != before.status:
             changes.append((now, before.status, state.status))
         # an open breaker stays open for its whole cooldown
-        if before.status != "unhealthy" and state.status == "unhealthy" and state.reopen_at is not None:
+        if (
+            before.status != "unhealthy"
+            and state.status == "unhealthy"
+            and state.reopen_at is not None
+        ):
             assert state.reopen_at - now >= cfg.cooldown - 1e-9
     # While it flaps, an opening is followed by no other change for at least a cooldown.
     for (t0, _, to), (t1, _, _) in zip(changes, changes[1:]):

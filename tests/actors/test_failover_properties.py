@@ -46,6 +46,7 @@ def schedules():
     """A behaviour for a target's first 1-3 requests and one for the rest."""
     return first_then(behaviours, behaviours)
 
+
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -77,14 +78,20 @@ def test_a_break_mid_answer_is_continued_exactly(first, rest, prompt, can_reset,
 def check_promise(plan, prompt, can_reset, words, prefill):
     names = [f"p{i}" for i in range(len(plan))]
     overrides = {
-        name: {"first_token_timeout": FIRST_TOKEN_TIMEOUT, "idle_timeout": IDLE_TIMEOUT, "prefill": prefill}
+        name: {
+            "first_token_timeout": FIRST_TOKEN_TIMEOUT,
+            "idle_timeout": IDLE_TIMEOUT,
+            "prefill": prefill,
+        }
         for name in names
     }
     config = make_config(tuple(names), route={"max_attempts": 2 * len(plan)}, **overrides)
     answer = "".join(answer_tokens(prompt, words=words))
 
     async def main():
-        providers = {name: FakeProvider(name, schedule, words=words) for name, schedule in zip(names, plan)}
+        providers = {
+            name: FakeProvider(name, schedule, words=words) for name, schedule in zip(names, plan)
+        }
         # A bound on the whole request: each attempt's timeouts plus retry waits.
         bound = len(plan) * 2 * (FIRST_TOKEN_TIMEOUT + 60 * IDLE_TIMEOUT + 5.0)
         async with open_baton(config, providers, seed=7) as baton:
@@ -101,7 +108,11 @@ def check_promise(plan, prompt, can_reset, words, prefill):
         assert run.text == answer
     else:
         assert isinstance(terminal, StreamError)
-        assert terminal.code in ("all_providers_unavailable", "upstream_rejected", "stream_diverged")
+        assert terminal.code in (
+            "all_providers_unavailable",
+            "upstream_rejected",
+            "stream_diverged",
+        )
         assert answer.startswith(run.text)
     if any(stays_healthy(s, config.providers[name]) for name, s in zip(names, plan)):
         assert isinstance(terminal, Done), terminal

@@ -18,11 +18,21 @@ from actors.policy._failover import (
 CFG = ProviderConfig(name="p", kind="openai", base_url="http://p")
 
 
-def status(code: int, *, error_code: str | None = None, message: str = "", retry_after: float | None = None) -> Failure:
-    return Failure(kind=FailureKind.STATUS, status=code, code=error_code, message=message, retry_after=retry_after)
+def status(
+    code: int, *, error_code: str | None = None, message: str = "", retry_after: float | None = None
+) -> Failure:
+    return Failure(
+        kind=FailureKind.STATUS,
+        status=code,
+        code=error_code,
+        message=message,
+        retry_after=retry_after,
+    )
 
 
-def run(failure, *, starts=(0.0,), produced=False, midstream=False, prefill=False, now=0.0, config=CFG):
+def run(
+    failure, *, starts=(0.0,), produced=False, midstream=False, prefill=False, now=0.0, config=CFG
+):
     return decide(
         failure, produced_text=produced, midstream=midstream, was_prefill=prefill,
         previous_starts=tuple(starts), config=config, now=now, jitter=0.5,
@@ -103,7 +113,11 @@ def test_broken_credentials_fail_over_and_trip_the_breaker(code):
 
 
 def test_a_rejected_prefill_is_retried_on_the_same_target_in_instruct_form():
-    failure = status(400, error_code="invalid_request_error", message="final assistant message prefill is not supported")
+    failure = status(
+        400,
+        error_code="invalid_request_error",
+        message="final assistant message prefill is not supported",
+    )
     assert is_prefill_rejection(failure)
     decision = run(failure, prefill=True)
     assert isinstance(decision, Retry) and decision.instruct and decision.delay == 0
@@ -112,7 +126,14 @@ def test_a_rejected_prefill_is_retried_on_the_same_target_in_instruct_form():
 
 
 @pytest.mark.parametrize(
-    "kind", [FailureKind.RESET, FailureKind.EOF, FailureKind.STREAM_ERROR, FailureKind.TIMEOUT, FailureKind.MALFORMED]
+    "kind",
+    [
+        FailureKind.RESET,
+        FailureKind.EOF,
+        FailureKind.STREAM_ERROR,
+        FailureKind.TIMEOUT,
+        FailureKind.MALFORMED,
+    ],
 )
 def test_any_failure_after_text_fails_over(kind):
     decision = run(Failure(kind=kind, message="x"), produced=True, midstream=True)
@@ -126,7 +147,9 @@ def test_midstream_silence_is_named_idle_timeout():
 
 # --- continuation ------------------------------------------------------------------------------
 
-ORIGINAL = UpstreamRequest(model="m", messages=(Message(role="user", content="hi"),), params={"max_tokens": 5})
+ORIGINAL = UpstreamRequest(
+    model="m", messages=(Message(role="user", content="hi"),), params={"max_tokens": 5}
+)
 
 
 def provider(**kw):
@@ -134,21 +157,40 @@ def provider(**kw):
 
 
 def test_auto_prefers_prefill_only_where_the_provider_honours_it():
-    assert continuation_form(provider(kind="anthropic"), delivered="ab", prefill_rejected=False) == "prefill"
+    assert (
+        continuation_form(provider(kind="anthropic"), delivered="ab", prefill_rejected=False)
+        == "prefill"
+    )
     assert continuation_form(provider(), delivered="ab", prefill_rejected=False) == "instruct"
-    assert continuation_form(provider(prefill=True), delivered="ab", prefill_rejected=False) == "prefill"
-    assert continuation_form(provider(kind="anthropic"), delivered="ab", prefill_rejected=True) == "instruct"
+    assert (
+        continuation_form(provider(prefill=True), delivered="ab", prefill_rejected=False)
+        == "prefill"
+    )
+    assert (
+        continuation_form(provider(kind="anthropic"), delivered="ab", prefill_rejected=True)
+        == "instruct"
+    )
     assert continuation_form(provider(), delivered="", prefill_rejected=False) == "fresh"
-    assert continuation_form(provider(continuation="replay"), delivered="ab", prefill_rejected=False) == "replay"
+    assert (
+        continuation_form(provider(continuation="replay"), delivered="ab", prefill_rejected=False)
+        == "replay"
+    )
 
 
 def test_continuation_requests_carry_exactly_the_delivered_text():
-    prefill = continuation_request(ORIGINAL, delivered="Hello wor", form="prefill", instruct_prompt="go on")
+    prefill = continuation_request(
+        ORIGINAL, delivered="Hello wor", form="prefill", instruct_prompt="go on"
+    )
     assert prefill.prefill
     assert prefill.messages[-1] == Message(role="assistant", content="Hello wor")
     assert prefill.params == ORIGINAL.params
-    instruct = continuation_request(ORIGINAL, delivered="Hello wor", form="instruct", instruct_prompt="go on")
+    instruct = continuation_request(
+        ORIGINAL, delivered="Hello wor", form="instruct", instruct_prompt="go on"
+    )
     assert [m.role for m in instruct.messages] == ["user", "assistant", "user"]
     assert instruct.messages[1].content == "Hello wor" and instruct.messages[2].content == "go on"
     assert not instruct.prefill
-    assert continuation_request(ORIGINAL, delivered="Hello", form="replay", instruct_prompt="x") == ORIGINAL
+    assert (
+        continuation_request(ORIGINAL, delivered="Hello", form="replay", instruct_prompt="x")
+        == ORIGINAL
+    )

@@ -31,7 +31,10 @@ def test_a_restart_is_swallowed_while_it_matches():
 
 
 def test_a_restart_is_matched_ignoring_whitespace_differences():
-    assert splice("The quick  brown\nfox", ["The quick brown fox", " jumps"]) == "The quick  brown\nfox jumps"
+    assert (
+        splice("The quick  brown\nfox", ["The quick brown fox", " jumps"])
+        == "The quick  brown\nfox jumps"
+    )
 
 
 def test_repeated_last_words_are_trimmed():
@@ -55,7 +58,10 @@ def test_prefill_whitespace_at_the_join_is_not_doubled():
 
 
 def test_a_restart_that_stops_early_adds_nothing():
-    assert splice("The quick brown fox jumps over", ["The quick brown fox"]) == "The quick brown fox jumps over"
+    assert (
+        splice("The quick brown fox jumps over", ["The quick brown fox"])
+        == "The quick brown fox jumps over"
+    )
 
 
 def test_multibyte_text_splices():

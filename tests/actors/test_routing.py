@@ -11,7 +11,9 @@ from scenarios import Behaviour, FakeProvider, FaultSchedule, Rule
 from .conftest import PROMPT, make_config, run_stream
 
 
-async def test_a_flapping_primary_is_routed_around_and_back_within_seconds_of_healing(autojump_clock):
+async def test_a_flapping_primary_is_routed_around_and_back_within_seconds_of_healing(
+    autojump_clock,
+):
     down = FaultSchedule((Rule(Behaviour("status", status=503), start=0.0, end=60.0),))
     a, b = FakeProvider("a", down), FakeProvider("b")
     served = []
@@ -76,7 +78,13 @@ async def test_the_fast_primary_wins_a_hedge_and_the_hedge_is_cancelled(autojump
 
 
 async def test_least_latency_follows_a_change_in_latency(autojump_clock):
-    a = FakeProvider("a", FaultSchedule((Rule(Behaviour("drip", token_delay=0.5), end=200.0),), default=Behaviour("drip", token_delay=0.02)))
+    a = FakeProvider(
+        "a",
+        FaultSchedule(
+            (Rule(Behaviour("drip", token_delay=0.5), end=200.0),),
+            default=Behaviour("drip", token_delay=0.02),
+        ),
+    )
     b = FakeProvider("b", FaultSchedule.always(Behaviour("drip", token_delay=0.1)))
     config = make_config(route={"strategy": "least_latency"}, a={"health": {"slow_ttft": 60.0}})
     picks = []
@@ -95,7 +103,11 @@ async def test_least_latency_follows_a_change_in_latency(autojump_clock):
 async def test_when_no_target_is_usable_a_request_waits_for_recovery(autojump_clock):
     broken = FaultSchedule((Rule(Behaviour("status", status=401), end=20.0),))
     a, b = FakeProvider("a", broken), FakeProvider("b", broken)
-    config = make_config(route={"queue_timeout": 60.0}, a={"health": {"cooldown": 30.0}}, b={"health": {"cooldown": 30.0}})
+    config = make_config(
+        route={"queue_timeout": 60.0},
+        a={"health": {"cooldown": 30.0}},
+        b={"health": {"cooldown": 30.0}},
+    )
     async with open_baton(config, {"a": a, "b": b}) as baton:
         first = await run_stream(baton)  # both trip their breakers
         assert first.terminal.code == "all_providers_unavailable"
@@ -129,8 +141,10 @@ async def test_a_full_outage_queue_answers_overloaded_at_once(autojump_clock):
         await run_stream(baton)
         async with trio.open_nursery() as nursery:
             for _ in range(4):
+
                 async def one():
                     results.append((await run_stream(baton)).terminal.code)
+
                 nursery.start_soon(one)
                 await trio.sleep(0.01)
     assert sorted(results) == ["all_providers_unavailable"] * 2 + ["overloaded"] * 2
@@ -145,8 +159,10 @@ async def test_the_retry_budget_stops_an_outage_from_multiplying_load(autojump_c
         outcomes = []
         async with trio.open_nursery() as nursery:
             for _ in range(50):
+
                 async def one():
                     outcomes.append((await run_stream(baton)).terminal)
+
                 nursery.start_soon(one)
     done = [t for t in outcomes if isinstance(t, Done)]
     refused = [t for t in outcomes if isinstance(t, StreamError)]
@@ -160,7 +176,9 @@ async def test_a_hedge_that_was_never_needed_gives_back_its_half_open_trial(auto
 
     a = FakeProvider("a", FaultSchedule((Rule(Behaviour("refuse"), start=10.0),)))
     b = FakeProvider("b")
-    config = make_config(route={"hedge_after": 0.5}, b={"health": {"cooldown": 2.0, "half_open_requests": 1}})
+    config = make_config(
+        route={"hedge_after": 0.5}, b={"health": {"cooldown": 2.0, "half_open_requests": 1}}
+    )
     async with open_baton(config, {"a": a, "b": b}) as baton:
         baton._ctx.health["b"].report_nowait(Report(outcome="failure", trip=True))
         await trio.sleep(3)

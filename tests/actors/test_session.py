@@ -37,18 +37,24 @@ async def test_a_healthy_stream_is_started_streamed_and_done(autojump_clock, fak
 
 
 @pytest.mark.parametrize("at_token", [1, 5, 20])
-async def test_a_reset_mid_stream_continues_on_the_next_target_without_loss_or_repeat(autojump_clock, fakes, at_token):
+async def test_a_reset_mid_stream_continues_on_the_next_target_without_loss_or_repeat(
+    autojump_clock, fakes, at_token
+):
     providers = fakes(a=always("reset", at_token=at_token), b=HEALTHY)
     async with open_baton(make_config(), providers) as baton:
         run = await run_stream(baton)
     assert run.text == healthy_answer()
     [failover] = run.of(Failover)
     assert (failover.from_provider, failover.to_provider) == ("a", "b")
-    assert failover.mode == "continue" and failover.phase == "midstream" and failover.reason == "reset"
+    assert (
+        failover.mode == "continue" and failover.phase == "midstream" and failover.reason == "reset"
+    )
     done = run.terminal
     assert isinstance(done, Done) and done.provider == "b" and done.model == "model-b"
     # usage counts only what the client received
-    assert done.usage.completion_tokens == len(providers["a"].log[0].tokens_sent) + len(providers["b"].log[0].tokens_sent)
+    assert done.usage.completion_tokens == len(providers["a"].log[0].tokens_sent) + len(
+        providers["b"].log[0].tokens_sent
+    )
     # b was asked to continue exactly the delivered text (instruct form for OpenAI-compatible)
     request = providers["b"].log[0].request
     assert request.messages[-2].role == "assistant"
@@ -79,7 +85,10 @@ async def test_a_target_that_restarts_its_answer_is_spliced(autojump_clock, fake
 
 
 async def test_a_rejected_prefill_is_asked_again_in_instruct_form(autojump_clock, fakes):
-    providers = fakes(a=always("reset", at_token=3), b=FaultSchedule.always(Behaviour("healthy", prefill="reject")))
+    providers = fakes(
+        a=always("reset", at_token=3),
+        b=FaultSchedule.always(Behaviour("healthy", prefill="reject")),
+    )
     async with open_baton(make_config(b={"prefill": True}), providers) as baton:
         run = await run_stream(baton)
     assert run.text == healthy_answer()
@@ -104,7 +113,9 @@ async def test_a_diverging_continuation_resets_a_client_that_can_take_it(autojum
     assert isinstance(run.terminal, Done) and run.terminal.provider == "b"
 
 
-async def test_a_diverging_continuation_ends_a_client_that_cannot_reset_with_stream_diverged(autojump_clock, fakes):
+async def test_a_diverging_continuation_ends_a_client_that_cannot_reset_with_stream_diverged(
+    autojump_clock, fakes
+):
     b = ScriptedProvider("b", restarted_differently())
     providers = {**fakes(a=always("reset", at_token=6)), "b": b}
     async with open_baton(make_config(), providers) as baton:
@@ -151,11 +162,15 @@ async def test_a_short_retry_after_is_honoured_on_the_same_target(autojump_clock
     providers = fakes(a=first(1, "status", status=429, retry_after=2.0), b=HEALTHY)
     async with open_baton(make_config(), providers) as baton:
         run = await run_stream(baton)
-    assert [r.opened_at for r in providers["a"].log][1] - providers["a"].log[0].opened_at == pytest.approx(2.0)
+    assert [r.opened_at for r in providers["a"].log][1] - providers["a"].log[
+        0
+    ].opened_at == pytest.approx(2.0)
     assert providers["b"].log == [] and run.text == healthy_answer()
 
 
-async def test_a_long_retry_after_fails_over_and_keeps_the_provider_out_of_rotation(autojump_clock, fakes):
+async def test_a_long_retry_after_fails_over_and_keeps_the_provider_out_of_rotation(
+    autojump_clock, fakes
+):
     providers = fakes(a=first(1, "status", status=429, retry_after=60.0), b=HEALTHY)
     async with open_baton(make_config(), providers) as baton:
         await run_stream(baton)
@@ -167,7 +182,9 @@ async def test_a_long_retry_after_fails_over_and_keeps_the_provider_out_of_rotat
         assert len(providers["a"].log) == 2
 
 
-async def test_silence_before_the_first_token_fails_over_and_closes_the_attempt(autojump_clock, fakes):
+async def test_silence_before_the_first_token_fails_over_and_closes_the_attempt(
+    autojump_clock, fakes
+):
     providers = fakes(a=always("stall", at_token=0, stall=1000.0), b=HEALTHY)
     async with open_baton(make_config(a={"first_token_timeout": 2.0}), providers) as baton:
         start = trio.current_time()
@@ -215,24 +232,38 @@ async def test_a_malformed_event_is_skipped_and_counted(autojump_clock, fakes):
 
 
 async def test_client_errors_are_passed_through_without_failover(autojump_clock, fakes):
-    providers = fakes(a=always("status", status=400, code="invalid_request_error", message="bad temperature"), b=HEALTHY)
+    providers = fakes(
+        a=always("status", status=400, code="invalid_request_error", message="bad temperature"),
+        b=HEALTHY,
+    )
     async with open_baton(make_config(), providers) as baton:
         run = await run_stream(baton)
         assert baton.statistics().providers["a"].health.consecutive_failures == 0
     error = run.terminal
-    assert isinstance(error, StreamError) and error.code == "upstream_rejected" and not error.retryable
-    assert error.status == 400 and error.upstream_code == "invalid_request_error" and "bad temperature" in error.message
+    assert (
+        isinstance(error, StreamError) and error.code == "upstream_rejected" and not error.retryable
+    )
+    assert (
+        error.status == 400
+        and error.upstream_code == "invalid_request_error"
+        and "bad temperature" in error.message
+    )
     assert providers["b"].log == []
 
 
 async def test_context_length_exceeded_fails_over(autojump_clock, fakes):
-    providers = fakes(a=always("status", status=400, code="context_length_exceeded", message="too long"), b=HEALTHY)
+    providers = fakes(
+        a=always("status", status=400, code="context_length_exceeded", message="too long"),
+        b=HEALTHY,
+    )
     async with open_baton(make_config(), providers) as baton:
         run = await run_stream(baton)
     assert run.of(Failover)[0].reason == "context_length_exceeded" and len(providers["a"].log) == 1
 
 
-async def test_broken_credentials_mark_the_provider_unhealthy_at_once(autojump_clock, fakes, caplog):
+async def test_broken_credentials_mark_the_provider_unhealthy_at_once(
+    autojump_clock, fakes, caplog
+):
     providers = fakes(a=always("status", status=401), b=HEALTHY)
     async with open_baton(make_config(a={"api_key_env": "SECRET_ENV"}), providers) as baton:
         run = await run_stream(baton)
@@ -247,13 +278,21 @@ async def test_every_target_failing_ends_with_all_providers_unavailable(autojump
     async with open_baton(make_config(), providers) as baton:
         run = await run_stream(baton)
     error = run.terminal
-    assert isinstance(error, StreamError) and error.code == "all_providers_unavailable" and error.retryable
+    assert (
+        isinstance(error, StreamError)
+        and error.code == "all_providers_unavailable"
+        and error.retryable
+    )
     assert "a (model-a)" in error.message and "b (model-b)" in error.message
     assert "503" in error.message and "connect" in error.message
 
 
 async def test_attempts_per_request_are_bounded_by_max_attempts(autojump_clock, fakes):
-    providers = fakes(a=always("status", status=503), b=always("status", status=503), c=always("status", status=503))
+    providers = fakes(
+        a=always("status", status=503),
+        b=always("status", status=503),
+        c=always("status", status=503),
+    )
     config = make_config(("a", "b", "c"), route={"max_attempts": 3})
     async with open_baton(config, providers) as baton:
         run = await run_stream(baton)
@@ -305,7 +344,9 @@ async def test_a_slow_reader_gets_merged_deltas_with_gapless_seqs(autojump_clock
     assert [e.seq for e in batch] == [0, 1, 2]
 
 
-async def test_draining_ends_running_streams_with_shutting_down_and_refuses_new_ones(autojump_clock, fakes):
+async def test_draining_ends_running_streams_with_shutting_down_and_refuses_new_ones(
+    autojump_clock, fakes
+):
     from actors import RequestError
 
     providers = fakes(a=always("drip", token_delay=1.0), b=HEALTHY)
@@ -358,7 +399,9 @@ async def test_a_crashing_session_ends_only_its_own_stream_with_an_error(autojum
     assert isinstance(fine.terminal, Done)
 
 
-async def test_a_router_crash_ends_the_asking_stream_and_the_restarted_router_serves_the_next(autojump_clock, fakes):
+async def test_a_router_crash_ends_the_asking_stream_and_the_restarted_router_serves_the_next(
+    autojump_clock, fakes
+):
     from actors._router import RouterActor
 
     crashes = []

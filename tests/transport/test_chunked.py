@@ -81,7 +81,7 @@ def test_delivers_what_h11s_reader_delivers(pieces: list[bytes]) -> None:
 
 
 def test_a_read_full_of_chunks_is_one_event() -> None:
-    tokens = [b"data: {\"t\": %d}\n\n" % i for i in range(200)]
+    tokens = [b'data: {"t": %d}\n\n' % i for i in range(200)]
     wire = frame(tokens)
     assert read(MergingChunkedReader(), [wire]) == (b"".join(tokens), 1, [])
     assert read(h11_readers.ChunkedReader(), [wire])[1] == 200
@@ -104,9 +104,7 @@ def test_installed_into_h11_for_whole_responses() -> None:
     client = h11.Connection(h11.CLIENT)
     client.send(h11.Request(method="GET", target="/", headers=[("host", "example")]))
     client.send(h11.EndOfMessage())
-    client.receive_data(
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + frame(tokens)
-    )
+    client.receive_data(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + frame(tokens))
     events = []
     while (event := client.next_event()) is not h11.NEED_DATA:
         events.append(type(event))

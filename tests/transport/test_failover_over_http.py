@@ -26,10 +26,20 @@ def config(kind_a: str, url_a: str, kind_b: str, url_b: str, **a_overrides):
     return config_from_dict(
         {
             "providers": {
-                "a": {"kind": kind_a, "base_url": url_a, "first_token_timeout": 3.0, "idle_timeout": 2.0, **a_overrides},
+                "a": {
+                    "kind": kind_a,
+                    "base_url": url_a,
+                    "first_token_timeout": 3.0,
+                    "idle_timeout": 2.0,
+                    **a_overrides,
+                },
                 "b": {"kind": kind_b, "base_url": url_b},
             },
-            "routes": {"default": {"targets": [{"provider": "a", "model": "ma"}, {"provider": "b", "model": "mb"}]}},
+            "routes": {
+                "default": {
+                    "targets": [{"provider": "a", "model": "ma"}, {"provider": "b", "model": "mb"}]
+                }
+            },
         }
     )
 
@@ -58,7 +68,11 @@ FAULTS = [
     (Behaviour("status", status=503), "upstream_503", "prestream"),
     (Behaviour("status", status=429, retry_after=60.0), "rate_limited", "prestream"),
     (Behaviour("status", status=401), "auth_failed", "prestream"),
-    (Behaviour("status", status=400, code="context_length_exceeded", message="too long"), "context_length_exceeded", "prestream"),
+    (
+        Behaviour("status", status=400, code="context_length_exceeded", message="too long"),
+        "context_length_exceeded",
+        "prestream",
+    ),
     (Behaviour("stall", at_token=0, stall=30.0), "first_token_timeout", "prestream"),
     (Behaviour("reset", at_token=6), "reset", "midstream"),
     (Behaviour("stall", at_token=6, stall=30.0), "idle_timeout", "midstream"),
@@ -68,11 +82,20 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("kinds", [("openai", "openai"), ("anthropic", "openai"), ("openai", "anthropic")])
-@pytest.mark.parametrize("fault, reason, phase", FAULTS, ids=[f[1] + "-" + f[0].kind for f in FAULTS])
-async def test_each_fault_on_the_wire_fails_over_cleanly(autojump_clock, kinds, fault, reason, phase):
+@pytest.mark.parametrize(
+    "kinds", [("openai", "openai"), ("anthropic", "openai"), ("openai", "anthropic")]
+)
+@pytest.mark.parametrize(
+    "fault, reason, phase", FAULTS, ids=[f[1] + "-" + f[0].kind for f in FAULTS]
+)
+async def test_each_fault_on_the_wire_fails_over_cleanly(
+    autojump_clock, kinds, fault, reason, phase
+):
     kind_a, kind_b = kinds
-    async with open_simulated_provider(FaultSchedule.always(fault)) as a, open_simulated_provider() as b:
+    async with (
+        open_simulated_provider(FaultSchedule.always(fault)) as a,
+        open_simulated_provider() as b,
+    ):
         url = {"openai": lambda s: s.base_url_openai, "anthropic": lambda s: s.base_url_anthropic}
         cfg = config(kind_a, url[kind_a](a), kind_b, url[kind_b](b))
         events, text = await stream_once(cfg, adapters(cfg))
@@ -98,8 +121,13 @@ async def test_malformed_and_missing_done_do_not_fail_over(autojump_clock, kind)
 
 
 async def test_an_upstream_client_error_reaches_the_client_with_the_providers_words(autojump_clock):
-    fault = Behaviour("status", status=400, code="invalid_request_error", message="temperature too high")
-    async with open_simulated_provider(FaultSchedule.always(fault)) as a, open_simulated_provider() as b:
+    fault = Behaviour(
+        "status", status=400, code="invalid_request_error", message="temperature too high"
+    )
+    async with (
+        open_simulated_provider(FaultSchedule.always(fault)) as a,
+        open_simulated_provider() as b,
+    ):
         cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
         events, _ = await stream_once(cfg, adapters(cfg))
     error = events[-1]
@@ -116,12 +144,20 @@ def sse_body(tokens: list[str], *, finish: bool = True) -> list[bytes]:
 
     chunks = []
     for token in tokens:
-        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
-                 "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]}
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": "ma",
+            "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}],
+        }
         chunks.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
     if finish:
-        end = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
-               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        end = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": "ma",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         chunks.append(b"data: " + orjson.dumps(end) + b"\n\ndata: [DONE]\n\n")
     return chunks
 
@@ -149,7 +185,12 @@ INJECTED = [
     ("connect", httpx.ConnectError("All connection attempts failed"), None, "connect_error"),
     ("connect-timeout", httpx.ConnectTimeout("timed out"), None, "connect_error"),
     ("read-error", None, httpx.ReadError("connection reset by peer"), "reset"),
-    ("protocol-error", None, httpx.RemoteProtocolError("peer closed connection without sending complete message body"), "reset"),
+    (
+        "protocol-error",
+        None,
+        httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+        "reset",
+    ),
 ]
 
 
@@ -193,22 +234,23 @@ async def test_upstream_connections_are_reused_across_streams(autojump_clock, ki
 
 
 async def test_an_abandoned_stream_is_not_drained_but_closed(autojump_clock):
-    async with open_simulated_provider(FaultSchedule.always(Behaviour("drip", token_delay=1.0))) as a:
-        async with open_simulated_provider() as b:
-            cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
-            providers = adapters(cfg)
-            async with open_baton(cfg, providers) as baton:
-                handle = baton.start_stream(route="default", messages=PROMPT)
-                seen = 0
-                async for event in handle:
-                    if isinstance(event, Delta):
-                        seen += 1
-                        if seen == 3:
-                            handle.cancel()
-            for p in providers.values():
-                await p.aclose()
-            with trio.fail_after(5):
-                await a.wait_all_closed()
+    async with open_simulated_provider(
+        FaultSchedule.always(Behaviour("drip", token_delay=1.0))
+    ) as a, open_simulated_provider() as b:
+        cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
+        providers = adapters(cfg)
+        async with open_baton(cfg, providers) as baton:
+            handle = baton.start_stream(route="default", messages=PROMPT)
+            seen = 0
+            async for event in handle:
+                if isinstance(event, Delta):
+                    seen += 1
+                    if seen == 3:
+                        handle.cancel()
+        for p in providers.values():
+            await p.aclose()
+        with trio.fail_after(5):
+            await a.wait_all_closed()
     assert len(a.log[0].tokens_sent) <= 4
 
 
@@ -239,8 +281,11 @@ async def test_a_provider_with_many_connections_keeps_its_limit_and_reuses_them(
     assert a.connections == 70  # all 70 open at once, then every one reused for the second round
 
 
-async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same_text(autojump_clock):
+async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same_text(
+    autojump_clock,
+):
     """A busy event loop makes reads wait, so each carries more tokens; the answer is unchanged."""
+
     async def deltas(max_read_delay: float) -> list[str]:
         drip = FaultSchedule.always(Behaviour("drip", token_delay=0.02))
         async with open_simulated_provider(drip) as a:
@@ -270,8 +315,12 @@ async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same
 MIDSTREAM = [f for f in FAULTS if f[2] == "midstream"]
 
 
-@pytest.mark.parametrize("fault, reason, phase", MIDSTREAM, ids=[f[1] + "-" + f[0].kind for f in MIDSTREAM])
-async def test_a_paced_stream_fails_over_as_cleanly_as_an_unpaced_one(autojump_clock, fault, reason, phase):
+@pytest.mark.parametrize(
+    "fault, reason, phase", MIDSTREAM, ids=[f[1] + "-" + f[0].kind for f in MIDSTREAM]
+)
+async def test_a_paced_stream_fails_over_as_cleanly_as_an_unpaced_one(
+    autojump_clock, fault, reason, phase
+):
     """A fault that lands while reads are paced still fails over with the exact text."""
     slow_fault = FaultSchedule.always(attrs.evolve(fault, token_delay=0.05))
     slow = FaultSchedule.always(Behaviour("drip", token_delay=0.05))
