@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from actors import Message, config_from_dict
 from scenarios import Behaviour, FaultSchedule, answer_tokens, open_simulated_provider
-from scenarios._cli import default_config, main
+from scenarios.cli import default_config, main
 from transport import build_providers, load_config, run_baton
 
 MESSAGES = [{"role": "user", "content": "Tell me about rivers."}]

@@ -16,7 +16,7 @@ import pytest
 
 import actors._attempt
 from actors.policy._splice import Forward, SpliceGuard
-from scenarios._cli import main
+from scenarios.cli import main
 from scenarios._faults import HEALTHY, Behaviour, FaultSchedule
 from scenarios._invariants import check
 from scenarios._play import play

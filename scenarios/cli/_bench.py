@@ -1,38 +1,39 @@
-"""``baton bench`` / ``python -m scenarios.bench``: measure what Baton costs on this machine.
+"""``baton bench`` (also ``python -m scenarios.bench``): measure what Baton costs on this machine.
 
 Starts a fast OpenAI-compatible mock, Baton and a bare pass-through proxy on Baton's libraries
 (each in its own process, on 127.0.0.1), drives latency, throughput and capacity workloads
 through Baton's HTTP/SSE and WebSocket APIs, through the pass-through and straight to the mock,
 and prints a table per workload, a verdict per target and Baton against the bare stack. The
-default run takes about three minutes; ``--quick`` takes seconds with small counts. Linux only (CPU and
-memory are read from ``/proc``).
+default run takes about three minutes; ``--quick`` takes seconds with small counts. Linux only
+(CPU and memory are read from ``/proc``).
 
-    python -m scenarios.bench              # the full run
-    python -m scenarios.bench --quick      # a smoke run
-    python -m scenarios.bench --profile /tmp/baton-profile   # then profile Baton with py-spy
+    baton bench                            # the full run
+    baton bench --quick                    # a smoke run
+    baton bench --profile /tmp/baton-profile   # then profile Baton with py-spy
+
+This module turns the options into ``BenchSettings`` and the run into a report; the benchmark
+itself is ``scenarios.bench``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import attrs
 import trio
 
-from ._bench import DEFAULT, QUICK, TARGETS, WORKLOADS, BenchSettings, run_bench
-from ._benchprocs import proc_available
-from ._benchprofile import format_profile, hot_spots, py_spy_available
-from ._benchreport import format_report, to_json
+from .._bench import DEFAULT, QUICK, TARGETS, WORKLOADS, BenchSettings, run_bench
+from .._benchprocs import proc_available
+from .._benchprofile import format_profile, hot_spots, py_spy_available
+from .._benchreport import format_report, to_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the benchmark's options to ``parser`` (``baton bench`` and ``python -m scenarios.bench``)."""
+    """Add the benchmark's options to ``parser``."""
     parser.add_argument("--quick", action="store_true", help="a short run (seconds) with small counts")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, help="run only these workloads")
     parser.add_argument("--targets", nargs="+", choices=TARGETS, help="run only these targets")
@@ -65,7 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return attrs.evolve(settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_from_args(args: argparse.Namespace, *, command: str = "") -> int:
+def run(args: argparse.Namespace, *, command: str) -> int:
     """Run the benchmark the options describe and print its report; returns the exit status."""
     if not proc_available():
         print("baton bench: needs Linux's /proc to read Baton's CPU time and memory", file=sys.stderr)
@@ -81,9 +82,9 @@ def run_from_args(args: argparse.Namespace, *, command: str = "") -> int:
             return 2
     settings = settings_from_args(args)
     say = partial(print, flush=True)
-    run, status = None, 1
+    result, status = None, 1
     try:
-        run = trio.run(partial(run_bench, settings, say=say, profile_dir=args.profile,
+        result = trio.run(partial(run_bench, settings, say=say, profile_dir=args.profile,
                                profile_workload=args.profile_workload, proxy_log_level=args.proxy_log_level))
     except* (RuntimeError, OSError) as group:
         # A child that would not start, py-spy that could not attach: one line, not a traceback.
@@ -91,16 +92,16 @@ def run_from_args(args: argparse.Namespace, *, command: str = "") -> int:
     except* KeyboardInterrupt:
         print("baton bench: interrupted; the mock and Baton were stopped", file=sys.stderr)
         status = 130
-    if run is None:
+    if result is None:
         return status
     print()
-    print(format_report(run, command=command))
-    for target, raw in run.profiles.items():
+    print(format_report(result, command=command))
+    for target, raw in result.profiles.items():
         print()
         print(format_profile(hot_spots(raw), f"{args.profile_workload} workload via {target}"))
         print(f"  (raw stacks: {raw}; open in https://speedscope.app or flamegraph.pl)")
     if args.json is not None:
-        args.json.write_text(json.dumps(to_json(run), indent=2, default=str))
+        args.json.write_text(json.dumps(to_json(result), indent=2, default=str))
     return 0
 
 
@@ -108,16 +109,3 @@ def _first_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scenarios.bench``."""
-    parser = argparse.ArgumentParser(prog="python -m scenarios.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    command = shlex.join(["python", "-m", "scenarios.bench", *(sys.argv[1:] if argv is None else argv)])
-    return run_from_args(args, command=command)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
-"""The ``baton`` command.
+"""``baton serve``: run the proxy.
 
-``baton serve [--config baton.toml]`` runs the proxy. Without ``--config`` it starts two
-simulated providers on 127.0.0.1 (one speaking OpenAI's API, one Anthropic's) and a ``default``
-route over them, so Baton can be tried with nothing else installed.
+``baton serve --config baton.toml`` serves the file's providers and routes. Without ``--config``
+it starts two simulated providers on 127.0.0.1 (one speaking OpenAI's API, one Anthropic's) and
+a ``default`` route over them, so Baton can be tried with nothing else installed.
 """
 
 from __future__ import annotations
@@ -10,18 +10,13 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from collections.abc import Sequence
 
 import trio
 
 from actors import BatonConfig, ConfigError, config_from_dict
 from transport import build_providers, configure_logging, load_config, run_baton
 
-from ._scenarios_cli import add_arguments as add_scenarios_arguments
-from ._scenarios_cli import run_from_args as run_scenarios_command
-from .bench import add_arguments as add_bench_arguments
-from .bench import run_from_args as run_bench_command
-from .sim import SimulatedProvider
+from ..sim import SimulatedProvider
 
 POINTERS = """\
 Baton is serving two simulated providers (no network, no keys needed):
@@ -83,25 +78,24 @@ async def _start(config: BatonConfig) -> tuple[int, int]:
     return ports
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="baton", description="A high-availability streaming proxy for LLM APIs.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", help="a baton.toml; without it, serve two simulated providers")
-    serve.add_argument("--host", default="127.0.0.1", help="listen address for the default setup")
-    serve.add_argument("--ws-port", type=int, default=8765, help="WebSocket port for the default setup")
-    serve.add_argument("--http-port", type=int, default=8080, help="HTTP port for the default setup")
-    serve.add_argument("--log-format", choices=["text", "json"], default="text")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    bench = commands.add_parser("bench", help="measure Baton's latency, throughput, CPU and memory against a local mock")
-    add_bench_arguments(bench)
-    scenarios = commands.add_parser("scenarios", help="fault-injection suites, replays and the reliability comparison")
-    add_scenarios_arguments(scenarios)
-    args = parser.parse_args(argv)
-    if args.command == "scenarios":
-        return run_scenarios_command(args)
-    if args.command == "bench":
-        return run_bench_command(args, command=" ".join(["baton", *(sys.argv[1:] if argv is None else argv)]))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``serve``'s options to ``parser``."""
+    parser.add_argument("--config", help="a baton.toml; without it, serve two simulated providers")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address for the default setup")
+    parser.add_argument(
+        "--ws-port", type=int, default=8765, help="WebSocket port for the default setup"
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=8080, help="HTTP port for the default setup"
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; returns the exit status (2 on a bad configuration)."""
     configure_logging(log_format=args.log_format, level=args.log_level)
     try:
         if args.config:
@@ -115,7 +109,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,10 +22,10 @@ from typing import TextIO
 from actors import BatonConfig, ConfigError
 from transport import configure_logging, load_config
 
-from ._invariants import INVARIANTS, describe
-from ._reliability import ReliabilitySettings, format_reliability, run_reliability
-from ._runner import format_scenario, format_suite, replay, run_suite
-from ._suites import SUITES
+from .._invariants import INVARIANTS, describe
+from .._reliability import ReliabilitySettings, format_reliability, run_reliability
+from .._runner import format_scenario, format_suite, replay, run_suite
+from .._suites import SUITES
 
 MAX_STREAMS = 1000  # reliability runs stay bounded in time and memory
 
@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_from_args(
+def run(
     args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     """Run the ``scenarios`` subcommand ``args`` names; returns the exit status."""
