@@ -26,10 +26,20 @@ from pathlib import Path
 import attrs
 import trio
 
-from .._bench import DEFAULT, QUICK, TARGETS, WORKLOADS, BenchSettings, run_bench
-from .._benchprocs import proc_available
-from .._benchprofile import format_profile, hot_spots, py_spy_available
-from .._benchreport import format_report, to_json
+from ..bench import (
+    DEFAULT,
+    QUICK,
+    TARGETS,
+    WORKLOADS,
+    BenchSettings,
+    format_profile,
+    format_report,
+    hot_spots,
+    proc_available,
+    py_spy_available,
+    run_bench,
+    to_json,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from ._benchclients import StreamResult
+from ._clients import StreamResult
 
 _ATTACH_TIME = 0.7  # seconds py-spy takes to attach before the load starts
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")

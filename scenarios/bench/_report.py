@@ -15,8 +15,8 @@ from typing import Any
 
 import attrs
 
-from ._bench import BATON_TARGETS, TARGETS, WORKLOADS, BenchRun, BenchSettings, Measurement
-from ._benchclients import percentile
+from ._clients import percentile
+from ._run import BATON_TARGETS, TARGETS, WORKLOADS, BenchRun, BenchSettings, Measurement
 
 # Baton's targets (issue 7), checked for both the HTTP/SSE and the WebSocket side.
 TARGET_ADDED_TTFT_MS = 1.5

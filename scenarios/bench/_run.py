@@ -1,8 +1,8 @@
 """The benchmark: Baton's added latency, throughput, CPU and memory against a fast local mock.
 
 Four processes on 127.0.0.1: the mock provider (``_mock``), Baton under test
-(``_benchproxy``, the same servers ``baton serve`` runs), a bare pass-through proxy on the same
-libraries (``_benchpassthrough``) and this one, the load generator. Four targets get the same
+(``_proxy``, the same servers ``baton serve`` runs), a bare pass-through proxy on the same
+libraries (``_passthrough``) and this one, the load generator. Four targets get the same
 load: ``direct`` (the HTTP client straight to the mock: the baseline), ``passthrough`` (what
 trio, hypercorn and httpx cost with nothing of Baton's on top), ``http`` (Baton's
 OpenAI-compatible SSE API) and ``ws`` (Baton's WebSocket API). Three workloads, each run in
@@ -23,7 +23,7 @@ httpx costs ~50-200 µs of CPU per body read and saturated a core at 500 slow st
 the client, not Baton, set the pace (``http_client="httpx"`` still measures with it). WebSocket
 streams share ``ws_streams_per_connection`` per connection, as a real client multiplexes them.
 
-``run_bench`` returns the ``Measurement`` of every round; ``_benchreport`` turns them into
+``run_bench`` returns the ``Measurement`` of every round; ``_report`` turns them into
 tables. Every loop is bounded by a count and a deadline; the children die with the run.
 """
 
@@ -42,15 +42,16 @@ import httpx
 import orjson
 import trio
 
-from ._benchclients import (
+from ._answers import answer_text, model_name
+from ._clients import (
     StreamResult,
     WSClient,
     http_stream,
     make_http_client,
     open_ws_client,
 )
-from ._benchhttp import RawHTTPClient
-from ._benchprocs import (
+from ._http import RawHTTPClient
+from ._procs import (
     Child,
     ProcessMeter,
     Usage,
@@ -59,7 +60,6 @@ from ._benchprocs import (
     own_cpu,
     system_busy,
 )
-from ._mock import answer_text, model_name
 
 TARGETS = ("direct", "passthrough", "http", "ws")
 BATON_TARGETS = ("http", "ws")
@@ -439,7 +439,7 @@ async def run_bench(
     rounds, so that sampling costs none of them. Raises ``RuntimeError`` if a child fails to
     start; a failing stream is recorded, not raised.
     """
-    from ._benchprofile import profile_proxy  # py-spy is optional: only ``--profile`` needs it
+    from ._profile import profile_proxy  # py-spy is optional: only ``--profile`` needs it
 
     workloads = workloads_of(settings)
     chosen = [workloads[name] for name in settings.workloads]
@@ -452,15 +452,15 @@ async def run_bench(
         try:
             async with AsyncExitStack() as stack:
                 mock_args = ["--burst", str(settings.mock_burst)]
-                mock = await stack.enter_async_context(open_child("scenarios._mock", mock_args, stderr=logs))
+                mock = await stack.enter_async_context(open_child("scenarios.bench._mock", mock_args, stderr=logs))
                 config = Path(tmp) / "baton.toml"
                 config.write_text(proxy_config(mock.info["port"], list(workloads.values()), max_connections=max_connections))
                 proxy_args = [str(config), "--log-level", proxy_log_level]
-                proxy = await stack.enter_async_context(open_child("scenarios._benchproxy", proxy_args, stderr=logs))
+                proxy = await stack.enter_async_context(open_child("scenarios.bench._proxy", proxy_args, stderr=logs))
                 passthrough = None
                 if "passthrough" in settings.targets:
                     passthrough = await stack.enter_async_context(
-                        open_child("scenarios._benchpassthrough", [str(config)], stderr=logs)
+                        open_child("scenarios.bench._passthrough", [str(config)], stderr=logs)
                     )
                 say(f"mock pid {mock.pid} port {mock.info['port']}; Baton pid {proxy.pid} "
                     f"http {proxy.info['http_port']} ws {proxy.info['ws_port']}"

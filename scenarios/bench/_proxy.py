@@ -1,4 +1,4 @@
-"""Baton under test, in its own process: ``python -m scenarios._benchproxy CONFIG``.
+"""Baton under test, in its own process: ``python -m scenarios.bench._proxy CONFIG``.
 
 The same three calls as ``baton serve --config CONFIG`` (``load_config``, ``build_providers``,
 ``run_baton``: WebSocket and HTTP servers, health probes, metrics), except that once both
@@ -32,7 +32,7 @@ async def _run(config: BatonConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the config until stdin closes; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m scenarios._benchproxy")
+    parser = argparse.ArgumentParser(prog="python -m scenarios.bench._proxy")
     parser.add_argument("config", help="a baton.toml")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)

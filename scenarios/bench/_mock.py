@@ -1,16 +1,17 @@
 """A fast OpenAI-compatible mock provider for the benchmark, meant to run in its own process.
 
-``python -m scenarios._mock`` listens on 127.0.0.1 (port 0 by default), prints one JSON line
-``{"port": N}`` on stdout once it accepts connections, and serves until its stdin closes (so
-it dies with the benchmark that started it, however that one ends) or it is killed.
+``python -m scenarios.bench._mock`` listens on 127.0.0.1 (port 0 by default), prints one JSON
+line ``{"port": N}`` on stdout once it accepts connections, and serves until its stdin closes
+(so it dies with the benchmark that started it, however that one ends) or it is killed.
 
 It serves ``POST /v1/chat/completions`` (always streaming) and ``GET /v1/models`` over
 HTTP/1.1 with keep-alive, and ``GET /stats``: ``{"connections": N, "requests": M}`` so far (a
-client that reuses connections makes far fewer connections than requests). The request's ``model`` names the pacing: ``mock-<tokens>-<delay>``,
-e.g. ``mock-200-0.05`` streams 200 tokens with 50 ms before each one (``mock-200-0`` with no
-delay); anything else streams ``DEFAULT_TOKENS`` tokens without delay. Each token is its own
-SSE ``data:`` event in OpenAI's ``chat.completion.chunk`` format, then a ``finish_reason``
-chunk, a usage chunk when ``stream_options.include_usage`` asked for it, and ``data: [DONE]``.
+client that reuses connections makes far fewer connections than requests). The request's
+``model`` names the pacing: ``mock-<tokens>-<delay>``, e.g. ``mock-200-0.05`` streams 200
+tokens with 50 ms before each one (``mock-200-0`` with no delay); anything else streams
+``DEFAULT_TOKENS`` (``_answers``) tokens without delay. Each token is its own SSE ``data:``
+event in OpenAI's ``chat.completion.chunk`` format, then a ``finish_reason`` chunk, a usage
+chunk when ``stream_options.include_usage`` asked for it, and ``data: [DONE]``.
 
 It is deliberately much cheaper than the proxy it feeds: raw trio sockets, a minimal
 HTTP/1.1 parser (``Content-Length`` bodies only; clients that send chunked request bodies get
@@ -20,8 +21,8 @@ write per token, as a real model's tokens arrive); paced tokens are written by o
 schedule (``_Pacer``) rather than one timer per token per stream. The text of token ``i`` is
 ``token_text(i)``, so a client can check it received every character.
 
-The mock's own ``SimulatedProvider`` sibling (``_simulated.py``) is the one with faults; this
-one has none and is only about speed.
+The mock's sibling ``SimulatedProvider`` (``scenarios/sim/_simulated.py``) is the one with
+faults; this one has none and is only about speed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from collections.abc import Sequence
 import orjson
 import trio
 
-DEFAULT_TOKENS = 200
+from ._answers import parse_model, token_text
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 _READ_SIZE = 65536
@@ -54,35 +56,6 @@ _SSE_HEAD = (
     b"\r\n"
 )
 _LAST_CHUNK = b"0\r\n\r\n"
-
-
-def token_text(index: int) -> str:
-    """The text of token ``index`` of every mock answer (words of varying length)."""
-    return f"w{index % 997} "
-
-
-def answer_text(tokens: int) -> str:
-    """The whole text of a ``tokens``-token mock answer: what a client must receive."""
-    return "".join(token_text(i) for i in range(tokens))
-
-
-def model_name(tokens: int, delay: float) -> str:
-    """The model name that asks the mock for ``tokens`` tokens, ``delay`` seconds apart."""
-    return f"mock-{tokens}-{delay:g}"
-
-
-def parse_model(model: str) -> tuple[int, float]:
-    """``(tokens, delay)`` for a model name; the defaults for a name that is not ours."""
-    parts = model.split("-")
-    if len(parts) == 3 and parts[0] == "mock":
-        try:
-            tokens, delay = int(parts[1]), float(parts[2])
-        except ValueError:
-            pass
-        else:
-            if 0 <= tokens <= 100_000 and 0 <= delay <= 60:
-                return tokens, delay
-    return DEFAULT_TOKENS, 0.0
 
 
 def _framed(event: bytes) -> bytes:
@@ -369,7 +342,7 @@ async def _run(host: str, port: int, burst: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mock until stdin closes; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m scenarios._mock", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scenarios.bench._mock", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--burst", type=int, default=1, help="token events per send when there is no delay")

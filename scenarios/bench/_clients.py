@@ -24,7 +24,7 @@ import orjson
 import trio
 import trio_websocket
 
-from ._benchhttp import RawHTTPClient, RawHTTPError
+from ._http import RawHTTPClient, RawHTTPError
 
 USER_MESSAGES = [{"role": "user", "content": "Say something for the benchmark."}]
 _WS_RECEIVE_BUFFER = 65536  # trio-websocket reads 4 KiB at a time by default

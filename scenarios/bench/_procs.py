@@ -1,7 +1,7 @@
 """The benchmark's processes: starting the mock and Baton, and reading their CPU and memory.
 
-``open_child`` starts a helper process (``python -m scenarios._mock`` or
-``python -m scenarios._benchproxy``), reads the JSON line it prints once it listens, and on the
+``open_child`` starts a helper process (``python -m scenarios.bench._mock`` or
+``python -m scenarios.bench._proxy``), reads the JSON line it prints once it listens, and on the
 way out closes its stdin (its signal to stop), waits briefly, then kills it: a child never
 outlives the benchmark. ``ProcessMeter`` reads a process's CPU seconds and resident memory
 from ``/proc`` (Linux only).

@@ -1,4 +1,4 @@
-"""The bare stack, for comparison: ``python -m scenarios._benchpassthrough CONFIG``.
+"""The bare stack, for comparison: ``python -m scenarios.bench._passthrough CONFIG``.
 
 A minimal pass-through proxy on the libraries Baton is built on (trio, hypercorn, httpx):
 ``POST /v1/chat/completions`` swaps the route name in ``model`` for the first target's model,
@@ -7,7 +7,7 @@ response bytes as they arrive. No health, routing, failover, parsing, event log 
 what it costs is what the stack costs, and the benchmark measures Baton against it (the issue's
 "40-line pass-through proxy on trio + httpx" row). It reads the same ``baton.toml`` as Baton.
 
-Like ``_benchproxy`` it prints ``{"http_port": N}`` once it listens and stops when its stdin
+Like ``_proxy`` it prints ``{"http_port": N}`` once it listens and stops when its stdin
 closes. Not a proxy to use: a broken upstream simply breaks the client's response.
 """
 
@@ -94,7 +94,7 @@ async def _run(config: BatonConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the config's routes as a bare pass-through until stdin closes."""
-    parser = argparse.ArgumentParser(prog="python -m scenarios._benchpassthrough")
+    parser = argparse.ArgumentParser(prog="python -m scenarios.bench._passthrough")
     parser.add_argument("config", help="a baton.toml")
     args = parser.parse_args(argv)
     try:

@@ -12,9 +12,10 @@ import httpx
 import pytest
 import trio
 
-from scenarios._benchclients import SSETextReader, http_stream
-from scenarios._benchhttp import RawHTTPClient
-from scenarios._mock import MockServer, answer_text, model_name
+from scenarios.bench._answers import answer_text, model_name
+from scenarios.bench._clients import SSETextReader, http_stream
+from scenarios.bench._http import RawHTTPClient
+from scenarios.bench._mock import MockServer
 
 
 def test_sse_reader_counts_the_same_text_however_the_bytes_are_split() -> None:

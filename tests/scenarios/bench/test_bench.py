@@ -17,9 +17,13 @@ import sys
 
 import pytest
 
-from scenarios._bench import BenchSettings, run_bench
-from scenarios._benchprocs import proc_available
-from scenarios._benchreport import against_passthrough, summarize
+from scenarios.bench import (
+    BenchSettings,
+    against_passthrough,
+    proc_available,
+    run_bench,
+    summarize,
+)
 
 GUARD = BenchSettings(
     latency_rounds=1, latency_samples=6, throughput_rounds=1, throughput_seconds=1.5,
@@ -34,6 +38,7 @@ MAX_ADDED_TTFT_MS = 50.0  # Baton's p50 time to first token minus direct's
 MAX_CPU_PER_1K_TOKENS = 0.3  # Baton's CPU seconds per 1,000 tokens
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not proc_available(), reason="reads /proc")
 async def test_baton_keeps_up_with_a_direct_client() -> None:
     run = await run_bench(GUARD, say=lambda line: None)
