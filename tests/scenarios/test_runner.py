@@ -16,13 +16,13 @@ import pytest
 
 import actors._attempt
 from actors.policy._splice import Forward, SpliceGuard
-from scenarios.cli import main
 from scenarios._faults import HEALTHY, Behaviour, FaultSchedule
 from scenarios._invariants import check
 from scenarios._play import play
 from scenarios._reliability import ReliabilitySettings, run_reliability
 from scenarios._runner import replay, run_suite
 from scenarios._scenario import ClientSpec, ProviderSpec, Scenario
+from scenarios.cli import main
 
 BUG_FROM = 60  # characters the client must hold before the planted bug shows
 
