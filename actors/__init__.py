@@ -18,7 +18,6 @@ from ._errors import Failure as Failure
 from ._errors import FailureKind as FailureKind
 from ._errors import RequestError as RequestError
 from ._errors import UpstreamError as UpstreamError
-from ._health import HealthSnapshot as HealthSnapshot
 from ._messages import ClientEvent as ClientEvent
 from ._messages import Delta as Delta
 from ._messages import Done as Done
@@ -45,3 +44,12 @@ from ._system import BatonStatistics as BatonStatistics
 from ._system import ProviderStatistics as ProviderStatistics
 from ._system import StreamHandle as StreamHandle
 from ._system import open_baton as open_baton
+from ._vocab import AttemptEnd as AttemptEnd
+from ._vocab import ContinuationForm as ContinuationForm
+from ._vocab import ErrorCode as ErrorCode
+from ._vocab import RefusalReason as RefusalReason
+from ._vocab import ReportOutcome as ReportOutcome
+from ._vocab import RequestErrorCode as RequestErrorCode
+from ._vocab import StreamEnd as StreamEnd
+from ._vocab import StreamErrorCode as StreamErrorCode
+from .policy._health_view import HealthSnapshot as HealthSnapshot

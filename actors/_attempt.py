@@ -9,16 +9,18 @@ closes its upstream request, whatever ends it, and tells health what it was.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from ._config import Target
+from ._context import SessionContext
 from ._errors import Failure, FailureKind, UpstreamError
 from ._health import Report
 from ._messages import Finish, Malformed, Message, TextDelta, UpstreamRequest, Usage, UsageReport
 from ._pool import PoolTimeout
+from ._vocab import AttemptEnd, ContinuationForm
 from .policy._continuation import continuation_form, continuation_request
 from .policy._failover import reason_code
 from .policy._splice import Diverged, Forward, Hold, SpliceGuard
@@ -33,8 +35,8 @@ class AttemptStatistics:
 
     provider: str
     model: str
-    form: str  # fresh | prefill | instruct | replay
-    outcome: str  # done | failed | diverged | cancelled | pool_full | lost
+    form: ContinuationForm
+    outcome: AttemptEnd
     reason: str | None
     ttft: float | None
     deltas: int
@@ -46,15 +48,16 @@ class AttemptStatistics:
 class AttemptOutcome:
     """How an attempt ended, for the session's next decision.
 
-    ``done``: the answer is complete; ``ended``: the stream ended here (diverged, client
-    cannot reset); ``failed``: ``failure`` says why; ``pool_full``: no slot freed in time;
-    ``lost``: a hedge race was won by the other attempt (or the hedge never had to start).
+    ``done``: the answer is complete; ``diverged``: the stream ended here (the continuation
+    could not be joined and the client cannot reset); ``failed``: ``failure`` says why;
+    ``pool_full``: no slot freed in time; ``lost``: a hedge race was won by the other attempt
+    (or the hedge never had to start). A cancelled attempt returns nothing: it raises.
     """
 
-    kind: Literal["done", "failed", "pool_full", "ended", "lost"]
+    kind: AttemptEnd
     failure: Failure | None = None
     produced_text: bool = False
-    form: str = "fresh"
+    form: ContinuationForm = "fresh"
     started: bool = True  # false for a hedge that was never needed
 
 
@@ -73,7 +76,7 @@ class Attempt:
 
     def __init__(
         self,
-        ctx: Any,  # SessionContext (typed loosely to avoid an import cycle)
+        ctx: SessionContext,
         target: Target,
         *,
         messages: Sequence[Message],
@@ -107,7 +110,7 @@ class Attempt:
         self._last_progress: float | None = None
         self._finished_at: float | None = None
 
-    def _end(self, outcome: str, reason: str | None, report: Report | None) -> None:
+    def _end(self, outcome: AttemptEnd, reason: str | None, report: Report | None) -> None:
         self.statistics = AttemptStatistics(
             provider=self._target.provider, model=self._target.model, form=self.form,
             outcome=outcome, reason=reason, ttft=self.ttft, deltas=self.deltas,
@@ -168,7 +171,7 @@ class Attempt:
                                     self.ttft = now - self._began
                                 self.deltas += 1
                                 if not self._take(event.text):  # type: ignore[union-attr]
-                                    return AttemptOutcome(kind="ended")
+                                    return AttemptOutcome(kind="diverged")
                             elif kind is Finish:
                                 assert isinstance(event, Finish)
                                 finish = event
@@ -200,7 +203,7 @@ class Attempt:
                 Failure(kind=FailureKind.EOF, message="the stream ended without a finish reason")
             )
         if self._guard is not None and not self._apply(self._guard.finish()):
-            return AttemptOutcome(kind="ended")
+            return AttemptOutcome(kind="diverged")
         self._end("done", None, Report(outcome="success", ttft=self.ttft))
         self._sink.done(self._target, finish, self.usage)
         return AttemptOutcome(kind="done")

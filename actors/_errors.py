@@ -17,6 +17,8 @@ import enum
 
 import attrs
 
+from ._vocab import RequestErrorCode
+
 
 class BatonError(Exception):
     """Root of every error Baton raises on purpose."""
@@ -38,7 +40,7 @@ class ConfigError(BatonError):
 class RequestError(BatonError):
     """A client request is invalid; ``code`` is the stable machine code sent to the client."""
 
-    def __init__(self, code: str, message: str, *, status: int = 400) -> None:
+    def __init__(self, code: RequestErrorCode, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

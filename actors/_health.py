@@ -11,7 +11,6 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Literal
 
 import attrs
 import trio
@@ -19,31 +18,15 @@ import trio
 from ._config import HealthConfig
 from ._errors import UpstreamError
 from ._provider import Provider
+from ._vocab import ReportOutcome
 from .policy import _breaker as breaker
-from .policy._breaker import BreakerState, Status
+from .policy._breaker import BreakerState
+from .policy._health_view import HealthSnapshot
 
 log = logging.getLogger(__name__)
 
 TTFT_SAMPLES = 200  # recent times to first token kept for the p95 that "auto" hedging uses
 TTFT_MIN_SAMPLES = 20  # fewer samples than this give no p95
-
-
-@attrs.frozen(kw_only=True)
-class HealthSnapshot:
-    """One provider's health as last published."""
-
-    provider: str
-    status: Status
-    consecutive_failures: int
-    next_try_at: float | None
-    ttft_ewma: float | None
-    ttft_p95: float | None = None
-    ttft_at: float | None = None  # when the last time to first token was measured
-    since: float
-
-    @property
-    def usable(self) -> bool:
-        return self.status in ("healthy", "degraded", "probing")
 
 
 class HealthBoard:
@@ -73,14 +56,11 @@ class HealthBoard:
         await self._changed.wait()
 
 
-Outcome = Literal["success", "failure", "rate_limited", "abandoned", "neutral"]
-
-
 @attrs.frozen(kw_only=True)
 class Report:
     """What became of one live attempt."""
 
-    outcome: Outcome
+    outcome: ReportOutcome
     ttft: float | None = None
     trip: bool = False
     retry_after: float | None = None

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import attrs
 
+from ._vocab import StreamErrorCode
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -145,7 +147,7 @@ class StreamError:
 
     stream: str | None
     seq: int
-    code: str
+    code: StreamErrorCode
     message: str
     retryable: bool
     status: int | None = None

@@ -17,7 +17,9 @@ import trio
 
 from ._config import RouteConfig, Target
 from ._errors import BatonError
-from ._health import HealthBoard, HealthSnapshot
+from ._health import HealthBoard
+from ._vocab import RefusalReason
+from .policy._health_view import HealthSnapshot
 from .policy._route import choose
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class Picked:
 class Unavailable:
     """No target can take the attempt; ``snapshots`` says why, provider by provider."""
 
-    reason: str  # "none_usable" | "exhausted" | "retry_budget"
+    reason: RefusalReason
     snapshots: Mapping[str, HealthSnapshot | None]
 
 

@@ -10,7 +10,6 @@ exactly one terminal event.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -18,10 +17,10 @@ import attrs
 import trio
 
 from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
-from ._config import ProviderConfig, RouteConfig, Target
+from ._config import RouteConfig, Target
+from ._context import SessionContext
 from ._errors import Failure
-from ._health import HealthActor, HealthBoard, HealthSnapshot, Report
-from ._load import LoadMonitor
+from ._health import HealthActor, Report
 from ._messages import (
     Done,
     Failover,
@@ -31,12 +30,11 @@ from ._messages import (
     StreamError,
     Usage,
 )  # fmt: skip
-from ._pool import PoolActor
-from ._provider import Provider
-from ._router import Picked, PickResult, RouterActor, Unavailable
+from ._router import Picked, PickResult, Unavailable
 from ._streamlog import StreamLog
-from ._telemetry import Telemetry
+from ._vocab import StreamEnd, StreamErrorCode
 from .policy._failover import FailOver, Reject, Retry, decide, health_verdict
+from .policy._health_view import HealthSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +45,7 @@ class StreamStatistics:
     route: str
     attempts: tuple[AttemptStatistics, ...]
     failovers: int
-    outcome: str | None
-
-
-@attrs.frozen(kw_only=True)
-class SessionContext:
-    """What every session of one actor system shares."""
-
-    router: RouterActor
-    pool: PoolActor
-    health: Mapping[str, HealthActor]
-    providers: Mapping[str, Provider]
-    provider_configs: Mapping[str, ProviderConfig]
-    telemetry: Telemetry
-    random: random.Random
-    board: HealthBoard
-    queues: Mapping[str, trio.CapacityLimiter]  # per route: requests waiting out an outage
-    load: LoadMonitor
+    outcome: StreamEnd | None  # None while the stream runs
 
 
 class StreamSession:
@@ -111,7 +93,7 @@ class StreamSession:
 
     def statistics(self) -> StreamStatistics:
         terminal = self.log.terminal
-        outcome = None
+        outcome: StreamEnd | None = None
         if isinstance(terminal, Done):
             outcome = "done"
         elif isinstance(terminal, StreamError):
@@ -208,7 +190,7 @@ class StreamSession:
                         ctx.health[hedge.target.provider].report_nowait(
                             Report(outcome="neutral", admitted=True)
                         )
-                    if hedge_outcome.kind in ("done", "ended"):
+                    if hedge_outcome.kind in ("done", "diverged"):
                         if outcome.kind == "failed":
                             assert outcome.failure is not None
                             self._report_failure(health, outcome.failure)
@@ -226,7 +208,7 @@ class StreamSession:
                     outcome = await self._attempt(
                         target, prefill_rejected=index in prefill_rejected
                     )
-                if outcome.kind in ("done", "ended"):
+                if outcome.kind in ("done", "diverged"):
                     return
                 if outcome.kind == "lost":
                     # The hedge won and then failed after its first token; the primary is out.
@@ -505,7 +487,7 @@ class StreamSession:
             retryable=True,
         )
 
-    def _error(self, code: str, message: str, *, retryable: bool, **extra: Any) -> None:
+    def _error(self, code: StreamErrorCode, message: str, *, retryable: bool, **extra: Any) -> None:
         self.log.append(StreamError, code=code, message=message, retryable=retryable, **extra)
 
     def _record_end(self) -> None:

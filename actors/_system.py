@@ -22,17 +22,19 @@ import trio
 from opentelemetry import metrics
 
 from ._config import BatonConfig, Target
+from ._context import SessionContext
 from ._errors import ConfigError, RequestError
-from ._health import HealthActor, HealthBoard, HealthSnapshot
+from ._health import HealthActor, HealthBoard
 from ._load import LoadMonitor, LoadStatistics
 from ._messages import ClientEvent, Message
 from ._pool import PoolActor, ProviderPoolStatistics
 from ._provider import Provider
 from ._router import RouterActor
-from ._session import SessionContext, StreamSession, StreamStatistics
+from ._session import StreamSession, StreamStatistics
 from ._streamlog import StreamLog
 from ._supervisor import Supervisor
 from ._telemetry import Telemetry
+from .policy._health_view import HealthSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from .._config import ProviderConfig
 from .._messages import Message, UpstreamRequest
+from .._vocab import ContinuationForm
 
-Form = Literal["fresh", "prefill", "instruct", "replay"]
 
-
-def continuation_form(config: ProviderConfig, *, delivered: str, prefill_rejected: bool) -> Form:
+def continuation_form(
+    config: ProviderConfig, *, delivered: str, prefill_rejected: bool
+) -> ContinuationForm:
     """Choose how to ask ``config``'s provider to go on from ``delivered``."""
     if not delivered:
         return "fresh"
@@ -27,7 +26,7 @@ def continuation_form(config: ProviderConfig, *, delivered: str, prefill_rejecte
 
 
 def continuation_request(
-    original: UpstreamRequest, *, delivered: str, form: Form, instruct_prompt: str
+    original: UpstreamRequest, *, delivered: str, form: ContinuationForm, instruct_prompt: str
 ) -> UpstreamRequest:
     """Build the request that asks for what follows ``delivered`` in the chosen form."""
     if form in ("fresh", "replay"):

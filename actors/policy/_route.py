@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping, Sequence
 
 from .._config import RouteConfig
-from .._health import HealthSnapshot
+from ._health_view import HealthSnapshot
 
 EXPLORATION_SHARE = 0.05  # least_latency: share of picks that measure a random usable target
 # least_latency: a usable target not measured for this long is picked once to measure it again,

@@ -1,0 +1,65 @@
+"""Baton's vocabularies: each closed set of names it uses, defined once as a ``Literal``.
+
+They reach clients (error codes), statistics and metrics, where people and programs match on
+them; a new name is added here, and the type checker then shows every place that must know it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# The ``code`` of a ``StreamError``: why a stream ended without an answer.
+StreamErrorCode = Literal[
+    "all_providers_unavailable",  # no target of the route could answer (retryable)
+    "upstream_rejected",  # the provider refused the request itself; its words are passed on
+    "stream_diverged",  # a continuation could not be joined and the client cannot reset
+    "overloaded",  # the route's outage queue is full (retryable)
+    "cancelled",  # the client cancelled the stream
+    "shutting_down",  # Baton is stopping (retryable)
+    "internal_error",  # Baton failed while serving the stream (retryable)
+]
+
+# The ``code`` of a ``RequestError``: why a request was refused before any stream ran.
+RequestErrorCode = Literal[
+    "bad_request",  # the request is malformed; the message names the first thing wrong
+    "unknown_model",  # no route of that name
+    "unknown_stream",  # a cancel named no stream of this connection
+    "too_large",  # the request is larger than server.max_request_bytes
+    "too_many_streams",  # the connection already runs its most streams (retryable)
+    "shutting_down",  # Baton is stopping and takes no new streams (retryable)
+]
+
+# Every error code a client of Baton's own protocol can see.
+ErrorCode = Literal[StreamErrorCode, RequestErrorCode]
+
+# How one upstream attempt ended (``AttemptStatistics.outcome``, ``AttemptOutcome.kind``).
+AttemptEnd = Literal[
+    "done",  # the answer is complete
+    "failed",  # the upstream failed; the failure says how
+    "diverged",  # the continuation could not be joined and the stream ended there
+    "cancelled",  # the client left, or Baton is stopping
+    "pool_full",  # no upstream slot freed up in time
+    "lost",  # the other attempt of a hedge race won (or the hedge never had to start)
+]
+
+# How a target is asked to go on with an answer another target began.
+ContinuationForm = Literal["fresh", "prefill", "instruct", "replay"]
+
+# Why the router has no target for an attempt (``Unavailable.reason``).
+RefusalReason = Literal[
+    "none_usable",  # no target of the route takes traffic now
+    "exhausted",  # every target was tried
+    "retry_budget",  # the route's retry budget is spent
+]
+
+# What an attempt's end means for its provider's health (``Report.outcome``).
+ReportOutcome = Literal[
+    "success",  # an answer: closes a half-open breaker, feeds the latency average
+    "failure",  # the provider's fault: counts towards opening the breaker
+    "rate_limited",  # the provider asked to be left alone for a while
+    "abandoned",  # the client left, or the attempt lost a hedge race: no verdict
+    "neutral",  # not the provider's fault (a client error, no slot, a diverged answer)
+]
+
+# How a stream ended (``StreamStatistics.outcome``, the ``outcome`` of the requests metric).
+StreamEnd = Literal["done", StreamErrorCode]
