@@ -199,7 +199,14 @@ def on_rate_limited(
         return attrs.evolve(state, rate_limited_until=max(until, state.rate_limited_until or until))
     if state.status == "unhealthy":
         return state
-    resume: Status = "healthy" if state.status == "probing" else state.status
+    resume: Status = state.status
+    if state.status == "probing":
+        # The trial got an answer, if a busy one: the provider is back, as after a successful
+        # trial, and returns healthy with its failures forgotten once the rate limit ends.
+        resume = "healthy"
+        state = attrs.evolve(
+            state, consecutive_failures=0, reopen_at=None, next_trial_at=None, healthy_since=now
+        )
     return _move(
         state,
         "rate_limited",

@@ -74,6 +74,18 @@ def test_a_rate_limit_takes_the_provider_out_until_the_time_it_named():
     assert breaker.advance(state, CFG, 30.0).status == "healthy"
 
 
+def test_a_rate_limited_trial_recovers_the_provider_once_the_limit_ends():
+    state = breaker.initial(CFG, 0.0)
+    for _ in range(3):
+        state = breaker.on_failure(state, CFG, 0.0)
+    state = breaker.on_rate_limited(state, CFG, CFG.cooldown, retry_after=5.0)
+    assert state.status == "rate_limited"
+    state = breaker.advance(state, CFG, CFG.cooldown + 5.0)
+    assert state.status == "healthy" and state.consecutive_failures == 0
+    # One more failure is one, not the threshold's worth: the open breaker was closed.
+    assert breaker.on_failure(state, CFG, CFG.cooldown + 6.0).status == "healthy"
+
+
 def test_only_a_chat_probe_closes_an_open_breaker():
     state = breaker.initial(CFG, 0.0)
     for _ in range(3):
