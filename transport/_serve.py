@@ -48,7 +48,9 @@ def load_config(path: str | os.PathLike[str]) -> BatonConfig:
     return config_from_dict(data, source=where)
 
 
-def build_providers(config: BatonConfig, *, environ: Mapping[str, str] = os.environ) -> dict[str, Provider]:
+def build_providers(
+    config: BatonConfig, *, environ: Mapping[str, str] = os.environ
+) -> dict[str, Provider]:
     """One httpx-backed adapter per configured provider (keys read from their env vars)."""
     providers: dict[str, Provider] = {}
     for name, provider_config in config.providers.items():

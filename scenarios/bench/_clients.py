@@ -126,7 +126,9 @@ def make_http_client(max_connections: int) -> httpx.AsyncClient:
     Time limits are the caller's (``trio.fail_after`` around each stream).
     """
     return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
         timeout=httpx.Timeout(None),
     )
 
@@ -149,7 +151,10 @@ async def http_stream(
         if isinstance(client, RawHTTPClient):
             try:
                 status, text = await client.request(
-                    "POST", urlsplit(url).path, body, lambda piece: reader.feed(piece, trio.current_time())
+                    "POST",
+                    urlsplit(url).path,
+                    body,
+                    lambda piece: reader.feed(piece, trio.current_time()),
                 )
             except RawHTTPError as exc:
                 error = f"RawHTTPError: {exc}"
@@ -175,7 +180,12 @@ async def http_stream(
     if error is None and not reader.done:
         error = "the stream ended without [DONE]"
     return _result(
-        started, reader.first_text_at, reader.chars, reader.events, reader.longest_gap, error,
+        started,
+        reader.first_text_at,
+        reader.chars,
+        reader.events,
+        reader.longest_gap,
+        error,
         expected_chars,
     )
 
@@ -224,7 +234,9 @@ class WSClient:
         ref = f"b{next(_refs)}"
         state = _WSStream()
         self._by_ref[ref] = state
-        frame = orjson.dumps({"type": "start", "ref": ref, "model": route, "messages": USER_MESSAGES}).decode()
+        frame = orjson.dumps(
+            {"type": "start", "ref": ref, "model": route, "messages": USER_MESSAGES}
+        ).decode()
         started = trio.current_time()
         try:
             with trio.move_on_after(timeout) as scope:
@@ -239,7 +251,12 @@ class WSClient:
         finally:
             self._by_ref.pop(ref, None)
         return _result(
-            started, state.first_at, state.chars, state.events, state.longest_gap, state.error,
+            started,
+            state.first_at,
+            state.chars,
+            state.events,
+            state.longest_gap,
+            state.error,
             expected_chars,
         )
 

@@ -54,7 +54,11 @@ class RawHTTPClient:
             await connection.stream.aclose()
 
     async def request(
-        self, method: str, path: str, body: bytes = b"", on_body: Callable[[bytes], None] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        on_body: Callable[[bytes], None] | None = None,
     ) -> tuple[int, bytes]:
         """Send a request and read its whole response; returns ``(status, body)``.
 
@@ -76,7 +80,9 @@ class RawHTTPClient:
                     await connection.stream.send_all(head + body)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise RawHTTPError(f"connection broken: {exc.__cause__ or exc}") from None
-                status, headers = await self._read_head(connection, stale_ok=reused and attempt == 0)
+                status, headers = await self._read_head(
+                    connection, stale_ok=reused and attempt == 0
+                )
             except _Stale:
                 await connection.stream.aclose()
                 continue
@@ -101,7 +107,9 @@ class RawHTTPClient:
         except OSError as exc:
             raise RawHTTPError(f"cannot connect: {exc}") from None
 
-    async def _read_head(self, connection: _Connection, *, stale_ok: bool) -> tuple[int, dict[bytes, bytes]]:
+    async def _read_head(
+        self, connection: _Connection, *, stale_ok: bool
+    ) -> tuple[int, dict[bytes, bytes]]:
         buffer = connection.buffer
         end = buffer.find(b"\r\n\r\n")
         while end < 0:

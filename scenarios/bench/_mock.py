@@ -68,7 +68,12 @@ class _Answer:
 
     def __init__(self, model: str) -> None:
         self.tokens, self.delay = parse_model(model)
-        base = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model}
+        base = {
+            "id": "chatcmpl-mock",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+        }
 
         def event(choices: list[object], **extra: object) -> bytes:
             return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
@@ -80,7 +85,11 @@ class _Answer:
         self.token_chunks = [
             _framed(event(choice({"content": token_text(i)}))) for i in range(self.tokens)
         ]
-        usage = {"prompt_tokens": 8, "completion_tokens": self.tokens, "total_tokens": 8 + self.tokens}
+        usage = {
+            "prompt_tokens": 8,
+            "completion_tokens": self.tokens,
+            "total_tokens": 8 + self.tokens,
+        }
         self.finish = _framed(event(choice({}, "stop")))
         self.usage = _framed(event([], usage=usage))
         self.done = _framed(b"data: [DONE]\n\n") + _LAST_CHUNK
@@ -97,7 +106,10 @@ class MockServer:
             raise ValueError("burst must be at least 1")
         self.burst = burst
         self._answers: dict[str, _Answer] = {}
-        models = {"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "baton-bench"}]}
+        models = {
+            "object": "list",
+            "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "baton-bench"}],
+        }
         self._models_response = _whole(200, orjson.dumps(models))
         self.requests = 0
         self.connections = 0
@@ -164,7 +176,9 @@ class MockServer:
                 elif name == b"transfer-encoding":
                     chunked = True
             if chunked or not 0 <= length <= MAX_BODY_BYTES:
-                await stream.send_all(_whole(501, b'{"error":"only Content-Length bodies"}', close=True))
+                await stream.send_all(
+                    _whole(501, b'{"error":"only Content-Length bodies"}', close=True)
+                )
                 return
             while len(buffer) < length:
                 data = await stream.receive_some(_READ_SIZE)
@@ -182,7 +196,9 @@ class MockServer:
                 stats = {"connections": self.connections, "requests": self.requests}
                 await stream.send_all(_whole(200, orjson.dumps(stats)))
             else:
-                await stream.send_all(_whole(404, b'{"error":{"message":"not found","type":"invalid_request_error"}}'))
+                await stream.send_all(
+                    _whole(404, b'{"error":{"message":"not found","type":"invalid_request_error"}}')
+                )
             if not keep_alive:
                 return
 
@@ -192,7 +208,9 @@ class MockServer:
             model = request["model"]
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            await stream.send_all(_whole(400, b'{"error":{"message":"bad body","type":"invalid_request_error"}}'))
+            await stream.send_all(
+                _whole(400, b'{"error":{"message":"bad body","type":"invalid_request_error"}}')
+            )
             return
         self.requests += 1
         answer = self._answer(str(model))
@@ -318,8 +336,18 @@ class _Pacer:
 
 def _whole(status: int, body: bytes, *, close: bool = False) -> bytes:
     """A complete JSON response."""
-    reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 431: b"Request Header Fields Too Large", 501: b"Not Implemented"}[status]
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (status, reason, len(body))
+    reason = {
+        200: b"OK",
+        400: b"Bad Request",
+        404: b"Not Found",
+        431: b"Request Header Fields Too Large",
+        501: b"Not Implemented",
+    }[status]
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        reason,
+        len(body),
+    )
     return head + (b"connection: close\r\n" if close else b"") + b"\r\n" + body
 
 
@@ -342,10 +370,14 @@ async def _run(host: str, port: int, burst: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mock until stdin closes; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m scenarios.bench._mock", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scenarios.bench._mock", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--burst", type=int, default=1, help="token events per send when there is no delay")
+    parser.add_argument(
+        "--burst", type=int, default=1, help="token events per send when there is no delay"
+    )
     args = parser.parse_args(argv)
     try:
         trio.run(_run, args.host, args.port, args.burst)

@@ -34,7 +34,9 @@ class Child:
 
 
 @asynccontextmanager
-async def open_child(module: str, args: Sequence[str], *, stderr: IO[bytes]) -> AsyncIterator[Child]:
+async def open_child(
+    module: str, args: Sequence[str], *, stderr: IO[bytes]
+) -> AsyncIterator[Child]:
     """Run ``python -m module *args`` until the block ends; yields once it reported its ports.
 
     Raises ``RuntimeError`` with the child's last stderr lines when it exits or stays silent
@@ -166,4 +168,6 @@ def listen_overflows() -> int:
 
 def proc_available() -> bool:
     """Whether ``/proc`` has what ``ProcessMeter`` reads (Linux)."""
-    return os.path.exists(f"/proc/{os.getpid()}/stat") and os.path.exists(f"/proc/{os.getpid()}/status")
+    return os.path.exists(f"/proc/{os.getpid()}/stat") and os.path.exists(
+        f"/proc/{os.getpid()}/status"
+    )

@@ -23,7 +23,9 @@ from ._clients import StreamResult
 
 _ATTACH_TIME = 0.7  # seconds py-spy takes to attach before the load starts
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-_BATON_FILE = re.compile(r"(?:^|/)((?:actors|transport|scenarios)/(?:policy/|providers/)?[^/]+\.py)$")
+_BATON_FILE = re.compile(
+    r"(?:^|/)((?:actors|transport|scenarios)/(?:policy/|providers/)?[^/]+\.py)$"
+)
 # The benchmark's own helpers (the process runner, the mock) are not Baton: time under them
 # alone is the event loop's.
 _NOT_BATON = re.compile(r"scenarios/_(?:bench\w*|mock)\.py$")
@@ -53,7 +55,9 @@ async def profile_proxy(
     ]  # fmt: skip
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            partial(trio.run_process, command, capture_stdout=True, capture_stderr=True, check=False)
+            partial(
+                trio.run_process, command, capture_stdout=True, capture_stderr=True, check=False
+            )
         )
         await trio.sleep(_ATTACH_TIME)
         await load(run)
@@ -113,7 +117,9 @@ def hot_spots(raw: Path, *, top: int = 10) -> Profile:
     if total == 0:
         return Profile(samples=0, outside_baton=0.0, baton=(), leaves=(), packages=())
     spots = tuple(
-        HotSpot(where=name, own=n / total, self_=self_[name] / total, inclusive=inclusive[name] / total)
+        HotSpot(
+            where=name, own=n / total, self_=self_[name] / total, inclusive=inclusive[name] / total
+        )
         for name, n in own.most_common(top)
     )
     return Profile(

@@ -108,7 +108,8 @@ def _opt(value: float | None, spec: str) -> str:
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *body, strict=True)]
     line = lambda cells: "  ".join(
-        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        cell.ljust(w) if i == 0 else cell.rjust(w)
+        for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
     )
     return [line(header), line(["-" * w for w in widths]), *(line(cells) for cells in body)]
 
@@ -140,21 +141,41 @@ def _latency(rows: Sequence[Row], s: BenchSettings) -> list[str]:
     base = _find(rows, "latency", "direct")
     body = []
     for row in (r for r in rows if r.workload == "latency"):
-        added = "—" if base is None or row.target == "direct" else f"{row.ttft_ms[0] - base.ttft_ms[0]:+.2f}"
-        added95 = "—" if base is None or row.target == "direct" else f"{row.ttft_ms[1] - base.ttft_ms[1]:+.2f}"
-        body.append([row.target, str(row.streams), str(row.errors), *map(_ms, row.ttft_ms), added, added95])
+        added = (
+            "—"
+            if base is None or row.target == "direct"
+            else f"{row.ttft_ms[0] - base.ttft_ms[0]:+.2f}"
+        )
+        added95 = (
+            "—"
+            if base is None or row.target == "direct"
+            else f"{row.ttft_ms[1] - base.ttft_ms[1]:+.2f}"
+        )
+        body.append(
+            [row.target, str(row.streams), str(row.errors), *map(_ms, row.ttft_ms), added, added95]
+        )
     if not body:
         return []
     title = (f"\nlatency: 1 stream at a time, {s.latency_tokens} tokens {s.latency_delay * 1000:g} ms "
              f"apart, {s.latency_rounds} rounds x {s.latency_samples} streams per target")  # fmt: skip
-    return [title, *_table(["target", "streams", "errors", "TTFT p50", "p95", "p99", "added p50", "added p95"], body)]
+    return [
+        title,
+        *_table(
+            ["target", "streams", "errors", "TTFT p50", "p95", "p99", "added p50", "added p95"],
+            body,
+        ),
+    ]
 
 
 def _throughput(rows: Sequence[Row], s: BenchSettings) -> list[str]:
     base = _find(rows, "throughput", "direct")
     body = []
     for row in (r for r in rows if r.workload == "throughput"):
-        ratio = "—" if base is None or not base.tokens_per_s else f"{row.tokens_per_s / base.tokens_per_s:.2f}"
+        ratio = (
+            "—"
+            if base is None or not base.tokens_per_s
+            else f"{row.tokens_per_s / base.tokens_per_s:.2f}"
+        )
         body.append([
             row.target, str(row.streams), str(row.errors), f"{row.tokens_per_s:,.0f}", f"{row.streams_per_s:,.1f}",
             ratio, _opt(row.proxy_cpu_per_1k, ".4f"), f"{row.proxy_cores:.2f}", f"{row.mock_cores:.2f}",
@@ -196,7 +217,14 @@ def verdicts(rows: Sequence[Row]) -> list[tuple[str, str, str, bool | None]]:
         lat, thr, cap = (_find(rows, w, side) for w in WORKLOADS)
         if lat is not None and base is not None:
             added = lat.ttft_ms[0] - base.ttft_ms[0]
-            out.append((f"added TTFT p50 <= {TARGET_ADDED_TTFT_MS} ms", side, f"{added:+.2f} ms", added <= TARGET_ADDED_TTFT_MS))
+            out.append(
+                (
+                    f"added TTFT p50 <= {TARGET_ADDED_TTFT_MS} ms",
+                    side,
+                    f"{added:+.2f} ms",
+                    added <= TARGET_ADDED_TTFT_MS,
+                )
+            )
         if thr is not None:
             out.append((f">= {TARGET_TOKENS_PER_S:,} tok/s at 50 streams", side, f"{thr.tokens_per_s:,.0f} tok/s",
                         thr.tokens_per_s >= TARGET_TOKENS_PER_S))  # fmt: skip
@@ -219,7 +247,9 @@ def _verdicts(rows: Sequence[Row], s: BenchSettings) -> list[str]:
     if not body:
         return []
     sized = (s.throughput_streams, s.capacity_streams, s.capacity_rate) == (50, 500, 20.0)
-    title = "\nBaton's targets" + ("" if sized else " (NOTE: this run's sizes differ from the targets')")
+    title = "\nBaton's targets" + (
+        "" if sized else " (NOTE: this run's sizes differ from the targets')"
+    )
     return [title, *_table(["target", "side", "measured", "verdict"], body)]
 
 
@@ -264,7 +294,9 @@ def _against_passthrough(rows: Sequence[Row]) -> list[str]:
             for measure, side, baton, bare, better in against_passthrough(rows)]  # fmt: skip
     if not body:
         return []
-    title = "\nBaton against the bare stack (the pass-through proxy on the same libraries, same run)"
+    title = (
+        "\nBaton against the bare stack (the pass-through proxy on the same libraries, same run)"
+    )
     return [title, *_table(["measure", "side", "Baton", "pass-through", "Baton better"], body)]
 
 
@@ -279,18 +311,29 @@ def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
         if row.workload == "throughput" and row.client_cores >= _SATURATED:
             notes.append(f"{where}: the load generator used {row.client_cores:.2f} of a core: this target's "
                          "tok/s is bounded by the Python client, not by what it measures")  # fmt: skip
-        if row.workload == "throughput" and row.target != "direct" and row.proxy_cores >= _SATURATED:
-            notes.append(f"{where}: {_proxy(row.target)} used {row.proxy_cores:.2f} of a core: it is the bottleneck")
+        if (
+            row.workload == "throughput"
+            and row.target != "direct"
+            and row.proxy_cores >= _SATURATED
+        ):
+            notes.append(
+                f"{where}: {_proxy(row.target)} used {row.proxy_cores:.2f} of a core: it is the bottleneck"
+            )
         if row.listen_overflows and row.target != "direct":
             notes.append(f"{where}: the kernel counted {row.listen_overflows} accept-queue overflows (a server "
                          "accepting more slowly than connections came; each costs its client a retransmitted "
                          "handshake, 1 s or more)")  # fmt: skip
         if row.errors:
-            notes.append(f"{where}: {row.errors} of {row.streams} streams failed: " + "; ".join(row.first_errors))
+            notes.append(
+                f"{where}: {row.errors} of {row.streams} streams failed: "
+                + "; ".join(row.first_errors)
+            )
     reconnecting = [f"{r.workload}/{r.target} {r.connections_per_stream:.2f}" for r in rows
                     if r.target != "direct" and r.connections_per_stream >= 0.5]  # fmt: skip
     if reconnecting:
-        direct = [f"{r.workload} {r.connections_per_stream:.2f}" for r in rows if r.target == "direct"]
+        direct = [
+            f"{r.workload} {r.connections_per_stream:.2f}" for r in rows if r.target == "direct"
+        ]
         notes.append(
             "a proxy opened a new upstream connection for (nearly) every stream (new connections per "
             f"stream at the mock: {', '.join(reconnecting)}; the same client straight to the mock: "
@@ -313,12 +356,18 @@ def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
         if provider.get("state") not in ("healthy", "unknown"):
             notes.append(f"after the workloads provider {name} is {provider.get('state')}")
     if run.proxy_log_problem_count:
-        notes.append(f"the children (Baton, the mock, the pass-through) logged {run.proxy_log_problem_count} warning/error lines; the first:")
+        notes.append(
+            f"the children (Baton, the mock, the pass-through) logged {run.proxy_log_problem_count} warning/error lines; the first:"
+        )
         notes += [f"    {line}" for line in run.proxy_log_problems[:5]]
     if not run.peak_reset_works:
-        notes.append("peak RSS could not be reset per round (/proc/PID/clear_refs): it is sampled every 50 ms")
+        notes.append(
+            "peak RSS could not be reset per round (/proc/PID/clear_refs): it is sampled every 50 ms"
+        )
     out = ["\nnotes"]
-    out += [f"- {note}" for note in notes] or ["- no errors, no leaked streams or pool slots, no warnings logged"]
+    out += [f"- {note}" for note in notes] or [
+        "- no errors, no leaked streams or pool slots, no warnings logged"
+    ]
     out.append("- CPU and memory are read from /proc (Linux only). CPU-s/1k tok: the proxy's user+system CPU over "
                "whole rounds divided by the tokens of the streams that completed correctly. tok/s, streams/s and "
                "cores of throughput cover the steady part of each round (every stream running; a stream counts "
@@ -336,8 +385,16 @@ def to_json(run: BenchRun) -> dict[str, Any]:
             for goal, side, measured, met in verdicts(summarize(run.measurements))
         ],
         "against_passthrough": [
-            {"measure": measure, "side": side, "baton": baton, "passthrough": bare, "baton_better": better}
-            for measure, side, baton, bare, better in against_passthrough(summarize(run.measurements))
+            {
+                "measure": measure,
+                "side": side,
+                "baton": baton,
+                "passthrough": bare,
+                "baton_better": better,
+            }
+            for measure, side, baton, bare, better in against_passthrough(
+                summarize(run.measurements)
+            )
         ],
         "proxy_idle_rss": run.proxy_idle_rss,
         "proxy_log_problems": list(run.proxy_log_problems),

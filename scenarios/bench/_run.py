@@ -120,9 +120,13 @@ class Workload:
 def workloads_of(settings: BenchSettings) -> dict[str, Workload]:
     """The three workloads sized by ``settings``."""
     return {
-        "latency": Workload(name="latency", tokens=settings.latency_tokens, delay=settings.latency_delay),
+        "latency": Workload(
+            name="latency", tokens=settings.latency_tokens, delay=settings.latency_delay
+        ),
         "throughput": Workload(name="throughput", tokens=settings.throughput_tokens, delay=0.0),
-        "capacity": Workload(name="capacity", tokens=settings.capacity_tokens, delay=1.0 / settings.capacity_rate),
+        "capacity": Workload(
+            name="capacity", tokens=settings.capacity_tokens, delay=1.0 / settings.capacity_rate
+        ),
     }
 
 
@@ -133,7 +137,7 @@ def proxy_config(mock_port: int, workloads: Sequence[Workload], *, max_connectio
     router really chooses, and both providers are probed, as in production.
     """
     base_url = f"http://127.0.0.1:{mock_port}/v1"
-    lines = ['[server]', 'host = "127.0.0.1"', "ws_port = 0", "http_port = 0", ""]
+    lines = ["[server]", 'host = "127.0.0.1"', "ws_port = 0", "http_port = 0", ""]
     for provider in ("mock", "mock-backup"):
         lines += [
             f"[providers.{provider}]", 'kind = "openai"', f'base_url = "{base_url}"',
@@ -230,7 +234,9 @@ class _Bench:
         if passthrough is not None:
             self._meters["passthrough"] = ProcessMeter(passthrough.pid)
         self._http, self._ws = http, ws
-        self._urls = {target: f"http://127.0.0.1:{port}/v1/chat/completions" for target, port in ports.items()}
+        self._urls = {
+            target: f"http://127.0.0.1:{port}/v1/chat/completions" for target, port in ports.items()
+        }
         self._mock_stats_url = f"http://127.0.0.1:{mock.info['port']}/stats"
         self.status_url = f"http://127.0.0.1:{proxy.info['http_port']}/status"
 
@@ -249,7 +255,9 @@ class _Bench:
 
         async def ws(workload: Workload, index: int) -> StreamResult:
             client = self._ws[(index // per_connection) % len(self._ws)]
-            return await client.stream(workload.name, expected_chars=workload.expected_chars, timeout=timeout)
+            return await client.stream(
+                workload.name, expected_chars=workload.expected_chars, timeout=timeout
+            )
 
         return ws if target == "ws" else http
 
@@ -303,7 +311,9 @@ class _Bench:
         if window is None:
             tokens = round_tokens
         else:
-            tokens = round(workload.tokens * sum(_overlap(r, start.time, end.time) for r in results if r.ok))
+            tokens = round(
+                workload.tokens * sum(_overlap(r, start.time, end.time) for r in results if r.ok)
+            )
         done = sum(r.ok and start.time <= r.started_at + r.elapsed <= end.time for r in results)
         proxy_cpu, mock_cpu = end.proxy.cpu - start.proxy.cpu, end.mock.cpu - start.mock.cpu
         client_cpu = end.client - start.client
@@ -362,7 +372,9 @@ async def concurrent_for(
     return results
 
 
-async def ramped(workload: Workload, streams: int, ramp: float, run: RunStream) -> list[StreamResult]:
+async def ramped(
+    workload: Workload, streams: int, ramp: float, run: RunStream
+) -> list[StreamResult]:
     """Start ``streams`` streams evenly over ``ramp`` seconds; each runs once to its end."""
     results: list[StreamResult] = []
 
@@ -382,23 +394,35 @@ def _rotate(targets: Sequence[str], round_: int) -> list[str]:
     return [*targets[shift:], *targets[:shift]]
 
 
-async def _workload_rounds(bench: _Bench, workload: Workload, say: Callable[[str], None]) -> list[Measurement]:
+async def _workload_rounds(
+    bench: _Bench, workload: Workload, say: Callable[[str], None]
+) -> list[Measurement]:
     """Every round of one workload, the targets taken in turn."""
     s = bench.settings
     out: list[Measurement] = []
     window: tuple[float, float] | None = None
     if workload.name == "latency":
-        rounds, load, memory = s.latency_rounds, partial(sequential, workload, s.latency_samples), False
+        rounds, load, memory = (
+            s.latency_rounds,
+            partial(sequential, workload, s.latency_samples),
+            False,
+        )
     elif workload.name == "throughput":
         rounds = s.throughput_rounds
         load = partial(concurrent_for, workload, s.throughput_streams, s.throughput_seconds)
         # Skip the first streams' start-up; stop before the last ones wind down.
         window, memory = (min(0.5, s.throughput_seconds / 4), s.throughput_seconds), False
     else:
-        rounds, load, memory = 1, partial(ramped, workload, s.capacity_streams, s.capacity_ramp), True
+        rounds, load, memory = (
+            1,
+            partial(ramped, workload, s.capacity_streams, s.capacity_ramp),
+            True,
+        )
     for round_ in range(rounds):
         for target in _rotate(s.targets, round_):
-            measurement = await bench.measure(workload, target, round_, load, track_memory=memory, window=window)
+            measurement = await bench.measure(
+                workload, target, round_, load, track_memory=memory, window=window
+            )
             out.append(measurement)
             failed = sum(not r.ok for r in measurement.results)
             say(
@@ -443,7 +467,9 @@ async def run_bench(
 
     workloads = workloads_of(settings)
     chosen = [workloads[name] for name in settings.workloads]
-    slow = "capacity" in settings.workloads or (profile_dir is not None and profile_workload == "capacity")
+    slow = "capacity" in settings.workloads or (
+        profile_dir is not None and profile_workload == "capacity"
+    )
     concurrency = max(settings.throughput_streams, settings.capacity_streams if slow else 0)
     max_connections = max(64, 2 * concurrency)
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
@@ -452,11 +478,19 @@ async def run_bench(
         try:
             async with AsyncExitStack() as stack:
                 mock_args = ["--burst", str(settings.mock_burst)]
-                mock = await stack.enter_async_context(open_child("scenarios.bench._mock", mock_args, stderr=logs))
+                mock = await stack.enter_async_context(
+                    open_child("scenarios.bench._mock", mock_args, stderr=logs)
+                )
                 config = Path(tmp) / "baton.toml"
-                config.write_text(proxy_config(mock.info["port"], list(workloads.values()), max_connections=max_connections))
+                config.write_text(
+                    proxy_config(
+                        mock.info["port"], list(workloads.values()), max_connections=max_connections
+                    )
+                )
                 proxy_args = [str(config), "--log-level", proxy_log_level]
-                proxy = await stack.enter_async_context(open_child("scenarios.bench._proxy", proxy_args, stderr=logs))
+                proxy = await stack.enter_async_context(
+                    open_child("scenarios.bench._proxy", proxy_args, stderr=logs)
+                )
                 passthrough = None
                 if "passthrough" in settings.targets:
                     passthrough = await stack.enter_async_context(
@@ -488,7 +522,9 @@ async def run_bench(
                 profiles: dict[str, Path] = {}
                 if profile_dir is not None:
                     for target in BATON_TARGETS:
-                        say(f"profiling Baton with py-spy under the {profile_workload} workload via {target}")
+                        say(
+                            f"profiling Baton with py-spy under the {profile_workload} workload via {target}"
+                        )
                         load, seconds = _profile_load(settings, workloads[profile_workload])
                         profiles[target] = await profile_proxy(
                             proxy.pid, bench.runner(target), load,
@@ -514,7 +550,9 @@ def _profile_load(
         return partial(ramped, workload, settings.capacity_streams, settings.capacity_ramp), seconds
     if workload.name == "latency":
         samples = 50
-        return partial(sequential, workload, samples), samples * (workload.tokens + 2) * workload.delay
+        return partial(sequential, workload, samples), samples * (
+            workload.tokens + 2
+        ) * workload.delay
     seconds = max(settings.throughput_seconds, 5.0)
     return partial(concurrent_for, workload, settings.throughput_streams, seconds), seconds
 
@@ -527,11 +565,13 @@ async def _open_http_clients(
     if kind == "httpx":
         async with AsyncExitStack() as stack:
             yield {
-                target: await stack.enter_async_context(make_http_client(max_connections)) for target in ports
+                target: await stack.enter_async_context(make_http_client(max_connections))
+                for target in ports
             }
         return
     clients: dict[str, HTTPClient] = {
-        target: RawHTTPClient("127.0.0.1", port, max_idle=max_connections) for target, port in ports.items()
+        target: RawHTTPClient("127.0.0.1", port, max_idle=max_connections)
+        for target, port in ports.items()
     }
     try:
         yield clients

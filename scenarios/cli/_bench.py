@@ -44,13 +44,21 @@ from ..bench import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to ``parser``."""
-    parser.add_argument("--quick", action="store_true", help="a short run (seconds) with small counts")
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, help="run only these workloads")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (seconds) with small counts"
+    )
+    parser.add_argument(
+        "--workloads", nargs="+", choices=WORKLOADS, help="run only these workloads"
+    )
     parser.add_argument("--targets", nargs="+", choices=TARGETS, help="run only these targets")
     parser.add_argument("--throughput-seconds", type=float, help="seconds per target and round")
     parser.add_argument("--throughput-streams", type=int, help="concurrent streams (default 50)")
-    parser.add_argument("--capacity-streams", type=int, help="slow streams open at once (default 500)")
-    parser.add_argument("--mock-burst", type=int, help="token events per send at the mock with no delay (default 1)")
+    parser.add_argument(
+        "--capacity-streams", type=int, help="slow streams open at once (default 500)"
+    )
+    parser.add_argument(
+        "--mock-burst", type=int, help="token events per send at the mock with no delay (default 1)"
+    )
     parser.add_argument("--http-client", choices=("raw", "httpx"),
                         help="the load generator's HTTP client: raw (lean, default) or httpx")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
@@ -58,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="afterwards, profile Baton with py-spy under the throughput workload")  # fmt: skip
     parser.add_argument("--profile-workload", choices=WORKLOADS, default="throughput",
                         help="the workload to profile under (default throughput)")  # fmt: skip
-    parser.add_argument("--proxy-log-level", default="INFO", help="Baton's log level (default INFO, as baton serve)")
+    parser.add_argument(
+        "--proxy-log-level", default="INFO", help="Baton's log level (default INFO, as baton serve)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -79,7 +89,9 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 def run(args: argparse.Namespace, *, command: str) -> int:
     """Run the benchmark the options describe and print its report; returns the exit status."""
     if not proc_available():
-        print("baton bench: needs Linux's /proc to read Baton's CPU time and memory", file=sys.stderr)
+        print(
+            "baton bench: needs Linux's /proc to read Baton's CPU time and memory", file=sys.stderr
+        )
         return 2
     if args.profile is not None and not py_spy_available():
         print("baton bench: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
@@ -94,8 +106,16 @@ def run(args: argparse.Namespace, *, command: str) -> int:
     say = partial(print, flush=True)
     result, status = None, 1
     try:
-        result = trio.run(partial(run_bench, settings, say=say, profile_dir=args.profile,
-                               profile_workload=args.profile_workload, proxy_log_level=args.proxy_log_level))
+        result = trio.run(
+            partial(
+                run_bench,
+                settings,
+                say=say,
+                profile_dir=args.profile,
+                profile_workload=args.profile_workload,
+                proxy_log_level=args.proxy_log_level,
+            )
+        )
     except* (RuntimeError, OSError) as group:
         # A child that would not start, py-spy that could not attach: one line, not a traceback.
         print(f"baton bench: {_first_leaf(group)}", file=sys.stderr)

@@ -100,9 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(
-    args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
-) -> int:
+def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the ``scenarios`` subcommand ``args`` names; returns the exit status."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err

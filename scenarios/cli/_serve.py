@@ -27,7 +27,9 @@ To proxy real providers, write a baton.toml (see README.md) and run: baton serve
 """
 
 
-def default_config(openai_url: str, anthropic_url: str, *, host: str, ws_port: int, http_port: int) -> BatonConfig:
+def default_config(
+    openai_url: str, anthropic_url: str, *, host: str, ws_port: int, http_port: int
+) -> BatonConfig:
     """The embedded default: a route over a simulated OpenAI and a simulated Anthropic provider."""
     return config_from_dict(
         {
@@ -61,7 +63,9 @@ async def serve_default(host: str, ws_port: int, http_port: int) -> None:
         )  # fmt: skip
 
         async def run_then_stop(task_status: trio.TaskStatus[tuple[int, int]]) -> None:
-            await run_baton(config, build_providers(config), handle_signals=True, task_status=task_status)
+            await run_baton(
+                config, build_providers(config), handle_signals=True, task_status=task_status
+            )
             nursery.cancel_scope.cancel()  # drained after a signal: stop the simulators too
 
         ports = await nursery.start(run_then_stop)
@@ -74,7 +78,10 @@ async def _start(config: BatonConfig) -> tuple[int, int]:
             functools.partial(run_baton, config, build_providers(config), handle_signals=True)
         )
         server = config.server
-        print(f"Baton listening: ws://{server.host}:{ports[0]}/v1/stream and http://{server.host}:{ports[1]}/v1", flush=True)
+        print(
+            f"Baton listening: ws://{server.host}:{ports[0]}/v1/stream and http://{server.host}:{ports[1]}/v1",
+            flush=True,
+        )
     return ports
 
 

@@ -40,7 +40,9 @@ def text_of(events: list[dict]) -> str:
 
 
 @pytest.mark.parametrize("kind_b", ["openai", "anthropic"])
-async def test_a_reset_after_k_tokens_reaches_the_client_as_one_failover_and_every_token_once(kind_b):
+async def test_a_reset_after_k_tokens_reaches_the_client_as_one_failover_and_every_token_once(
+    kind_b,
+):
     async with (
         open_simulated_provider(FaultSchedule.always(Behaviour("reset", at_token=7))) as a,
         open_simulated_provider() as b,
@@ -50,9 +52,21 @@ async def test_a_reset_after_k_tokens_reaches_the_client_as_one_failover_and_eve
                 "server": {"ws_port": 0, "http_port": 0},
                 "providers": {
                     "a": {"kind": "openai", "base_url": a.base_url_openai},
-                    "b": {"kind": kind_b, "base_url": b.base_url_anthropic if kind_b == "anthropic" else b.base_url_openai},
+                    "b": {
+                        "kind": kind_b,
+                        "base_url": b.base_url_anthropic
+                        if kind_b == "anthropic"
+                        else b.base_url_openai,
+                    },
                 },
-                "routes": {"default": {"targets": [{"provider": "a", "model": "ma"}, {"provider": "b", "model": "mb"}]}},
+                "routes": {
+                    "default": {
+                        "targets": [
+                            {"provider": "a", "model": "ma"},
+                            {"provider": "b", "model": "mb"},
+                        ]
+                    }
+                },
             }
         )
         async with trio.open_nursery() as nursery:
@@ -80,7 +94,9 @@ async def test_a_reset_after_k_tokens_reaches_the_client_as_one_failover_and_eve
 
 async def test_the_embedded_default_streams_across_openai_and_anthropic_simulators():
     async with open_simulated_provider() as oa, open_simulated_provider() as an:
-        config = default_config(oa.base_url_openai, an.base_url_anthropic, host="127.0.0.1", ws_port=0, http_port=0)
+        config = default_config(
+            oa.base_url_openai, an.base_url_anthropic, host="127.0.0.1", ws_port=0, http_port=0
+        )
         async with trio.open_nursery() as nursery:
             ws_port, _ = await nursery.start(run_baton, config, build_providers(config))
             events = await trio.to_thread.run_sync(
@@ -88,7 +104,11 @@ async def test_the_embedded_default_streams_across_openai_and_anthropic_simulato
                 {"type": "start", "model": "default", "messages": MESSAGES, "ref": "x"},
             )  # fmt: skip
             nursery.cancel_scope.cancel()
-    assert events[0]["type"] == "started" and events[0]["ref"] == "x" and events[0]["provider"] == "sim-openai"
+    assert (
+        events[0]["type"] == "started"
+        and events[0]["ref"] == "x"
+        and events[0]["provider"] == "sim-openai"
+    )
     assert text_of(events) == ANSWER and events[-1]["type"] == "done"
 
 
@@ -106,13 +126,21 @@ def test_a_bad_config_file_stops_startup_with_one_clear_message(tmp_path, capsys
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[routes.default]\ntargets = [{ provider = 'nope', model = 'm' }]\n", "routes.default.targets[0].provider: names unknown provider 'nope'"),
-        ("[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\ncolour = 1\n", "providers.a.colour: unknown key"),
+        (
+            "[routes.default]\ntargets = [{ provider = 'nope', model = 'm' }]\n",
+            "routes.default.targets[0].provider: names unknown provider 'nope'",
+        ),
+        (
+            "[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\ncolour = 1\n",
+            "providers.a.colour: unknown key",
+        ),
         ("[providers.a\n", "is not valid TOML"),
         ("[providers.a]\nbase_url = 'http://x'\n", "providers.a.kind: is required"),
         ("[server]\nmax_read_delay = -0.1\n", "server.max_read_delay: must not be negative"),
-        ("[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\nidle_timeout = 0.2\n",
-         "providers.a.idle_timeout: must be longer than server.max_read_delay (0.25 s), not 0.2"),
+        (
+            "[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\nidle_timeout = 0.2\n",
+            "providers.a.idle_timeout: must be longer than server.max_read_delay (0.25 s), not 0.2",
+        ),
     ],
 )
 def test_config_mistakes_name_the_file_and_key(tmp_path, text, message):
@@ -139,7 +167,9 @@ def sdk_stream(base_url: str) -> tuple[str, list[str]]:
 
 
 @pytest.mark.parametrize("first, second", [("openai", "anthropic"), ("anthropic", "openai")])
-async def test_the_openai_sdk_streams_across_a_midstream_failover_between_provider_kinds(first, second):
+async def test_the_openai_sdk_streams_across_a_midstream_failover_between_provider_kinds(
+    first, second
+):
     import httpx
 
     async with (
@@ -154,7 +184,14 @@ async def test_the_openai_sdk_streams_across_a_midstream_failover_between_provid
                     "a": {"kind": first, "base_url": url[first](a)},
                     "b": {"kind": second, "base_url": url[second](b)},
                 },
-                "routes": {"default": {"targets": [{"provider": "a", "model": "model-a"}, {"provider": "b", "model": "model-b"}]}},
+                "routes": {
+                    "default": {
+                        "targets": [
+                            {"provider": "a", "model": "model-a"},
+                            {"provider": "b", "model": "model-b"},
+                        ]
+                    }
+                },
             }
         )
         async with trio.open_nursery() as nursery:
@@ -168,7 +205,8 @@ async def test_the_openai_sdk_streams_across_a_midstream_failover_between_provid
     assert text == ANSWER
     assert models[0] == "model-a" and models[-1] == "model-b"
     assert (
-        'proxy_failovers_total{from="a",phase="midstream",reason="reset",route="default",to="b"} 1.0' in metrics
+        'proxy_failovers_total{from="a",phase="midstream",reason="reset",route="default",to="b"} 1.0'
+        in metrics
     )
     assert 'proxy_requests_total{outcome="done",provider="b",route="default"} 1.0' in metrics
     assert status["providers"]["a"]["consecutive_failures"] == 1

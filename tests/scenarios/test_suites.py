@@ -20,6 +20,7 @@ from scenarios._scenario import ClientSpec, ProviderSpec, Scenario
 SEED = 1
 BUDGETS = {"midstream": 40, "prestream": 40, "health": 25, "overload": 20}
 
+
 @pytest.mark.parametrize("name", list(BUDGETS))
 def test_the_suite_finds_no_violation(name: str) -> None:
     report = run_suite(name, examples=BUDGETS[name], seed=SEED)

@@ -6,6 +6,7 @@ import json
 import logging
 
 import trio
+import trio.lowlevel
 
 from actors import open_baton
 from scenarios import Behaviour, FakeProvider, FaultSchedule
@@ -14,7 +15,15 @@ from transport import JSONFormatter, configure_logging
 
 
 def test_json_log_lines_are_one_object_per_line():
-    record = logging.LogRecord("actors._session", logging.WARNING, __file__, 1, "stream %s: failover %s -> %s", ("st_1", "a", "b"), None)
+    record = logging.LogRecord(
+        "actors._session",
+        logging.WARNING,
+        __file__,
+        1,
+        "stream %s: failover %s -> %s",
+        ("st_1", "a", "b"),
+        None,
+    )
     line = JSONFormatter().format(record)
     data = json.loads(line)
     assert data["level"] == "WARNING" and data["logger"] == "actors._session"
@@ -36,10 +45,15 @@ def test_configure_logging_installs_one_handler_of_the_chosen_format():
 
 async def test_each_finished_stream_logs_one_info_line_and_failovers_warn(autojump_clock, caplog):
     caplog.set_level(logging.INFO, logger="actors")
-    providers = {"a": FakeProvider("a", FaultSchedule.always(Behaviour("reset", at_token=3))), "b": FakeProvider("b")}
-    async with open_baton(make_config(a={"api_key_env": "BATON_TEST_SECRET_KEY"}), providers) as baton:
+    providers = {
+        "a": FakeProvider("a", FaultSchedule.always(Behaviour("reset", at_token=3))),
+        "b": FakeProvider("b"),
+    }
+    async with open_baton(
+        make_config(a={"api_key_env": "BATON_TEST_SECRET_KEY"}), providers
+    ) as baton:
         run = await run_stream(baton)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
     finished = [r for r in caplog.records if "finished" in r.getMessage()]
     assert len(finished) == 1 and finished[0].levelno == logging.INFO
     message = finished[0].getMessage()

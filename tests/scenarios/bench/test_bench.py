@@ -39,7 +39,9 @@ MAX_CPU_PER_1K_TOKENS = 0.3  # Baton's CPU seconds per 1,000 tokens
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not proc_available(), reason="reads /proc")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not proc_available(), reason="reads /proc"
+)
 async def test_baton_keeps_up_with_a_direct_client() -> None:
     run = await run_bench(GUARD, say=lambda line: None)
     rows = {(row.workload, row.target): row for row in summarize(run.measurements)}
@@ -56,12 +58,23 @@ async def test_baton_keeps_up_with_a_direct_client() -> None:
         assert added < MAX_ADDED_TTFT_MS, f"{side} adds {added:.1f} ms to TTFT\n{report}"
         throughput = rows["throughput", side]
         ratio = throughput.tokens_per_s / throughput_direct
-        assert ratio >= MIN_THROUGHPUT_RATIO, f"{side} reaches {ratio:.2f} x direct's tok/s\n{report}"
+        assert ratio >= MIN_THROUGHPUT_RATIO, (
+            f"{side} reaches {ratio:.2f} x direct's tok/s\n{report}"
+        )
         cpu = throughput.proxy_cpu_per_1k
-        assert cpu is not None and cpu <= MAX_CPU_PER_1K_TOKENS, f"{side}: {cpu} CPU-s per 1k tokens\n{report}"
+        assert cpu is not None and cpu <= MAX_CPU_PER_1K_TOKENS, (
+            f"{side}: {cpu} CPU-s per 1k tokens\n{report}"
+        )
     # Healthy: Baton 4-6 x the pass-through's tok/s, at a quarter of its CPU per token.
-    versus = {(measure, side): better for measure, side, _, _, better in against_passthrough(rows.values())}
+    versus = {
+        (measure, side): better
+        for measure, side, _, _, better in against_passthrough(rows.values())
+    }
     for side in ("http", "ws"):
-        assert versus["throughput, tok/s", side], f"{side} is slower than the pass-through\n{report}"
-        assert versus["CPU-s per 1k tokens", side], f"{side} costs more CPU than the pass-through\n{report}"
+        assert versus["throughput, tok/s", side], (
+            f"{side} is slower than the pass-through\n{report}"
+        )
+        assert versus["CPU-s per 1k tokens", side], (
+            f"{side} costs more CPU than the pass-through\n{report}"
+        )
     assert not run.proxy_final_status.get("active_streams"), "streams leaked after the workloads"
