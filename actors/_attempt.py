@@ -3,7 +3,8 @@
 ``Attempt.run`` streams from one target until it finishes or fails and returns an
 ``AttemptOutcome``; text reaches the client through the ``StreamSink`` (the session), after the
 splice guard when the client already holds text. The attempt always leaves its pool slot and
-closes its upstream request, whatever ends it, and tells health what it was.
+closes its upstream request, whatever ends it, and tells health what it was: once, as it
+ends, through ``policy.report_for``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import trio
 from ._config import Target
 from ._context import SessionContext
 from ._errors import Failure, FailureKind, UpstreamError
-from ._health import Report
 from ._messages import Finish, Malformed, Message, TextDelta, UpstreamRequest, Usage, UsageReport
 from ._pool import PoolTimeout
 from ._vocab import AttemptEnd, ContinuationForm
 from .policy._continuation import continuation_form, continuation_request
 from .policy._failover import reason_code
+from .policy._report import report_for
 from .policy._splice import Diverged, Forward, Hold, SpliceGuard
 
 MAX_MALFORMED = 3  # more undecodable events than this in one attempt fail it
@@ -110,14 +111,14 @@ class Attempt:
         self._last_progress: float | None = None
         self._finished_at: float | None = None
 
-    def _end(self, outcome: AttemptEnd, reason: str | None, report: Report | None) -> None:
+    def _end(self, outcome: AttemptEnd, reason: str | None, failure: Failure | None = None) -> None:
+        """Record how the attempt ended and tell its provider's health (once)."""
         self.statistics = AttemptStatistics(
             provider=self._target.provider, model=self._target.model, form=self.form,
             outcome=outcome, reason=reason, ttft=self.ttft, deltas=self.deltas,
             malformed=self.malformed, usage=self.usage,
         )  # fmt: skip
-        if report is not None:
-            self._health.report_nowait(report)
+        self._health.report_nowait(report_for(outcome, failure, ttft=self.ttft))
 
     async def run(self) -> AttemptOutcome:
         """Stream the attempt to its end; never raises for upstream failures."""
@@ -127,18 +128,18 @@ class Attempt:
                 ctx.telemetry.pool_wait.record(waited, {"provider": target.provider})
                 outcome = await self._stream()
         except PoolTimeout:
-            self._end("pool_full", "pool_full", Report(outcome="neutral", admitted=True))
+            self._end("pool_full", "pool_full")
             return AttemptOutcome(kind="pool_full")
         except UpstreamError as exc:
-            # Health hears of failures from the session, which knows whether they count.
-            self._end("failed", reason_code(exc.failure, midstream=self.produced), None)
+            reason = reason_code(exc.failure, midstream=self.produced)
+            self._end("failed", reason, exc.failure)
             return AttemptOutcome(
                 kind="failed", failure=exc.failure, produced_text=self.produced, form=self.form
             )
         finally:
             if self.statistics is None:
                 # Cancelled (the client left, or shutdown): not the provider's fault.
-                self._end("cancelled", "cancelled", Report(outcome="abandoned", admitted=True))
+                self._end("cancelled", "cancelled")
         return outcome
 
     async def _stream(self) -> AttemptOutcome:
@@ -161,11 +162,7 @@ class Attempt:
                                 self._last_progress = now
                                 if not self.produced:
                                     if self._claim is not None and not self._claim():
-                                        self._end(
-                                            "lost",
-                                            "hedge",
-                                            Report(outcome="abandoned", admitted=True),
-                                        )
+                                        self._end("lost", "hedge")
                                         return AttemptOutcome(kind="lost")
                                     self.produced = True
                                     self.ttft = now - self._began
@@ -204,7 +201,7 @@ class Attempt:
             )
         if self._guard is not None and not self._apply(self._guard.finish()):
             return AttemptOutcome(kind="diverged")
-        self._end("done", None, Report(outcome="success", ttft=self.ttft))
+        self._end("done", None)
         self._sink.done(self._target, finish, self.usage)
         return AttemptOutcome(kind="done")
 
@@ -244,7 +241,7 @@ class Attempt:
     def _apply(self, step: Hold | Forward | Diverged) -> bool:
         if isinstance(step, Diverged):
             if not self._sink.diverged(self._target, step.text):
-                self._end("diverged", "stream_diverged", Report(outcome="neutral", admitted=True))
+                self._end("diverged", "stream_diverged")
                 return False
         elif isinstance(step, Forward) and step.text:
             self._sink.deliver(self._target, step.text)

@@ -18,10 +18,10 @@ import trio
 from ._config import HealthConfig
 from ._errors import UpstreamError
 from ._provider import Provider
-from ._vocab import ReportOutcome
 from .policy import _breaker as breaker
 from .policy._breaker import BreakerState
 from .policy._health_view import HealthSnapshot
+from .policy._report import Report
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,6 @@ class HealthBoard:
     async def wait_changed(self) -> None:
         """Wait until any provider publishes a new state."""
         await self._changed.wait()
-
-
-@attrs.frozen(kw_only=True)
-class Report:
-    """What became of one live attempt."""
-
-    outcome: ReportOutcome
-    ttft: float | None = None
-    trip: bool = False
-    retry_after: float | None = None
-    admitted: bool = False  # the attempt held a half-open trial place
 
 
 @attrs.frozen(kw_only=True)

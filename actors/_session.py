@@ -1,16 +1,19 @@
 """StreamSession: one client stream, from the first pick to exactly one terminal event.
 
-The session asks the router for a target, takes a pool slot, streams from the provider through
-the splice guard into the stream's numbered log, and on a failure decides (``policy``) whether
-to retry the target, fail over, or give up. It is temporary: it ends with its stream, and
-whatever ends it (the answer, an error, the client cancelling, shutdown, a bug) the log gets
-exactly one terminal event.
+The session runs the failover loop: it asks the router for a target, the target's health for
+admission, runs an ``Attempt`` (which takes a pool slot and streams from the provider through
+the splice guard into the stream's numbered log) and, on a failure, decides (``policy``)
+whether to retry the target, fail over, or give up. A route that hedges races the first
+attempt against a second target (``_hedge``). The session is temporary: it ends with its
+stream, and whatever ends it (the answer, an error, the client cancelling, shutdown, a bug) the
+log gets exactly one terminal event.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import attrs
@@ -20,23 +23,18 @@ from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
 from ._config import RouteConfig, Target
 from ._context import SessionContext
 from ._errors import Failure
-from ._health import HealthActor, Report
-from ._messages import (
-    Done,
-    Failover,
-    Finish,
-    Message,
-    Started,
-    StreamError,
-    Usage,
-)  # fmt: skip
+from ._hedge import Claim, HedgeRace, hedge_delay, pick_hedge, wants_hedge
+from ._messages import Done, Failover, Finish, Message, Started, StreamError, Usage
 from ._router import Picked, PickResult, Unavailable
 from ._streamlog import StreamLog
 from ._vocab import StreamEnd, StreamErrorCode
-from .policy._failover import FailOver, Reject, Retry, decide, health_verdict
+from .policy._failover import FailOver, Reject, Retry, decide
 from .policy._health_view import HealthSnapshot
+from .policy._report import report_for
 
 log = logging.getLogger(__name__)
+
+Phase = Literal["prestream", "midstream"]
 
 
 @attrs.frozen(kw_only=True)
@@ -46,6 +44,21 @@ class StreamStatistics:
     attempts: tuple[AttemptStatistics, ...]
     failovers: int
     outcome: StreamEnd | None  # None while the stream runs
+
+
+@attrs.define
+class _Tries:
+    """What the failover loop remembers of one stream's attempts."""
+
+    count: int = 0
+    excluded: set[int] = attrs.field(factory=set)  # targets out for the rest of the request
+    failures: list[str] = attrs.field(factory=list)  # one line per failure, for the final error
+    starts: dict[int, list[float]] = attrs.field(factory=dict)  # per target: when attempts began
+    prefill_rejected: set[int] = attrs.field(factory=set)  # targets to ask in instruct form
+
+    def start(self, index: int, now: float) -> None:
+        self.count += 1
+        self.starts.setdefault(index, []).append(now)
 
 
 class StreamSession:
@@ -76,7 +89,7 @@ class StreamSession:
         self._shutting_down = False
         self._delivered: list[str] = []
         self._serving: Target | None = None
-        self._pending: tuple[str, Literal["prestream", "midstream"]] | None = None
+        self._pending: tuple[str, Phase] | None = None  # the failover to announce: reason, phase
         self._attempts: list[AttemptStatistics] = []
         self._failovers = 0
         self._delivered_deltas = 0
@@ -133,122 +146,134 @@ class StreamSession:
             self._record_end()
 
     async def _serve(self) -> None:
-        route = self._route
-        exclude: set[int] = set()
-        failures: list[str] = []
-        starts: dict[int, list[float]] = {}
-        prefill_rejected: set[int] = set()
-        attempts = 0
-        ctx = self._ctx
+        """The failover loop: pick, admit, attempt, settle; then retry the target or fail over."""
+        route, tries = self._route, _Tries()
         while True:
-            if attempts >= route.max_attempts:
-                return self._exhausted(failures, f"gave up after {attempts} attempts")
-            picked: PickResult | None
-            picked = await ctx.router.pick(
-                route.name, exclude=frozenset(exclude), retry=attempts > 0
-            )
-            if (
-                isinstance(picked, Unavailable)
-                and picked.reason == "none_usable"
-                and attempts == 0
-                and not exclude
-            ):
-                picked = await self._queue_for_recovery(picked)
-                if picked is None:
-                    return
-            if isinstance(picked, Unavailable):
-                return self._exhausted(failures, _unavailable_sentence(picked), picked.snapshots)
-            assert isinstance(picked, Picked)
+            if tries.count >= route.max_attempts:
+                return self._exhausted(tries.failures, f"gave up after {tries.count} attempts")
+            picked = await self._pick(tries)
+            if picked is None:
+                return
             index, target = picked.index, picked.target
-            health = ctx.health[target.provider]
-            if not await health.admit():
-                exclude.add(index)
-                failures.append(f"{target.provider} ({target.model}): not taking traffic now")
+            if not await self._ctx.health[target.provider].admit():
+                tries.excluded.add(index)
+                tries.failures.append(f"{target.provider} ({target.model}): not taking traffic now")
                 continue
-            if self._serving is None:
-                self._serving = target
-                self.log.append(
-                    Started,
-                    ref=self._ref,
-                    route=route.name,
-                    provider=target.provider,
-                    model=target.model,
-                )
-            hedge = await self._hedge_target(index, attempts)
+            self._begin(target)
+            hedge = None
+            if wants_hedge(route, attempts=tries.count, delivered=bool(self._delivered)):
+                hedge = await pick_hedge(self._ctx, route, index)
             while True:
-                attempts += 1
-                starts.setdefault(index, []).append(trio.current_time())
+                tries.start(index, trio.current_time())
                 if hedge is not None:
-                    outcome, hedge_outcome = await self._hedged(
-                        target, hedge.target, self._hedge_delay(target)
-                    )
-                    if hedge_outcome.started:
-                        attempts += 1
-                        starts.setdefault(hedge.index, []).append(trio.current_time())
-                    else:
-                        # Never needed: give back the admission (a half-open trial place).
-                        ctx.health[hedge.target.provider].report_nowait(
-                            Report(outcome="neutral", admitted=True)
-                        )
-                    if hedge_outcome.kind in ("done", "diverged"):
-                        if outcome.kind == "failed":
-                            assert outcome.failure is not None
-                            self._report_failure(health, outcome.failure)
-                        return
-                    if hedge_outcome.kind == "failed":
-                        # The hedge failed (before or after winning): it is out for this request.
-                        exclude.add(hedge.index)
-                        if (
-                            self._settle(hedge.target, hedge_outcome, starts[hedge.index], failures)
-                            is None
-                        ):
-                            return
+                    outcome = await self._race(picked, hedge, tries)
                     hedge = None
+                    if outcome is None:
+                        return
                 else:
-                    outcome = await self._attempt(
-                        target, prefill_rejected=index in prefill_rejected
-                    )
-                if outcome.kind in ("done", "diverged"):
-                    return
-                if outcome.kind == "lost":
-                    # The hedge won and then failed after its first token; the primary is out.
-                    exclude.add(index)
-                    break
-                if outcome.kind == "pool_full":
-                    exclude.add(index)
-                    failures.append(f"{target.provider} ({target.model}): all upstream slots busy")
-                    self._pending = self._pending or ("pool_full", self._phase())
-                    break
-                decision = self._settle(target, outcome, starts[index], failures)
+                    prefill_rejected = index in tries.prefill_rejected
+                    outcome = await self._attempt(target, prefill_rejected=prefill_rejected)
+                match outcome.kind:
+                    case "done" | "diverged":
+                        return
+                    case "lost":
+                        # The hedge won and then failed after its first text: the primary is out.
+                        tries.excluded.add(index)
+                        break
+                    case "pool_full":
+                        tries.excluded.add(index)
+                        busy = f"{target.provider} ({target.model}): all upstream slots busy"
+                        tries.failures.append(busy)
+                        self._pending = self._pending or ("pool_full", self._phase())
+                        break
+                decision = self._settle(picked, outcome, tries)
                 if decision is None:
                     return
-                if isinstance(decision, Retry) and attempts < route.max_attempts:
+                if isinstance(decision, Retry) and tries.count < route.max_attempts:
                     if decision.instruct:
-                        prefill_rejected.add(index)
+                        tries.prefill_rejected.add(index)
                     await trio.sleep(decision.delay)
                     continue
-                exclude.add(index)
+                tries.excluded.add(index)
                 break
 
-    def _settle(
-        self,
-        target: Target,
-        outcome: AttemptOutcome,
-        target_starts: list[float],
-        failures: list[str],
-    ) -> Retry | FailOver | None:
-        """Report a failed attempt to health and decide what follows; None: the stream ended."""
+    async def _pick(self, tries: _Tries) -> Picked | None:
+        """The target of the next attempt; a stream's first waits out an outage (bounded).
+
+        None: the stream ended (nothing usable, the outage queue full or waited out).
+        """
+        route = self._route
+        picked: PickResult | None = await self._ctx.router.pick(
+            route.name, exclude=frozenset(tries.excluded), retry=tries.count > 0
+        )
+        if (
+            isinstance(picked, Unavailable)
+            and picked.reason == "none_usable"
+            and tries.count == 0
+            and not tries.excluded
+        ):
+            picked = await self._queue_for_recovery(picked)
+            if picked is None:
+                return None
+        if isinstance(picked, Unavailable):
+            self._exhausted(tries.failures, _unavailable_sentence(picked), picked.snapshots)
+            return None
+        return picked
+
+    def _begin(self, target: Target) -> None:
+        """Tell the client which target starts the stream (once, with the first admitted one)."""
+        if self._serving is None:
+            self._serving = target
+            self.log.append(
+                Started, ref=self._ref, route=self._route.name, provider=target.provider,
+                model=target.model,
+            )  # fmt: skip
+
+    async def _race(self, primary: Picked, hedge: Picked, tries: _Tries) -> AttemptOutcome | None:
+        """Race the first attempt against a hedge; the primary's outcome, None: the stream ended.
+
+        A hedge that answered ends the stream; one that failed is settled here and is out for
+        the rest of the request.
+        """
         ctx = self._ctx
-        failure = outcome.failure
+        provider = primary.target.provider
+        delay = hedge_delay(self._route, ctx.provider_configs[provider], ctx.board.get(provider))
+        race = HedgeRace(delay, on_hedge_wins=self._hedge_won)
+        outcome, rival = await race.run(
+            partial(self._attempt, primary.target), partial(self._attempt, hedge.target)
+        )
+        if rival.started:
+            tries.start(hedge.index, trio.current_time())
+        else:
+            # Never needed: give back its admission (it may hold a half-open trial place).
+            ctx.health[hedge.target.provider].report_nowait(report_for("lost"))
+        if rival.kind in ("done", "diverged"):
+            return None
+        if rival.kind == "failed":
+            # The hedge failed (before or after winning): it is out for this request.
+            tries.excluded.add(hedge.index)
+            if self._settle(hedge, rival, tries) is None:
+                return None
+        return outcome
+
+    def _hedge_won(self) -> None:
+        self._pending = ("hedge", "prestream")
+
+    def _settle(
+        self, picked: Picked, outcome: AttemptOutcome, tries: _Tries
+    ) -> Retry | FailOver | None:
+        """Decide what follows a failed attempt; None: the stream ended (the request is wrong)."""
+        ctx = self._ctx
+        target, failure = picked.target, outcome.failure
         assert failure is not None
         decision = decide(
             failure, produced_text=outcome.produced_text, midstream=bool(self._delivered),
-            was_prefill=outcome.form == "prefill", previous_starts=tuple(target_starts),
+            was_prefill=outcome.form == "prefill",
+            previous_starts=tuple(tries.starts[picked.index]),
             config=ctx.provider_configs[target.provider], now=trio.current_time(),
             jitter=ctx.random.random(),
         )  # fmt: skip
-        self._report_failure(ctx.health[target.provider], failure)
-        failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
+        tries.failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
         log.warning(
             "stream %s: attempt on %s failed (%s); %s",
             self.id, target.provider, failure.describe(), type(decision).__name__,
@@ -283,81 +308,15 @@ class StreamSession:
             limiter.release_on_behalf_of(self)
         return picked
 
-    async def _hedge_target(self, index: int, attempts: int) -> Picked | None:
-        """The second target to race the first one, when the route hedges the first attempt."""
-        route = self._route
-        if route.hedge_after is None or attempts > 0 or self._delivered or route.max_attempts < 2:
-            return None  # a hedge needs an attempt of its own to spare
-        picked = await self._ctx.router.pick(
-            self._route.name, exclude=frozenset({index}), hedge=True
-        )
-        if not isinstance(picked, Picked):
-            return None
-        if not await self._ctx.health[picked.target.provider].admit():
-            return None
-        return picked
-
-    def _hedge_delay(self, primary: Target) -> float:
-        hedge_after = self._route.hedge_after
-        if hedge_after == "auto":
-            snapshot = self._ctx.board.get(primary.provider)
-            p95 = snapshot.ttft_p95 if snapshot is not None else None
-            return (
-                p95
-                if p95 is not None
-                else self._ctx.provider_configs[primary.provider].first_token_timeout / 2
-            )
-        assert isinstance(hedge_after, float)
-        return hedge_after
-
-    async def _hedged(
-        self, primary: Target, secondary: Target, delay: float
-    ) -> tuple[AttemptOutcome, AttemptOutcome]:
-        """Race ``secondary`` against ``primary`` if the primary has no first token by ``delay``.
-
-        The first attempt to produce text wins the stream; the other is cancelled at once and
-        comes back as ``lost``. A primary that fails before the delay starts the hedge at once.
-        """
-        results = [AttemptOutcome(kind="lost"), AttemptOutcome(kind="lost", started=False)]
-        scopes = [trio.CancelScope(), trio.CancelScope()]
-        winner: list[int] = []
-        primary_failed = trio.Event()
-
-        def claim(which: int) -> bool:
-            if not winner:
-                winner.append(which)
-                scopes[1 - which].cancel()
-                if which == 1:
-                    self._pending = ("hedge", "prestream")
-            return winner[0] == which
-
-        async def run(which: int, target: Target) -> None:
-            with scopes[which]:
-                if which == 1:
-                    with trio.move_on_after(delay):
-                        await primary_failed.wait()
-                    if winner:
-                        return
-                    results[1] = AttemptOutcome(kind="lost")  # started: it costs an attempt
-                results[which] = await self._attempt(
-                    target, prefill_rejected=False, claim=lambda: claim(which)
-                )
-            if which == 0 and results[0].kind != "done":
-                primary_failed.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, 0, primary)
-            nursery.start_soon(run, 1, secondary)
-        return results[0], results[1]
-
-    def _phase(self) -> Literal["prestream", "midstream"]:
+    def _phase(self) -> Phase:
         return "midstream" if self._delivered else "prestream"
 
     # --- one attempt ---------------------------------------------------------------------------
 
     async def _attempt(
-        self, target: Target, *, prefill_rejected: bool, claim: Callable[[], bool] | None = None
+        self, target: Target, claim: Claim | None = None, *, prefill_rejected: bool = False
     ) -> AttemptOutcome:
+        """Run one attempt on ``target``; it reports to health itself as it ends."""
         attempt = Attempt(
             self._ctx, target, messages=self._messages, params=self._params,
             delivered="".join(self._delivered), prefill_rejected=prefill_rejected,
@@ -368,17 +327,6 @@ class StreamSession:
         finally:
             assert attempt.statistics is not None
             self._attempts.append(attempt.statistics)
-
-    def _report_failure(self, health: HealthActor, failure: Failure) -> None:
-        verdict = health_verdict(failure)
-        if verdict.rate_limited:
-            health.report_nowait(
-                Report(outcome="rate_limited", retry_after=verdict.rate_limited_for)
-            )
-        elif verdict.counts:
-            health.report_nowait(Report(outcome="failure", trip=verdict.trip))
-        else:
-            health.report_nowait(Report(outcome="neutral", admitted=True))
 
     # --- what the client sees ------------------------------------------------------------------
 
