@@ -53,3 +53,4 @@ from ._vocab import RequestErrorCode as RequestErrorCode
 from ._vocab import StreamEnd as StreamEnd
 from ._vocab import StreamErrorCode as StreamErrorCode
 from .policy._health_view import HealthSnapshot as HealthSnapshot
+from .policy._health_view import HealthTransition as HealthTransition

@@ -2,7 +2,8 @@
 
 Live traffic reports each attempt's outcome; a ticker probes the provider actively; the actor
 applies both to the pure breaker (``policy.breaker``) and publishes every new state to the
-``HealthBoard``, which the router reads. Each state change is logged once and counted.
+``HealthBoard``, which the router reads. Each state change is logged once and told to the
+``on_transition`` hook as a ``HealthTransition`` (the system counts them in a metric).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ._errors import UpstreamError
 from ._provider import Provider
 from .policy import _breaker as breaker
 from .policy._breaker import BreakerState
-from .policy._health_view import HealthSnapshot
+from .policy._health_view import HealthSnapshot, HealthTransition
 from .policy._report import Report
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class ProbeDone:
 
 
 HealthMsg = Report | Admit | ProbeDone
-TransitionHook = Callable[[str, str, str], None]  # (provider, from, to)
+TransitionHook = Callable[[HealthTransition], None]
 
 
 class HealthActor:
@@ -91,11 +92,12 @@ class HealthActor:
         self._state = breaker.initial(config, 0.0)
         # Reports are tells from sessions that must never block on a busy actor.
         self._send, self._receive = trio.open_memory_channel[HealthMsg](math.inf)
-        self.probes_run = 0
         self._ttfts: deque[float] = deque(maxlen=TTFT_SAMPLES)
         self._ttft_at: float | None = None
         self._state_dirty = False
         self._probing_now = False  # an active probe is out
+        # A credential rejection the next change of state owes its cause to (see _set).
+        self._credentials_rejected = False
         self._status_changed = trio.Event()
 
     def __repr__(self) -> str:
@@ -207,6 +209,7 @@ class HealthActor:
                         "provider %s rejected Baton's credentials; marked unhealthy until it "
                         "answers again (check its API key)", self.name,
                     )  # fmt: skip
+                    self._credentials_rejected = True
                 state = breaker.on_failure(state, cfg, now, trip=trip)
             case Report(outcome="rate_limited", retry_after=retry_after):
                 state = breaker.on_rate_limited(state, cfg, now, retry_after=retry_after)
@@ -230,8 +233,17 @@ class HealthActor:
                 "provider %s is now %s (was %s; %d consecutive failures)",
                 self.name, state.status, old.status, state.consecutive_failures,
             )  # fmt: skip
+            # A rejection opens the breaker at once, or when a rate limit it came in ends.
+            rejected, self._credentials_rejected = self._credentials_rejected, False
             if self._on_transition is not None:
-                self._on_transition(self.name, old.status, state.status)
+                self._on_transition(
+                    HealthTransition(
+                        provider=self.name, old=old.status, new=state.status,
+                        consecutive_failures=state.consecutive_failures,
+                        at=trio.current_time(),
+                        credentials_rejected=rejected and state.status == "unhealthy",
+                    )
+                )  # fmt: skip
         dirty, self._state_dirty = self._state_dirty, False
         if (
             dirty
@@ -280,7 +292,6 @@ class HealthActor:
 
     async def _probe_once(self) -> None:
         kind = self._config.probe_kind
-        self.probes_run += 1
         ok, detail = True, ""
         self._probing_now = True
         with trio.move_on_after(self._config.probe_timeout) as scope:

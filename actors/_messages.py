@@ -155,7 +155,6 @@ class StreamError:
 
 
 ClientEvent = Started | Delta | Failover | Done | StreamError
-TerminalEvent = Done | StreamError
 
 
 def is_terminal(event: ClientEvent) -> bool:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +35,8 @@ from ._session import StreamSession, StreamStatistics
 from ._streamlog import StreamLog
 from ._supervisor import Supervisor
 from ._telemetry import Telemetry
-from .policy._health_view import HealthSnapshot
+from ._vocab import StreamEnd
+from .policy._health_view import HealthSnapshot, HealthTransition
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class BatonStatistics:
     providers: Mapping[str, ProviderStatistics]
     routes: Mapping[str, tuple[Target, ...]]
     active_streams: int
+    finished: Mapping[StreamEnd, int]  # streams that have ended, counted by outcome
+    failovers: int  # failovers of the streams that have ended, summed
     restarts: int
     load: LoadStatistics
 
@@ -116,8 +120,8 @@ class Baton:
         self._streams: dict[str, StreamSession] = {}
         self._all_ended = trio.Event()
         self.closing = False
-        self.finished: list[StreamStatistics] = []  # bounded: see _FINISHED_KEPT
-        self.total_streams = 0
+        self._finished: Counter[StreamEnd] = Counter()
+        self._failovers = 0
 
     def start_stream(
         self,
@@ -152,7 +156,6 @@ class Baton:
             ref=ref, can_reset=can_reset, transport=transport, context=self._ctx,
         )  # fmt: skip
         self._streams[stream_id] = session
-        self.total_streams += 1
         self._ctx.load.stream_started()
 
         async def run() -> None:
@@ -163,9 +166,10 @@ class Baton:
                 del self._streams[stream_id]
                 if not self._streams:
                     self._all_ended.set()
-                self.finished.append(session.statistics())
-                if len(self.finished) > _FINISHED_KEPT:
-                    del self.finished[: len(self.finished) - _FINISHED_KEPT]
+                ended = session.statistics()
+                if ended.outcome is not None:
+                    self._finished[ended.outcome] += 1
+                self._failovers += ended.failovers
 
         self._supervisor.start_temporary(run)
         return StreamHandle(session)
@@ -216,12 +220,11 @@ class Baton:
             },
             routes={name: route.targets for name, route in self.config.routes.items()},
             active_streams=len(self._streams),
+            finished=dict(self._finished),
+            failovers=self._failovers,
             restarts=self._supervisor.statistics().restarts,
             load=self._ctx.load.statistics(),
         )
-
-
-_FINISHED_KEPT = 1000  # statistics of the most recent finished streams, for tests and /status
 
 
 @asynccontextmanager
@@ -231,11 +234,14 @@ async def open_baton(
     *,
     meter_provider: metrics.MeterProvider | None = None,
     seed: int | None = None,
+    on_transition: Callable[[HealthTransition], None] | None = None,
 ) -> AsyncIterator[Baton]:
     """Start the actor system for ``config`` over ``providers``; stop it on exit.
 
     ``providers`` maps each configured provider name to its implementation. On exit every
     running stream is cancelled (each still gets its terminal event) before the actors stop.
+    ``on_transition`` is called with every change of a provider's health state, from the
+    health actor's task as it happens; it must not block.
     """
     missing = sorted(set(config.providers) - set(providers))
     if missing:
@@ -243,12 +249,15 @@ async def open_baton(
     board = HealthBoard()
     telemetry = Telemetry(meter_provider)
 
-    def on_transition(provider: str, old: str, new: str) -> None:
-        telemetry.health_transitions.add(1, {"provider": provider, "from": old, "to": new})
+    def transitioned(change: HealthTransition) -> None:
+        labels = {"provider": change.provider, "from": change.old, "to": change.new}
+        telemetry.health_transitions.add(1, labels)
+        if on_transition is not None:
+            on_transition(change)
 
     pool = PoolActor({name: cfg.max_connections for name, cfg in config.providers.items()})
     health = {
-        name: HealthActor(providers[name], cfg.health, board, on_transition=on_transition)
+        name: HealthActor(providers[name], cfg.health, board, on_transition=transitioned)
         for name, cfg in config.providers.items()
     }
     router = RouterActor(config.routes, board, seed=seed)

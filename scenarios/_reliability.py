@@ -305,7 +305,7 @@ async def _through_baton(
                         settings, lambda i: sse_stream(client, url, _body(i, "default"))
                     )
                     nursery.cancel_scope.cancel()
-                failovers = sum(s.failovers for s in baton.finished)
+                failovers = baton.statistics().failovers
         finally:
             with trio.move_on_after(5, shield=True):
                 for adapter in adapters.values():

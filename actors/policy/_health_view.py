@@ -27,3 +27,20 @@ class HealthSnapshot:
     @property
     def usable(self) -> bool:
         return self.status in ("healthy", "degraded", "probing")
+
+
+@attrs.frozen(kw_only=True)
+class HealthTransition:
+    """A provider's breaker changed state: what ``open_baton(..., on_transition=...)`` is told.
+
+    ``consecutive_failures`` is the count at the change. ``credentials_rejected``: the provider
+    rejected Baton's credentials, which opens the breaker at once whatever the count (only ever
+    true for a change to ``unhealthy``).
+    """
+
+    provider: str
+    old: Status
+    new: Status
+    consecutive_failures: int
+    at: float
+    credentials_rejected: bool = False

@@ -586,8 +586,8 @@ async def test_client_disconnect_cancels_the_stream(stream: bool) -> None:
         await wait_for(lambda: a.log and a.log[0].closed_at is not None)
         assert a.log[0].outcome == "abandoned"
         assert len(a.log[0].tokens_sent) < len(TOKENS)
-        await wait_for(lambda: server.baton.finished)
-        assert server.baton.finished[-1].outcome == "cancelled"
+        await wait_for(lambda: server.baton.statistics().finished)
+        assert server.baton.statistics().finished == {"cancelled": 1}
         assert server.baton.statistics().active_streams == 0
 
 
@@ -693,7 +693,7 @@ async def test_metrics_expose_baton_names_after_traffic_with_a_failover() -> Non
     async with running(two_targets(), healthy_pair(schedule=reset)) as server:
         assert (await chat(server, {**GOOD, "stream": True})).status_code == 200
         assert (await chat(server, {**GOOD, "model": "solo"})).status_code == 200
-        await wait_for(lambda: len(server.baton.finished) == 2)
+        await wait_for(lambda: sum(server.baton.statistics().finished.values()) == 2)
         response = await get(server, "/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -744,7 +744,7 @@ async def test_two_servers_on_one_process_keep_their_metrics_apart() -> None:
         running(two_targets(), healthy_pair()) as second,
     ):
         await chat(first, GOOD)
-        await wait_for(lambda: first.baton.finished)
+        await wait_for(lambda: first.baton.statistics().finished)
         text = (await get(second, "/metrics")).text
     assert "proxy_requests_total{" not in text
 
