@@ -205,7 +205,7 @@ class FaultSchedule:
         up_for: float | None = None,
         cycles: int = 3,
     ) -> FaultSchedule:
-        """Down (``behaviour``) for ``down_for`` s, up for ``up_for`` s (default: the same), repeated.
+        """Down (``behaviour``) for ``down_for`` s, up for ``up_for`` s (default: equal), repeated.
 
         After ``cycles`` down periods the provider stays up.
         """
@@ -355,6 +355,7 @@ def plan_attempt(
         rejection = status_failure(behaviour, kind)
     elif trailing_assistant and behaviour.prefill == "reject":
         rejection = prefill_rejection()
+    mode: ContinuationMode
     if trailing_assistant and behaviour.prefill == "restart":
         start, mode = 0, "restart"
     else:

@@ -45,8 +45,8 @@ from ._play import ClientRun, History, Transition
 from ._strategies import stays_healthy
 
 INVARIANTS = (
-    "no_crash", "no_hang", "shape", "text", "splice", "events", "outcome", "healthy_target", "closed",
-    "attempts", "statistics", "health",
+    "no_crash", "no_hang", "shape", "text", "splice", "events", "outcome", "healthy_target",
+    "closed", "attempts", "statistics", "health",
 )  # fmt: skip
 _ALWAYS_WRONG = ("internal_error", "shutting_down")
 _EPSILON = 1e-6
@@ -158,8 +158,8 @@ def _text(history: History, run: ClientRun, answer: str) -> Iterator[tuple[str, 
             yield (
                 "splice",
                 (
-                    f"{provider} never sent {added[:60]!r} right after the {len(prefix)} characters "
-                    f"the client held (...{prefix[-30:]!r})"
+                    f"{provider} never sent {added[:60]!r} right after the {len(prefix)} "
+                    f"characters the client held (...{prefix[-30:]!r})"
                 ),
             )
 
@@ -293,7 +293,8 @@ def _system(history: History) -> Iterator[Violation]:
             if pool.in_use or pool.waiting:
                 yield Violation(
                     "statistics",
-                    f"{name}: pool holds {pool.in_use} slots, {pool.waiting} waiting, after the end",
+                    f"{name}: pool holds {pool.in_use} slots, {pool.waiting} waiting, "
+                    "after the end",
                 )
     if history.real_sockets:
         return  # the simulators' clocks see opens and closes late: no exact overlap count
@@ -309,7 +310,8 @@ def _system(history: History) -> Iterator[Violation]:
             if overlapping > limit:
                 yield Violation(
                     "statistics",
-                    f"{name}: {overlapping} upstream attempts open at once (max_connections = {limit})",
+                    f"{name}: {overlapping} upstream attempts open at once "
+                    f"(max_connections = {limit})",
                 )
                 break
 
@@ -340,14 +342,19 @@ def _breaker(history: History, name: str, transitions: list[Transition]) -> Iter
             if t.old == "probing":
                 yield f"went from probing straight back to unhealthy at t={_t(history, t.at)}"
             if not tripped and t.failures < threshold:
-                yield f"marked unhealthy after {t.failures} consecutive failures (threshold {threshold})"
+                yield (
+                    f"marked unhealthy after {t.failures} consecutive failures "
+                    f"(threshold {threshold})"
+                )
             if not tripped and _failed_before(history, name, t.at) < threshold:
                 yield f"marked unhealthy with fewer than {threshold} failed attempts or probes"
             entered = t.at
         elif t.old == "unhealthy" and entered is not None:
             rested = t.at - entered
             if rested < cfg.cooldown - _EPSILON:
-                yield f"left unhealthy after {rested:g} s, before its cooldown of {cfg.cooldown:g} s"
+                yield (
+                    f"left unhealthy after {rested:g} s, before its cooldown of {cfg.cooldown:g} s"
+                )
             entered = None
     if entered is not None and history.ended_at - entered > cfg.max_cooldown + 1.0:
         stuck = history.ended_at - entered
@@ -382,9 +389,8 @@ def describe(run: ClientRun, *, limit: int = 400) -> str:
             case Delta(text=text):
                 parts.append(repr(text if len(text) <= 40 else text[:18] + "…" + text[-18:]))
             case Failover():
-                parts.append(
-                    f"failover({event.from_provider}→{event.to_provider} {event.reason} {event.mode} {event.phase})"
-                )
+                route = f"{event.from_provider}→{event.to_provider}"
+                parts.append(f"failover({route} {event.reason} {event.mode} {event.phase})")
             case Done(provider=provider, finish_reason=reason):
                 parts.append(f"done({provider}, {reason})")
             case StreamError(code=code):

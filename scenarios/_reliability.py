@@ -186,7 +186,8 @@ async def sse_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
                             break
                         chunk = orjson.loads(data)
                         if "error" in chunk:
-                            error = f"error event: {chunk['error'].get('code') or chunk['error'].get('type')}"
+                            what = chunk["error"]
+                            error = f"error event: {what.get('code') or what.get('type')}"
                             break
                         for choice in chunk.get("choices") or ():
                             content = (choice.get("delta") or {}).get("content")
@@ -359,7 +360,8 @@ def format_reliability(report: ReliabilityReport, *, command: str | None = None)
         f"Reliability: {s.streams} streams, {s.fail_rate:.0%} of requests broken at the primary"
         f" ({s.backup_rate:.0%} at Baton's backup), {s.token_delay * 1000:g} ms per token,"
         f" seed {s.seed}; Baton times out upstream after {s.timeout:g} s, clients after"
-        f" {s.timeout * CLIENT_TIMEOUT_FACTOR:g} s; {s.concurrency} streams at once, all in one process"
+        f" {s.timeout * CLIENT_TIMEOUT_FACTOR:g} s; {s.concurrency} streams at once,"
+        " all in one process"
     )
     width = max(len(r[0]) for r in rows) + 2
     lines = [head, "", f"{'':<{width}}{'direct':>14}{'through Baton':>16}"]

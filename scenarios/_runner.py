@@ -229,7 +229,8 @@ def format_scenario(scenario: Scenario) -> list[str]:
     for i, c in enumerate(scenario.clients):
         lines.append(f"client {i}: {c!r}")
     extra = {
-        "provider_settings": dict(scenario.provider_settings), "route_settings": dict(scenario.route_settings),
+        "provider_settings": dict(scenario.provider_settings),
+        "route_settings": dict(scenario.route_settings),
         "seed": scenario.seed, "words": scenario.words,
     }  # fmt: skip
     lines.append(

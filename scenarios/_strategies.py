@@ -96,7 +96,7 @@ def midstream_faults(t: Timeouts = Timeouts(), *, first: int = 1) -> st.SearchSt
 
 
 def continuers(t: Timeouts = Timeouts()) -> st.SearchStrategy[Behaviour]:
-    """What a target asked to continue an answer does: continue, restart, refuse prefill, or fail."""
+    """What a target asked to continue an answer does: continue, restart, refuse prefill or fail."""
     return st.one_of(
         st.just(HEALTHY),
         st.just(Behaviour("healthy", prefill="restart")),
@@ -141,7 +141,8 @@ def flapping(t: Timeouts = Timeouts()) -> st.SearchStrategy[FaultSchedule]:
     )
     return st.builds(
         lambda d, b, u, c: FaultSchedule.flapping(d, b, up_for=u, cycles=c),
-        st.sampled_from([2.0, 10.0, 45.0]), down, st.sampled_from([1.0, 10.0, 60.0]), st.integers(1, 3),
+        st.sampled_from([2.0, 10.0, 45.0]), down, st.sampled_from([1.0, 10.0, 60.0]),
+        st.integers(1, 3),
     )  # fmt: skip
 
 

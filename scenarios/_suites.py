@@ -111,8 +111,8 @@ def _frame(
     kinds = tuple(draw(st.sampled_from(KINDS)) for _ in names)
     ps, rs = draw(provider_settings), draw(route_settings(n))
     skeleton = Scenario(
-        suite="", providers=[ProviderSpec(name=a, kind=k) for a, k in zip(names, kinds)], clients=(),
-        provider_settings=ps, route_settings=rs,
+        suite="", providers=[ProviderSpec(name=a, kind=k) for a, k in zip(names, kinds)],
+        clients=(), provider_settings=ps, route_settings=rs,
     )  # fmt: skip
     return _Frame(names, kinds, scenario_config(skeleton), ps, rs, False)
 
@@ -177,8 +177,9 @@ def _breaker_settings() -> st.SearchStrategy[dict[str, Any]]:
     return st.builds(
         lambda threshold, cooldown, factor, stable, probe, unhealthy, half_open, kind: {
             "health": {
-                "failure_threshold": threshold, "cooldown": cooldown, "max_cooldown": cooldown * factor,
-                "stable_period": stable, "probe_interval": probe, "probe_interval_unhealthy": unhealthy,
+                "failure_threshold": threshold, "cooldown": cooldown,
+                "max_cooldown": cooldown * factor, "stable_period": stable,
+                "probe_interval": probe, "probe_interval_unhealthy": unhealthy,
                 "half_open_requests": half_open, "probe_kind": kind,
             }
         },
@@ -247,7 +248,9 @@ def _overload(user_config: BatonConfig | None) -> st.SearchStrategy[Scenario]:
 
 def _chaos(user_config: BatonConfig | None) -> st.SearchStrategy[Scenario]:
     provider_settings = st.builds(
-        lambda threshold, retries, cont: {"retries": retries, "health": {"failure_threshold": threshold}, **cont},
+        lambda threshold, retries, cont: {
+            "retries": retries, "health": {"failure_threshold": threshold}, **cont
+        },
         st.integers(1, 5), st.integers(0, 2), _continuation(),
     )  # fmt: skip
 
@@ -258,7 +261,8 @@ def _chaos(user_config: BatonConfig | None) -> st.SearchStrategy[Scenario]:
                 **({"hedge_after": hedge} if hedge is not None else {}),
             },
             st.sampled_from(["priority", "weighted", "least_latency"]),
-            st.sampled_from([None, 0.5, "auto"]), st.integers(1, 2 * n + 1), st.sampled_from([0.0, 0.2, 1.0]),
+            st.sampled_from([None, 0.5, "auto"]), st.integers(1, 2 * n + 1),
+            st.sampled_from([0.0, 0.2, 1.0]),
         )  # fmt: skip
 
     @st.composite

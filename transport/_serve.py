@@ -77,30 +77,32 @@ async def run_baton(
     metrics = MetricsEndpoint()
     server = config.server
     try:
-        async with open_baton(config, providers, meter_provider=metrics.meter_provider) as baton:
-            async with trio.open_nursery() as nursery:
-                ws_port = await nursery.start(
-                    functools.partial(serve_ws, baton, host=server.host, port=server.ws_port)
+        async with (
+            open_baton(config, providers, meter_provider=metrics.meter_provider) as baton,
+            trio.open_nursery() as nursery,
+        ):
+            ws_port = await nursery.start(
+                functools.partial(serve_ws, baton, host=server.host, port=server.ws_port)
+            )
+            http_port = await nursery.start(
+                functools.partial(
+                    serve_http, baton, host=server.host, port=server.http_port,
+                    metrics=metrics, max_request_bytes=server.max_request_bytes,
                 )
-                http_port = await nursery.start(
-                    functools.partial(
-                        serve_http, baton, host=server.host, port=server.http_port,
-                        metrics=metrics, max_request_bytes=server.max_request_bytes,
-                    )
-                )  # fmt: skip
-                log.info(
-                    "Baton listening: ws://%s:%d/v1/stream and http://%s:%d/v1 (routes: %s)",
-                    server.host, ws_port, server.host, http_port, ", ".join(config.routes),
-                )  # fmt: skip
-                task_status.started((ws_port, http_port))
-                if handle_signals:
-                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for signum in signals:
-                            log.info("received %s; draining streams", signal.Signals(signum).name)
-                            break
-                    # Running streams end with 'shutting_down' while the servers can still send it.
-                    await baton.drain(DRAIN_TIMEOUT)
-                    nursery.cancel_scope.cancel()
+            )  # fmt: skip
+            log.info(
+                "Baton listening: ws://%s:%d/v1/stream and http://%s:%d/v1 (routes: %s)",
+                server.host, ws_port, server.host, http_port, ", ".join(config.routes),
+            )  # fmt: skip
+            task_status.started((ws_port, http_port))
+            if handle_signals:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("received %s; draining streams", signal.Signals(signum).name)
+                        break
+                # Running streams end with 'shutting_down' while the servers can still send it.
+                await baton.drain(DRAIN_TIMEOUT)
+                nursery.cancel_scope.cancel()
     finally:
         with trio.move_on_after(5, shield=True):
             for provider in providers.values():

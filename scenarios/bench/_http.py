@@ -39,7 +39,7 @@ class _Connection:
 
 
 class RawHTTPClient:
-    """HTTP/1.1 to one ``host:port``, keeping up to ``max_idle`` connections alive between requests."""
+    """HTTP/1.1 to one ``host:port``, keeping up to ``max_idle`` connections alive between calls."""
 
     def __init__(self, host: str, port: int, *, max_idle: int = 1024) -> None:
         self.host, self.port = host, port

@@ -278,7 +278,10 @@ class _Pacer:
         self._changed = trio.Event()
 
     async def send(self, stream: trio.SocketStream, chunks: list[bytes], delay: float) -> None:
-        """Send ``chunks`` one every ``delay`` seconds; raises ``BrokenResourceError`` if the client left."""
+        """Send ``chunks`` one every ``delay`` seconds.
+
+        Raises ``BrokenResourceError`` if the client left.
+        """
         if not chunks:
             return
         paced = _Paced(stream.socket.fileno(), chunks, delay)

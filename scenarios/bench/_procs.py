@@ -118,7 +118,7 @@ class ProcessMeter:
         return Usage(cpu=cpu, rss=rss, peak_rss=peak)
 
     def reset_peak(self) -> bool:
-        """Reset the process's VmHWM to its current RSS; false where the kernel does not allow it."""
+        """Reset the process's VmHWM to its current RSS; false where the kernel does not let us."""
         try:
             with open(f"/proc/{self.pid}/clear_refs", "w") as file:
                 file.write("5")

@@ -40,7 +40,7 @@ async def profile_proxy(
     seconds: float,
     rate: int = 200,
 ) -> Path:
-    """Record ``pid`` with py-spy for ``seconds`` while ``load(run)`` runs; returns the raw stacks file.
+    """Record ``pid`` with py-spy for ``seconds`` while ``load(run)`` runs; returns the raw stacks.
 
     Raises ``RuntimeError`` if py-spy is missing or cannot attach.
     """
@@ -152,7 +152,8 @@ def format_profile(profile: Profile, label: str) -> str:
     lines = [
         (
             f"Hot spots in Baton's code, {label} ({profile.samples} busy samples; "
-            f"{profile.outside_baton:.0%} had no Baton frame: event loop, server libraries' own tasks)"
+            f"{profile.outside_baton:.0%} had no Baton frame: event loop, server libraries' "
+            "own tasks)"
         ),
         f"  {'own':>6} {'self':>6} {'incl':>6}  function",
     ]
@@ -160,7 +161,10 @@ def format_profile(profile: Profile, label: str) -> str:
         lines.append(f"  {spot.own:>6.1%} {spot.self_:>6.1%} {spot.inclusive:>6.1%}  {spot.where}")
     lines += [
         "  own: samples whose innermost Baton frame it is (with the library code it calls);",
-        "  self: in its own bytecode; incl: anywhere on the stack. Hottest leaf functions, any code:",
+        (
+            "  self: in its own bytecode; incl: anywhere on the stack. "
+            "Hottest leaf functions, any code:"
+        ),
     ]
     for name, share in profile.leaves:
         lines.append(f"  {share:>6.1%}  {name}")

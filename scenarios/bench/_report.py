@@ -75,22 +75,30 @@ def _row(workload: str, target: str, mine: list[Measurement]) -> Row:
     errors = [r.error for r in results if r.error is not None]
     peaks = [m.proxy_peak_rss for m in mine if m.proxy_peak_rss is not None]
     return Row(
-        workload=workload, target=target, streams=len(results), errors=len(errors),
+        workload=workload,
+        target=target,
+        streams=len(results),
+        errors=len(errors),
         first_errors=tuple(dict.fromkeys(errors))[:3],
         ttft_ms=(percentile(ttfts, 0.5), percentile(ttfts, 0.95), percentile(ttfts, 0.99)),
-        elapsed=elapsed, tokens_per_s=tokens / elapsed if elapsed else 0.0,
+        elapsed=elapsed,
+        tokens_per_s=tokens / elapsed if elapsed else 0.0,
         streams_per_s=sum(m.streams_done for m in mine) / elapsed if elapsed else 0.0,
-        proxy_cpu_per_1k=None if target == "direct" or not round_tokens else 1000 * round_cpu / round_tokens,
+        proxy_cpu_per_1k=None
+        if target == "direct" or not round_tokens
+        else 1000 * round_cpu / round_tokens,
         proxy_cores=proxy_cpu / elapsed if elapsed else 0.0,
         mock_cores=sum(m.mock_cpu for m in mine) / elapsed if elapsed else 0.0,
         client_cores=sum(m.client_cpu for m in mine) / elapsed if elapsed else 0.0,
         other_cores=sum(m.other_cpu for m in mine) / elapsed if elapsed else 0.0,
         listen_overflows=sum(m.listen_overflows for m in mine),
-        connections_per_stream=sum(m.mock_connections for m in mine) / len(results) if results else 0.0,
+        connections_per_stream=sum(m.mock_connections for m in mine) / len(results)
+        if results
+        else 0.0,
         events_per_stream=sum(r.events for r in ok) / len(ok) if ok else 0.0,
         longest_gap_ms=percentile([1000 * r.longest_gap for r in ok], 0.95),
         peak_rss_mb=None if target == "direct" or not peaks else max(peaks) / 2**20,
-    )  # fmt: skip
+    )
 
 
 def _find(rows: Sequence[Row], workload: str, target: str) -> Row | None:
@@ -107,10 +115,13 @@ def _opt(value: float | None, spec: str) -> str:
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *body, strict=True)]
-    line = lambda cells: "  ".join(
-        cell.ljust(w) if i == 0 else cell.rjust(w)
-        for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-    )
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     return [line(header), line(["-" * w for w in widths]), *(line(cells) for cells in body)]
 
 
@@ -120,14 +131,16 @@ def format_report(run: BenchRun, *, command: str = "") -> str:
     rows = summarize(run.measurements)
     out = [
         (
-            f"Baton benchmark — {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}, loopback only" + (f" — {command}" if command else "")
+            f"Baton benchmark — {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, loopback only"
+            + (f" — {command}" if command else "")
         ),
         (
-            "direct = the same HTTP client straight to the mock (baseline); passthrough = a bare "
-            "pass-through proxy on Baton's libraries (trio, hypercorn, httpx: the stack's own cost); "
-            "http = Baton's OpenAI SSE API; ws = Baton's WebSocket API. TTFT in ms from sending the "
-            "request. CPU, cores and RSS of a target are its proxy's: the pass-through's or Baton's."
+            "direct = the same HTTP client straight to the mock (baseline); passthrough = a "
+            "bare pass-through proxy on Baton's libraries (trio, hypercorn, httpx: the stack's "
+            "own cost); http = Baton's OpenAI SSE API; ws = Baton's WebSocket API. TTFT in ms "
+            "from sending the request. CPU, cores and RSS of a target are its proxy's: the "
+            "pass-through's or Baton's."
         ),
     ]
     out += _latency(rows, s) + _throughput(rows, s) + _capacity(rows, s, run)
@@ -156,8 +169,10 @@ def _latency(rows: Sequence[Row], s: BenchSettings) -> list[str]:
         )
     if not body:
         return []
-    title = (f"\nlatency: 1 stream at a time, {s.latency_tokens} tokens {s.latency_delay * 1000:g} ms "
-             f"apart, {s.latency_rounds} rounds x {s.latency_samples} streams per target")  # fmt: skip
+    title = (
+        f"\nlatency: 1 stream at a time, {s.latency_tokens} tokens {s.latency_delay * 1000:g} ms "
+        f"apart, {s.latency_rounds} rounds x {s.latency_samples} streams per target"
+    )
     return [
         title,
         *_table(
@@ -176,36 +191,89 @@ def _throughput(rows: Sequence[Row], s: BenchSettings) -> list[str]:
             if base is None or not base.tokens_per_s
             else f"{row.tokens_per_s / base.tokens_per_s:.2f}"
         )
-        body.append([
-            row.target, str(row.streams), str(row.errors), f"{row.tokens_per_s:,.0f}", f"{row.streams_per_s:,.1f}",
-            ratio, _opt(row.proxy_cpu_per_1k, ".4f"), f"{row.proxy_cores:.2f}", f"{row.mock_cores:.2f}",
-            f"{row.client_cores:.2f}", f"{row.other_cores:.2f}", f"{row.events_per_stream:.0f}",
-        ])  # fmt: skip
+        body.append(
+            [
+                row.target,
+                str(row.streams),
+                str(row.errors),
+                f"{row.tokens_per_s:,.0f}",
+                f"{row.streams_per_s:,.1f}",
+                ratio,
+                _opt(row.proxy_cpu_per_1k, ".4f"),
+                f"{row.proxy_cores:.2f}",
+                f"{row.mock_cores:.2f}",
+                f"{row.client_cores:.2f}",
+                f"{row.other_cores:.2f}",
+                f"{row.events_per_stream:.0f}",
+            ]
+        )
     if not body:
         return []
-    title = (f"\nthroughput: {s.throughput_streams} concurrent streams of {s.throughput_tokens} tokens, no delay, "
-             f"{s.throughput_rounds} rounds x {s.throughput_seconds:g} s per target")  # fmt: skip
-    header = ["target", "streams", "errors", "tok/s", "streams/s", "x direct", "CPU-s/1k tok",
-              "proxy cores", "mock cores", "client cores", "other cores", "events/stream"]  # fmt: skip
+    title = (
+        f"\nthroughput: {s.throughput_streams} concurrent streams of {s.throughput_tokens} "
+        f"tokens, no delay, {s.throughput_rounds} rounds x {s.throughput_seconds:g} s per target"
+    )
+    header = [
+        "target",
+        "streams",
+        "errors",
+        "tok/s",
+        "streams/s",
+        "x direct",
+        "CPU-s/1k tok",
+        "proxy cores",
+        "mock cores",
+        "client cores",
+        "other cores",
+        "events/stream",
+    ]
     return [title, *_table(header, body)]
 
 
 def _capacity(rows: Sequence[Row], s: BenchSettings, run: BenchRun) -> list[str]:
     body = []
     for row in (r for r in rows if r.workload == "capacity"):
-        body.append([
-            row.target, str(row.streams), str(row.errors), *map(_ms, row.ttft_ms), _opt(row.peak_rss_mb, ".0f"),
-            _opt(row.proxy_cpu_per_1k, ".4f"), "—" if row.target == "direct" else f"{row.proxy_cores:.2f}",
-            f"{row.mock_cores:.2f}", f"{row.client_cores:.2f}", f"{row.other_cores:.2f}", f"{row.elapsed:.1f}",
-            f"{row.events_per_stream:.0f}", _ms(row.longest_gap_ms),
-        ])  # fmt: skip
+        body.append(
+            [
+                row.target,
+                str(row.streams),
+                str(row.errors),
+                *map(_ms, row.ttft_ms),
+                _opt(row.peak_rss_mb, ".0f"),
+                _opt(row.proxy_cpu_per_1k, ".4f"),
+                "—" if row.target == "direct" else f"{row.proxy_cores:.2f}",
+                f"{row.mock_cores:.2f}",
+                f"{row.client_cores:.2f}",
+                f"{row.other_cores:.2f}",
+                f"{row.elapsed:.1f}",
+                f"{row.events_per_stream:.0f}",
+                _ms(row.longest_gap_ms),
+            ]
+        )
     if not body:
         return []
-    title = (f"\ncapacity: {s.capacity_streams} streams at {s.capacity_rate:g} tok/s ({s.capacity_tokens} tokens each), "
-             f"started evenly over {s.capacity_ramp:g} s; Baton idle RSS {run.proxy_idle_rss / 2**20:.0f} MB")  # fmt: skip
-    header = ["target", "streams", "errors", "TTFT p50", "p95", "p99", "peak RSS MB", "CPU-s/1k tok",
-              "proxy cores", "mock cores", "client cores", "other cores", "seconds", "events/stream",
-              "longest gap p95 ms"]  # fmt: skip
+    title = (
+        f"\ncapacity: {s.capacity_streams} streams at {s.capacity_rate:g} tok/s "
+        f"({s.capacity_tokens} tokens each), started evenly over {s.capacity_ramp:g} s; "
+        f"Baton idle RSS {run.proxy_idle_rss / 2**20:.0f} MB"
+    )
+    header = [
+        "target",
+        "streams",
+        "errors",
+        "TTFT p50",
+        "p95",
+        "p99",
+        "peak RSS MB",
+        "CPU-s/1k tok",
+        "proxy cores",
+        "mock cores",
+        "client cores",
+        "other cores",
+        "seconds",
+        "events/stream",
+        "longest gap p95 ms",
+    ]
     return [title, *_table(header, body)]
 
 
@@ -226,24 +294,50 @@ def verdicts(rows: Sequence[Row]) -> list[tuple[str, str, str, bool | None]]:
                 )
             )
         if thr is not None:
-            out.append((f">= {TARGET_TOKENS_PER_S:,} tok/s at 50 streams", side, f"{thr.tokens_per_s:,.0f} tok/s",
-                        thr.tokens_per_s >= TARGET_TOKENS_PER_S))  # fmt: skip
+            out.append(
+                (
+                    f">= {TARGET_TOKENS_PER_S:,} tok/s at 50 streams",
+                    side,
+                    f"{thr.tokens_per_s:,.0f} tok/s",
+                    thr.tokens_per_s >= TARGET_TOKENS_PER_S,
+                )
+            )
             cpu = thr.proxy_cpu_per_1k
-            out.append((f"<= {TARGET_CPU_PER_1K} CPU-s per 1k tokens", side, _opt(cpu, ".4f"),
-                        None if cpu is None else cpu <= TARGET_CPU_PER_1K))  # fmt: skip
+            out.append(
+                (
+                    f"<= {TARGET_CPU_PER_1K} CPU-s per 1k tokens",
+                    side,
+                    _opt(cpu, ".4f"),
+                    None if cpu is None else cpu <= TARGET_CPU_PER_1K,
+                )
+            )
         if cap is not None:
             p95 = cap.ttft_ms[1] / 1000
-            out.append((f"slow streams p95 TTFT < {TARGET_CAPACITY_P95_S} s", side, f"{p95:.3f} s",
-                        None if math.isnan(p95) else p95 < TARGET_CAPACITY_P95_S))  # fmt: skip
+            out.append(
+                (
+                    f"slow streams p95 TTFT < {TARGET_CAPACITY_P95_S} s",
+                    side,
+                    f"{p95:.3f} s",
+                    None if math.isnan(p95) else p95 < TARGET_CAPACITY_P95_S,
+                )
+            )
             rss = cap.peak_rss_mb
-            out.append((f"slow streams peak RSS < {TARGET_CAPACITY_RSS_MB} MB", side, _opt(rss, ".0f") + " MB",
-                        None if rss is None else rss < TARGET_CAPACITY_RSS_MB))  # fmt: skip
+            out.append(
+                (
+                    f"slow streams peak RSS < {TARGET_CAPACITY_RSS_MB} MB",
+                    side,
+                    _opt(rss, ".0f") + " MB",
+                    None if rss is None else rss < TARGET_CAPACITY_RSS_MB,
+                )
+            )
     return out
 
 
 def _verdicts(rows: Sequence[Row], s: BenchSettings) -> list[str]:
-    body = [[goal, side, measured, {True: "met", False: "MISSED", None: "—"}[met]]
-            for goal, side, measured, met in verdicts(rows)]  # fmt: skip
+    body = [
+        [goal, side, measured, {True: "met", False: "MISSED", None: "—"}[met]]
+        for goal, side, measured, met in verdicts(rows)
+    ]
     if not body:
         return []
     sized = (s.throughput_streams, s.capacity_streams, s.capacity_rate) == (50, 500, 20.0)
@@ -269,8 +363,15 @@ def against_passthrough(rows: Sequence[Row]) -> list[tuple[str, str, float, floa
             baton, bare = lat[0].ttft_ms[0] - base, lat[1].ttft_ms[0] - base
             out.append(("added TTFT p50, ms", side, baton, bare, baton <= bare))
         if thr[0] is not None and thr[1] is not None:
-            out.append(("throughput, tok/s", side, thr[0].tokens_per_s, thr[1].tokens_per_s,
-                        thr[0].tokens_per_s >= thr[1].tokens_per_s))  # fmt: skip
+            out.append(
+                (
+                    "throughput, tok/s",
+                    side,
+                    thr[0].tokens_per_s,
+                    thr[1].tokens_per_s,
+                    thr[0].tokens_per_s >= thr[1].tokens_per_s,
+                )
+            )
             cpu, bare_cpu = thr[0].proxy_cpu_per_1k, thr[1].proxy_cpu_per_1k
             if cpu is not None and bare_cpu is not None:
                 out.append(("CPU-s per 1k tokens", side, cpu, bare_cpu, cpu <= bare_cpu))
@@ -284,14 +385,25 @@ def against_passthrough(rows: Sequence[Row]) -> list[tuple[str, str, float, floa
 
 
 _COMPARED = {  # how each measure of ``against_passthrough`` is shown
-    "added TTFT p50, ms": "+.2f", "throughput, tok/s": ",.0f", "CPU-s per 1k tokens": ".4f",
-    "slow streams p95 TTFT, s": ".3f", "slow streams peak RSS, MB": ".0f",
-}  # fmt: skip
+    "added TTFT p50, ms": "+.2f",
+    "throughput, tok/s": ",.0f",
+    "CPU-s per 1k tokens": ".4f",
+    "slow streams p95 TTFT, s": ".3f",
+    "slow streams peak RSS, MB": ".0f",
+}
 
 
 def _against_passthrough(rows: Sequence[Row]) -> list[str]:
-    body = [[measure, side, format(baton, _COMPARED[measure]), format(bare, _COMPARED[measure]), "yes" if better else "no"]
-            for measure, side, baton, bare, better in against_passthrough(rows)]  # fmt: skip
+    body = [
+        [
+            measure,
+            side,
+            format(baton, _COMPARED[measure]),
+            format(bare, _COMPARED[measure]),
+            "yes" if better else "no",
+        ]
+        for measure, side, baton, bare, better in against_passthrough(rows)
+    ]
     if not body:
         return []
     title = (
@@ -309,69 +421,86 @@ def _notes(rows: Sequence[Row], run: BenchRun) -> list[str]:
     for row in rows:
         where = f"{row.workload}/{row.target}"
         if row.workload == "throughput" and row.client_cores >= _SATURATED:
-            notes.append(f"{where}: the load generator used {row.client_cores:.2f} of a core: this target's "
-                         "tok/s is bounded by the Python client, not by what it measures")  # fmt: skip
+            notes.append(
+                f"{where}: the load generator used {row.client_cores:.2f} of a core: this target's "
+                "tok/s is bounded by the Python client, not by what it measures"
+            )
         if (
             row.workload == "throughput"
             and row.target != "direct"
             and row.proxy_cores >= _SATURATED
         ):
             notes.append(
-                f"{where}: {_proxy(row.target)} used {row.proxy_cores:.2f} of a core: it is the bottleneck"
+                f"{where}: {_proxy(row.target)} used {row.proxy_cores:.2f} of a core: "
+                "it is the bottleneck"
             )
         if row.listen_overflows and row.target != "direct":
-            notes.append(f"{where}: the kernel counted {row.listen_overflows} accept-queue overflows (a server "
-                         "accepting more slowly than connections came; each costs its client a retransmitted "
-                         "handshake, 1 s or more)")  # fmt: skip
+            notes.append(
+                f"{where}: the kernel counted {row.listen_overflows} accept-queue overflows "
+                "(a server accepting more slowly than connections came; each costs its client a "
+                "retransmitted handshake, 1 s or more)"
+            )
         if row.errors:
             notes.append(
                 f"{where}: {row.errors} of {row.streams} streams failed: "
                 + "; ".join(row.first_errors)
             )
-    reconnecting = [f"{r.workload}/{r.target} {r.connections_per_stream:.2f}" for r in rows
-                    if r.target != "direct" and r.connections_per_stream >= 0.5]  # fmt: skip
+    reconnecting = [
+        f"{r.workload}/{r.target} {r.connections_per_stream:.2f}"
+        for r in rows
+        if r.target != "direct" and r.connections_per_stream >= 0.5
+    ]
     if reconnecting:
         direct = [
             f"{r.workload} {r.connections_per_stream:.2f}" for r in rows if r.target == "direct"
         ]
         notes.append(
-            "a proxy opened a new upstream connection for (nearly) every stream (new connections per "
-            f"stream at the mock: {', '.join(reconnecting)}; the same client straight to the mock: "
-            f"{', '.join(direct) or '—'}, more only where it needs more connections at once): each "
-            "stream pays a TCP handshake (TLS too, with a real provider)"
+            "a proxy opened a new upstream connection for (nearly) every stream (new connections "
+            f"per stream at the mock: {', '.join(reconnecting)}; the same client straight to the "
+            f"mock: {', '.join(direct) or '—'}, more only where it needs more connections at "
+            "once): each stream pays a TCP handshake (TLS too, with a real provider)"
         )
     busy = [r.other_cores for r in rows]
     if busy and max(busy) >= 0.2:
-        notes.append(f"other processes used {min(busy):.2f}-{max(busy):.2f} cores during the workloads "
-                     "(column 'other cores'): this machine is shared, and the numbers are noisier for it")  # fmt: skip
+        notes.append(
+            f"other processes used {min(busy):.2f}-{max(busy):.2f} cores during the workloads "
+            "(column 'other cores'): this machine is shared, and the numbers are noisier for it"
+        )
     status = run.proxy_final_status
     active = status.get("active_streams")
     if active:
         notes.append(f"after the workloads Baton still reports {active} active streams (a leak?)")
-    for name, provider in (status.get("providers") or {}).items():  # type: ignore[union-attr]
+    for name, provider in (status.get("providers") or {}).items():
         pool = provider.get("pool", {})
         if pool.get("in_use") or pool.get("waiting"):
-            notes.append(f"after the workloads provider {name} still has {pool.get('in_use')} slots in use, "
-                         f"{pool.get('waiting')} waiting (a leak?)")  # fmt: skip
+            notes.append(
+                f"after the workloads provider {name} still has {pool.get('in_use')} slots in use, "
+                f"{pool.get('waiting')} waiting (a leak?)"
+            )
         if provider.get("state") not in ("healthy", "unknown"):
             notes.append(f"after the workloads provider {name} is {provider.get('state')}")
     if run.proxy_log_problem_count:
         notes.append(
-            f"the children (Baton, the mock, the pass-through) logged {run.proxy_log_problem_count} warning/error lines; the first:"
+            "the children (Baton, the mock, the pass-through) logged "
+            f"{run.proxy_log_problem_count} warning/error lines; the first:"
         )
         notes += [f"    {line}" for line in run.proxy_log_problems[:5]]
     if not run.peak_reset_works:
         notes.append(
-            "peak RSS could not be reset per round (/proc/PID/clear_refs): it is sampled every 50 ms"
+            "peak RSS could not be reset per round (/proc/PID/clear_refs): "
+            "it is sampled every 50 ms"
         )
     out = ["\nnotes"]
     out += [f"- {note}" for note in notes] or [
         "- no errors, no leaked streams or pool slots, no warnings logged"
     ]
-    out.append("- CPU and memory are read from /proc (Linux only). CPU-s/1k tok: the proxy's user+system CPU over "
-               "whole rounds divided by the tokens of the streams that completed correctly. tok/s, streams/s and "
-               "cores of throughput cover the steady part of each round (every stream running; a stream counts "
-               "with the share of its lifetime inside). 'other cores': the rest of the machine's busy CPU.")  # fmt: skip
+    out.append(
+        "- CPU and memory are read from /proc (Linux only). CPU-s/1k tok: the proxy's user+system "
+        "CPU over whole rounds divided by the tokens of the streams that completed correctly. "
+        "tok/s, streams/s and cores of throughput cover the steady part of each round (every "
+        "stream running; a stream counts with the share of its lifetime inside). 'other cores': "
+        "the rest of the machine's busy CPU."
+    )
     return out
 
 

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import attrs
 import httpx
@@ -147,11 +147,16 @@ def proxy_config(mock_port: int, workloads: Sequence[Workload], *, max_connectio
         ]  # fmt: skip
     for workload in workloads:
         model = workload.mock_model
+        targets = ", ".join(
+            f'{{ provider = "{provider}", model = "{model}" }}'
+            for provider in ("mock", "mock-backup")
+        )
         lines += [
             f"[routes.{workload.name}]",
-            f'targets = [{{ provider = "mock", model = "{model}" }}, {{ provider = "mock-backup", model = "{model}" }}]',
-            f"queue_size = {max_connections}", "",
-        ]  # fmt: skip
+            f"targets = [{targets}]",
+            f"queue_size = {max_connections}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -203,7 +208,7 @@ class BenchRun:
     settings: BenchSettings
     measurements: tuple[Measurement, ...]
     proxy_idle_rss: int
-    proxy_final_status: dict[str, object]
+    proxy_final_status: dict[str, Any]  # Baton's /status document, as JSON gives it
     proxy_log_problem_count: int
     proxy_log_problems: tuple[str, ...]  # the first few
     peak_reset_works: bool
@@ -223,7 +228,8 @@ class _Bench:
 
     def __init__(
         self, settings: BenchSettings, mock: Child, proxy: Child, passthrough: Child | None,
-        ports: dict[str, int], http: dict[str, HTTPClient], ws: list[WSClient], control: httpx.AsyncClient,
+        ports: dict[str, int], http: dict[str, HTTPClient], ws: list[WSClient],
+        control: httpx.AsyncClient,
     ) -> None:  # fmt: skip
         self.settings = settings
         self._control = control  # for /stats and /status, apart from the load's connections
@@ -268,7 +274,8 @@ class _Bench:
         )  # fmt: skip
 
     async def measure(
-        self, workload: Workload, target: str, round_: int, load: Callable[[RunStream], Awaitable[list[StreamResult]]],
+        self, workload: Workload, target: str, round_: int,
+        load: Callable[[RunStream], Awaitable[list[StreamResult]]],
         *, track_memory: bool = False, window: tuple[float, float] | None = None,
     ) -> Measurement:  # fmt: skip
         """Run ``load`` against ``target`` and measure the processes' costs over it.
@@ -317,13 +324,15 @@ class _Bench:
         done = sum(r.ok and start.time <= r.started_at + r.elapsed <= end.time for r in results)
         proxy_cpu, mock_cpu = end.proxy.cpu - start.proxy.cpu, end.mock.cpu - start.mock.cpu
         client_cpu = end.client - start.client
+        other_cpu = end.system - start.system - proxy_cpu - mock_cpu - client_cpu
         peak = max(end.proxy.peak_rss, *sampled) if track_memory else None
         return Measurement(
             workload=workload.name, target=target, round=round_, results=tuple(results),
-            elapsed=elapsed, tokens=tokens, streams_done=done, proxy_cpu=proxy_cpu, mock_cpu=mock_cpu,
-            client_cpu=client_cpu, other_cpu=max(0.0, end.system - start.system - proxy_cpu - mock_cpu - client_cpu),
-            listen_overflows=end.overflows - start.overflows, mock_connections=connections, proxy_peak_rss=peak,
-            round_tokens=round_tokens, round_proxy_cpu=last.proxy.cpu - first.proxy.cpu,
+            elapsed=elapsed, tokens=tokens, streams_done=done, proxy_cpu=proxy_cpu,
+            mock_cpu=mock_cpu, client_cpu=client_cpu, other_cpu=max(0.0, other_cpu),
+            listen_overflows=end.overflows - start.overflows, mock_connections=connections,
+            proxy_peak_rss=peak, round_tokens=round_tokens,
+            round_proxy_cpu=last.proxy.cpu - first.proxy.cpu,
         )  # fmt: skip
 
     async def _mock_connections(self) -> int:
@@ -336,10 +345,11 @@ class _Bench:
             sampled.append(proxy.usage().rss)
             await trio.sleep(_RSS_SAMPLE_INTERVAL)
 
-    async def status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, Any]:
         """Baton's ``/status`` document (after a workload: are streams and slots all released?)."""
         response = await self._control.get(self.status_url)
-        return orjson.loads(response.content)
+        document: dict[str, Any] = orjson.loads(response.content)
+        return document
 
 
 def _overlap(result: StreamResult, start: float, end: float) -> float:
@@ -427,7 +437,8 @@ async def _workload_rounds(
             failed = sum(not r.ok for r in measurement.results)
             say(
                 f"  {workload.name:<10} round {round_ + 1}/{rounds} {target:<6} "
-                f"{len(measurement.results):>5} streams, {measurement.tokens / measurement.elapsed:>9,.0f} tok/s"
+                f"{len(measurement.results):>5} streams, "
+                f"{measurement.tokens / measurement.elapsed:>9,.0f} tok/s"
                 + (f", {failed} FAILED" if failed else "")
             )
             # Let the proxy finish closing the round's streams before the next target starts.
@@ -523,7 +534,8 @@ async def run_bench(
                 if profile_dir is not None:
                     for target in BATON_TARGETS:
                         say(
-                            f"profiling Baton with py-spy under the {profile_workload} workload via {target}"
+                            f"profiling Baton with py-spy under the {profile_workload} workload "
+                            f"via {target}"
                         )
                         load, seconds = _profile_load(settings, workloads[profile_workload])
                         profiles[target] = await profile_proxy(
@@ -536,8 +548,8 @@ async def run_bench(
                 logs.close()
     return BenchRun(
         settings=settings, measurements=tuple(measurements), proxy_idle_rss=idle_rss,
-        proxy_final_status=status, proxy_log_problem_count=problem_count, proxy_log_problems=problems,
-        peak_reset_works=peak_reset, profiles=profiles,
+        proxy_final_status=status, proxy_log_problem_count=problem_count,
+        proxy_log_problems=problems, peak_reset_works=peak_reset, profiles=profiles,
     )  # fmt: skip
 
 
@@ -561,7 +573,7 @@ def _profile_load(
 async def _open_http_clients(
     kind: str, ports: dict[str, int], max_connections: int
 ) -> AsyncIterator[dict[str, HTTPClient]]:
-    """The load's HTTP clients, one per HTTP target (its port in ``ports``), of the ``kind`` asked for."""
+    """The load's HTTP clients of the ``kind`` asked for, one per HTTP target (in ``ports``)."""
     if kind == "httpx":
         async with AsyncExitStack() as stack:
             yield {
@@ -592,7 +604,8 @@ def _log_problems(logs: IO[bytes], limit: int = 20) -> tuple[int, tuple[str, ...
     """How many of the children's log lines are warnings, errors or tracebacks; the first few."""
     logs.flush()
     logs.seek(0)
-    count, first = 0, []
+    count = 0
+    first: list[str] = []
     for raw in logs:
         line = raw.decode(errors="replace").rstrip()
         if any(level in line for level in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")):

@@ -59,13 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mock-burst", type=int, help="token events per send at the mock with no delay (default 1)"
     )
-    parser.add_argument("--http-client", choices=("raw", "httpx"),
-                        help="the load generator's HTTP client: raw (lean, default) or httpx")  # fmt: skip
+    parser.add_argument(
+        "--http-client",
+        choices=("raw", "httpx"),
+        help="the load generator's HTTP client: raw (lean, default) or httpx",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="afterwards, profile Baton with py-spy under the throughput workload")  # fmt: skip
-    parser.add_argument("--profile-workload", choices=WORKLOADS, default="throughput",
-                        help="the workload to profile under (default throughput)")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="afterwards, profile Baton with py-spy under the throughput workload",
+    )
+    parser.add_argument(
+        "--profile-workload",
+        choices=WORKLOADS,
+        default="throughput",
+        help="the workload to profile under (default throughput)",
+    )
     parser.add_argument(
         "--proxy-log-level", default="INFO", help="Baton's log level (default INFO, as baton serve)"
     )

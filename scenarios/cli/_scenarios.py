@@ -177,7 +177,8 @@ def _run(
         totals[2] += report.failovers
     verdict = f"{failed} with violations" if failed else "no violations"
     print(
-        f"scenarios: {len(names)} suites, {totals[0]} examples, {totals[1]} streams, {totals[2]} failovers: {verdict}",
+        f"scenarios: {len(names)} suites, {totals[0]} examples, {totals[1]} streams, "
+        f"{totals[2]} failovers: {verdict}",
         file=out,
     )
     return 1 if failed else 0
@@ -219,7 +220,8 @@ def _reliability(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         or args.concurrency < 1
     ):
         print(
-            f"baton scenarios reliability: --streams must be 1-{MAX_STREAMS}, rates 0-1, --concurrency >= 1",
+            f"baton scenarios reliability: --streams must be 1-{MAX_STREAMS}, rates 0-1, "
+            "--concurrency >= 1",
             file=err,
         )
         return 2

@@ -74,7 +74,7 @@ async def serve_default(host: str, ws_port: int, http_port: int) -> None:
 
 async def _start(config: BatonConfig) -> tuple[int, int]:
     async with trio.open_nursery() as nursery:
-        ports = await nursery.start(
+        ports: tuple[int, int] = await nursery.start(
             functools.partial(run_baton, config, build_providers(config), handle_signals=True)
         )
         server = config.server

@@ -8,7 +8,7 @@ trio's clock, so under ``MockClock`` a minute-long stall costs nothing. Its ``lo
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -155,7 +155,7 @@ class FakeProvider:
 
     async def _events(
         self, record: AttemptRecord, plan: AttemptPlan, b: Behaviour, model: str
-    ) -> AsyncIterator[UpstreamEvent]:
+    ) -> AsyncGenerator[UpstreamEvent, None]:
         tokens = plan.tokens
         # A fault set past the end of the answer strikes after the last token.
         strike_at = min(b.at_token, len(tokens))

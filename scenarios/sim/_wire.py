@@ -55,8 +55,14 @@ def parse_chat(raw: bytes, api: str) -> ChatRequest:
     for item in raw_messages:
         if not isinstance(item, dict) or "role" not in item:
             raise BadRequest("each message needs a role and content")
-        role = "system" if item["role"] == "developer" else item["role"]
-        messages.append(Message(role=role, content=_text_of(item.get("content"))))
+        content = _text_of(item.get("content"))
+        match item["role"]:
+            case "system" | "developer":  # "developer" is OpenAI's newer name for it
+                messages.append(Message(role="system", content=content))
+            case "user" | "assistant" as role:
+                messages.append(Message(role=role, content=content))
+            case role:
+                raise BadRequest(f"messages: unknown role {role!r}")
     skip = ("model", "messages", "stream", "stream_options", "system")
     return ChatRequest(
         model=body["model"],
@@ -109,6 +115,7 @@ def retry_after_header(seconds: float) -> str:
 
 def models_body(api: str, model: str, created: int) -> dict[str, Any]:
     """The model list a provider of ``api`` answers ``GET /v1/models`` with."""
+    entry: dict[str, Any]
     if api == "anthropic":
         entry = {
             "type": "model",
@@ -191,8 +198,8 @@ class AnthropicWire:
 
     def __init__(self, ident: str, model: str, prompt_tokens: int) -> None:
         self._ident, self._model, self._prompt_tokens = ident, model, prompt_tokens
-        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}
-        delta["delta"]["text"] = _MARK
+        text_delta = {"type": "text_delta", "text": _MARK}
+        delta = {"type": "content_block_delta", "index": 0, "delta": text_delta}
         self._prefix, self._suffix = _template(delta)
         self.headers = [*SSE_HEADERS, ("request-id", ident)]
 

@@ -23,7 +23,8 @@ def test_sse_reader_counts_the_same_text_however_the_bytes_are_split() -> None:
         b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\r\n\r\n'
         b": keep-alive\n\n"
         b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
-        b'event: message\ndata: {"choices":[{"index":0,\ndata: "delta":{"content":"lo \\u00e9"}}]}\n\n'
+        b'event: message\ndata: {"choices":[{"index":0,\n'
+        b'data: "delta":{"content":"lo \\u00e9"}}]}\n\n'
         b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
         b"data: [DONE]\n\n"
     )

@@ -194,6 +194,22 @@ async def test_anthropic_requires_max_tokens(sim: SimulatedProvider) -> None:
     assert sim.log == [] and sim.invalid_requests == ["max_tokens: Field required"]
 
 
+async def test_developer_is_a_system_message_and_an_unknown_role_is_400(
+    sim: SimulatedProvider,
+) -> None:
+    developer = {"role": "developer", "content": "Be brief."}
+    body = {**OPENAI_BODY, "messages": [developer, *OPENAI_BODY["messages"]]}
+    tool = {**OPENAI_BODY, "messages": [{"role": "tool", "content": "42"}]}
+    async with http_client() as client:
+        events = await read_all(client, f"{sim.base_url_openai}/chat/completions", body)
+        response = await client.post(f"{sim.base_url_openai}/chat/completions", json=tool)
+    system = Message(role="system", content="Be brief.")
+    assert openai_text(events) == "".join(answer_tokens((system, *USER)))
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert sim.invalid_requests == ["messages: unknown role 'tool'"]
+
+
 async def test_status_error_bodies_and_retry_after() -> None:
     schedule = FaultSchedule.always(
         Behaviour("status", status=429, retry_after=3.0, message="slow down")
