@@ -8,18 +8,18 @@ saw, what each provider saw (``AttemptRecord``s, probes), every health transitio
 proxy's statistics once the streams were over. The invariants are checked on that history
 (``_invariants``), never during the run, so a run never stops half way.
 
-Health transitions are recorded by a logging handler on ``actors._health`` for the duration
-of the run: the health actor logs each state change once, with the provider, the new and old
-state and its consecutive-failure count as the record's arguments (no text parsing), and
-credential trips at ERROR. The handler stamps each with ``trio.current_time()``.
+Health transitions are recorded through ``open_baton``'s ``on_transition`` hook: the health
+actor reports each state change once, with the provider, the old and new state, the
+consecutive-failure count, the time, and whether rejected credentials opened the breaker (a
+credential trip, which need not wait for the failure threshold).
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import attrs
@@ -32,6 +32,7 @@ from actors import (
     ClientEvent,
     Delta,
     Failover,
+    HealthTransition,
     RequestError,
     RouteConfig,
     StreamStatistics,
@@ -51,7 +52,6 @@ SPACING_SLACK = 1.5
 SETTLE_STEP = 0.01  # seconds (mock time) between looks at whether the sessions have ended
 SHUTDOWN_GRACE = 60.0  # seconds (mock time) the system may take to stop after the last stream
 CLOSE_GRACE = 30.0  # seconds the simulators may take to see every attempt closed
-_HEALTH_LOGGER = "actors._health"
 
 
 def client_text(events: Sequence[ClientEvent]) -> str:
@@ -87,7 +87,7 @@ class ClientRun:
 
 @attrs.frozen(kw_only=True)
 class Transition:
-    """One health state change of a provider, as the health actor logged it."""
+    """One health state change of a provider, as the health actor reported it."""
 
     provider: str
     old: str
@@ -144,47 +144,16 @@ def stream_bound(
     )
 
 
-class _HealthRecorder(logging.Handler):
-    """Collects the health actor's transition and credential-trip log records."""
-
-    def __init__(self, history: History) -> None:
-        super().__init__(logging.WARNING)
-        self._history = history
-
-    def emit(self, record: logging.LogRecord) -> None:
-        args = record.args if isinstance(record.args, tuple) else ()
-        try:
-            now = trio.current_time()
-        except RuntimeError:
-            return
-        if (
-            isinstance(record.msg, str)
-            and record.msg.startswith("provider %s is now %s")
-            and len(args) == 4
-        ):
-            provider, new, old, failures = args
-            count = failures if isinstance(failures, int) else -1
-            transition = Transition(
-                provider=str(provider), old=str(old), new=str(new), failures=count, at=now
-            )
-            self._history.transitions.append(transition)
-        elif record.levelno >= logging.ERROR and "credentials" in str(record.msg) and args:
-            self._history.trips.append((str(args[0]), now))
-
-
-@contextmanager
-def _recording_health(history: History) -> Iterator[None]:
-    logger = logging.getLogger(_HEALTH_LOGGER)
-    handler = _HealthRecorder(history)
-    level = logger.level
-    if logger.getEffectiveLevel() > logging.WARNING:
-        logger.setLevel(logging.WARNING)  # the recorder needs the records to be made
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+def _record_transition(history: History, change: HealthTransition) -> None:
+    """``on_transition``: keep a health state change (and a credential trip) in the history."""
+    history.transitions.append(
+        Transition(
+            provider=change.provider, old=change.old, new=change.new,
+            failures=change.consecutive_failures, at=change.at,
+        )  # fmt: skip
+    )
+    if change.credentials_rejected:
+        history.trips.append((change.provider, change.at))
 
 
 def _seed_scheduler(seed: int) -> None:
@@ -210,11 +179,10 @@ def play(
     config = scenario_config(scenario, user_config)
     history = History(scenario=scenario, config=config, real_sockets=real_sockets)
     _seed_scheduler(scenario.seed)
-    with _recording_health(history):
-        try:
-            trio.run(_play, history, clock=trio.testing.MockClock(autojump_threshold=0))
-        except Exception as exc:  # noqa: BLE001 - a crash is a finding, judged with the rest
-            history.crash = _first_error(exc)
+    try:
+        trio.run(_play, history, clock=trio.testing.MockClock(autojump_threshold=0))
+    except Exception as exc:  # noqa: BLE001 - a crash is a finding, judged with the rest
+        history.crash = _first_error(exc)
     return history
 
 
@@ -239,7 +207,10 @@ async def _play(history: History) -> None:
         async with AsyncExitStack() as stack:
             providers = await _providers(stack, history)
             baton = await stack.enter_async_context(
-                open_baton(config, providers, seed=scenario.seed)
+                open_baton(
+                    config, providers, seed=scenario.seed,
+                    on_transition=functools.partial(_record_transition, history),
+                )  # fmt: skip
             )
             async with trio.open_nursery() as nursery:
                 for i, spec in enumerate(scenario.clients):

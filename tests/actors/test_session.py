@@ -273,6 +273,43 @@ async def test_broken_credentials_mark_the_provider_unhealthy_at_once(
     assert any("credentials" in r.getMessage() for r in caplog.records)
 
 
+async def test_health_transitions_reach_on_transition_and_are_counted(autojump_clock, fakes):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    changes = []
+    providers = fakes(a=first(1, "status", status=401), b=HEALTHY)
+    config = make_config(a={"health": {"cooldown": 5.0, "probe_interval_unhealthy": 1.0}})
+    async with open_baton(
+        config, providers, meter_provider=MeterProvider(metric_readers=[reader]),
+        on_transition=changes.append,
+    ) as baton:  # fmt: skip
+        await run_stream(baton)
+        await trio.sleep(5.0)  # the cooldown ends: probing
+        await run_stream(baton)  # the trial succeeds: healthy
+    assert [(c.provider, c.old, c.new) for c in changes] == [
+        ("a", "healthy", "unhealthy"),
+        ("a", "unhealthy", "probing"),
+        ("a", "probing", "healthy"),
+    ]
+    assert [c.credentials_rejected for c in changes] == [True, False, False]
+    assert changes[0].consecutive_failures == 1 and changes[1].at == pytest.approx(5.0, abs=0.1)
+    [metric] = [
+        m
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "proxy_health_transitions"
+    ]
+    counted = {(p.attributes["from"], p.attributes["to"]): p.value for p in metric.data.data_points}
+    assert counted == {
+        ("healthy", "unhealthy"): 1,
+        ("unhealthy", "probing"): 1,
+        ("probing", "healthy"): 1,
+    }
+
+
 async def test_every_target_failing_ends_with_all_providers_unavailable(autojump_clock, fakes):
     providers = fakes(a=always("refuse"), b=always("status", status=503))
     async with open_baton(make_config(), providers) as baton:
