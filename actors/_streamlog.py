@@ -42,10 +42,6 @@ class StreamLog:
         return f"<StreamLog {self.stream_id} next_seq={self._next_seq} read={self._read_seq}>"
 
     @property
-    def next_seq(self) -> int:
-        return self._next_seq
-
-    @property
     def closed(self) -> bool:
         return self.terminal is not None
 

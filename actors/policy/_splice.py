@@ -106,10 +106,6 @@ class SpliceGuard:
     def __repr__(self) -> str:
         return f"SpliceGuard(delivered={self._delivered[-40:]!r}, held={''.join(self._buffer)!r})"
 
-    @property
-    def decided(self) -> bool:
-        return self._decided
-
     def feed(self, text: str) -> SpliceStep:
         """Take the next piece of the continuation; return what may be forwarded."""
         if self._decided:
