@@ -3,7 +3,9 @@
 Callers take a slot with ``async with pool.slot(provider, timeout=...)``; when a provider is
 at ``max_connections``, callers wait in arrival order until a slot frees or their timeout
 passes (``PoolTimeout``), never silently dropped. The decisions live in ``PoolState``
-(synchronous, like httpcore's pool); the actor loop only applies messages to it.
+(synchronous, like httpcore's pool); the actor loop only applies messages to it. While the
+actor is idle, a caller applies its own acquire or release on its own turn instead (see
+``PoolActor.slot``), sparing the task switches of a message and a grant.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class ProviderPoolStatistics:
     in_use: int
     waiting: int
     total_acquired: int
+    total_acquired_nowait: int  # of those, granted on the caller's turn: free, nobody waiting
     total_waited: float  # seconds callers spent waiting, summed
     total_timeouts: int
 
@@ -72,6 +75,7 @@ class _ProviderPool:
         self.holders: set[object] = set()
         self.waiters: deque[Acquire] = deque()
         self.total_acquired = 0
+        self.total_acquired_nowait = 0
         self.total_waited = 0.0
         self.total_timeouts = 0
 
@@ -99,6 +103,16 @@ class PoolState:
                             break
         self._grant(pool)
 
+    def acquire_nowait(self, provider: str, token: object) -> bool:
+        """Grant ``token`` a slot at once if one is free and nobody waits for one."""
+        pool = self._pools[provider]
+        if pool.waiters or len(pool.holders) >= pool.limit:
+            return False
+        pool.holders.add(token)
+        pool.total_acquired += 1
+        pool.total_acquired_nowait += 1
+        return True
+
     def _grant(self, pool: _ProviderPool) -> None:
         while pool.waiters and len(pool.holders) < pool.limit:
             waiter = pool.waiters.popleft()
@@ -117,6 +131,7 @@ class PoolState:
                     in_use=len(p.holders),
                     waiting=len(p.waiters),
                     total_acquired=p.total_acquired,
+                    total_acquired_nowait=p.total_acquired_nowait,
                     total_waited=p.total_waited,
                     total_timeouts=p.total_timeouts,
                 )
@@ -153,15 +168,38 @@ class PoolActor:
 
         Waits in FIFO order; raises ``PoolTimeout`` after ``timeout`` seconds. Cancellation
         while waiting or holding gives the slot back.
+
+        While the actor is idle (parked on an empty mailbox), a free slot nobody waits for is
+        granted on the caller's own turn, and a slot is given back the same way: that is what
+        the actor would do with the message next, and doing it here is safe because trio runs
+        one task at a time and ``PoolState`` never awaits, so nobody else touches the state
+        meanwhile. Otherwise the caller sends its message and queues behind those before it.
         """
         token = object()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._idle() and self._state.acquire_nowait(provider, token):
+            waited = 0.0
+        else:
+            waited = await self._wait_in_line(provider, token, timeout)
+        try:
+            yield waited
+        finally:
+            self._release(provider, token, waited)
+
+    def _idle(self) -> bool:
+        mailbox = self._receive.statistics()
+        return mailbox.current_buffer_used == 0 and mailbox.tasks_waiting_receive == 1
+
+    async def _wait_in_line(self, provider: str, token: object, timeout: float) -> float:
+        """Ask the actor for a slot and wait for it; leaves the line on a timeout or cancel."""
         reply_send, reply_receive = trio.open_memory_channel[bool](GRANT_BUFFER)
         started = trio.current_time()
-        waited = 0.0
         try:
             self._send.send_nowait(Acquire(provider=provider, token=token, reply=reply_send))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise PoolTimeout(f"the upstream pool is shut down; no slot of {provider}") from None
+        waited = 0.0
+        granted = False
         try:
             with trio.move_on_after(timeout) as waiting:
                 await reply_receive.receive()
@@ -169,10 +207,20 @@ class PoolActor:
             if waiting.cancelled_caught:
                 # A grant racing the timeout is harmless: the Release below frees it.
                 raise PoolTimeout(f"no upstream slot of {provider} freed up within {timeout:g} s")
-            yield waited
+            granted = True
+            return waited
         finally:
             reply_receive.close()
-            try:
-                self._send.send_nowait(Release(provider=provider, token=token, waited=waited))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the pool is shutting down; there is nothing left to give back
+            if not granted:
+                self._release(provider, token, waited)
+
+    def _release(self, provider: str, token: object, waited: float) -> None:
+        """Give back the token's slot, or its place in line (never blocks)."""
+        release = Release(provider=provider, token=token, waited=waited)
+        if self._idle():
+            self._state.apply(release)
+            return
+        try:
+            self._send.send_nowait(release)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the pool is shutting down; there is nothing left to give back

@@ -30,7 +30,7 @@ from ._load import LoadMonitor, LoadStatistics
 from ._messages import ClientEvent, Message
 from ._pool import PoolActor, ProviderPoolStatistics
 from ._provider import Provider
-from ._router import RouterActor
+from ._router import RouterActor, RouterStatistics
 from ._session import StreamSession, StreamStatistics
 from ._streamlog import StreamLog
 from ._supervisor import Supervisor
@@ -56,6 +56,7 @@ class BatonStatistics:
     active_streams: int
     finished: Mapping[StreamEnd, int]  # streams that have ended, counted by outcome
     failovers: int  # failovers of the streams that have ended, summed
+    router: RouterStatistics
     restarts: int
     load: LoadStatistics
 
@@ -222,6 +223,7 @@ class Baton:
             active_streams=len(self._streams),
             finished=dict(self._finished),
             failovers=self._failovers,
+            router=self._ctx.router.statistics(),
             restarts=self._supervisor.statistics().restarts,
             load=self._ctx.load.statistics(),
         )

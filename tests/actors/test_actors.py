@@ -75,6 +75,53 @@ async def test_a_cancelled_holder_gives_its_slot_back(autojump_clock):
         pool.close()
 
 
+async def test_an_idle_pool_grants_a_free_slot_on_the_callers_turn(autojump_clock):
+    pool = PoolActor({"p": 2})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        for _ in range(3):
+            async with pool.slot("p", timeout=1) as waited:
+                assert waited == 0
+        async with pool.slot("p", timeout=1), pool.slot("p", timeout=1):
+            stats = pool.statistics().providers["p"]
+            assert stats.in_use == 2
+        pool.close()
+    stats = pool.statistics().providers["p"]
+    assert stats.total_acquired == stats.total_acquired_nowait == 5 and stats.in_use == 0
+
+
+async def test_a_freed_slot_goes_to_the_caller_in_line_not_to_a_newcomer(autojump_clock):
+    pool = PoolActor({"p": 1})
+    order = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+
+        async def greedy():
+            async with pool.slot("p", timeout=100):
+                order.append("greedy")
+                await trio.sleep(1)
+            # Given back and asked for again on the same turn: the one waiting goes first.
+            async with pool.slot("p", timeout=100):
+                order.append("greedy again")
+
+        async def patient():
+            await trio.sleep(0.5)
+            async with pool.slot("p", timeout=100):
+                order.append("patient")
+                await trio.sleep(1)
+
+        nursery.start_soon(greedy)
+        nursery.start_soon(patient)
+        await trio.sleep(0.75)
+        assert pool.statistics().providers["p"].waiting == 1
+        await trio.sleep(10)
+        pool.close()
+    assert order == ["greedy", "patient", "greedy again"]
+    stats = pool.statistics().providers["p"]
+    assert stats.total_acquired == 3 and stats.total_acquired_nowait == 1
+    assert stats.total_waited == pytest.approx(0.5 + 1.0)
+
+
 # --- health ----------------------------------------------------------------------------------
 
 
@@ -195,6 +242,39 @@ async def test_weighted_route_honours_weights(autojump_clock):
         picks = [(await router.pick("r")).index for _ in range(400)]
         router.close()
     assert picks.count(0) == 300 and picks.count(1) == 100
+
+
+async def test_an_idle_router_answers_on_the_askers_turn(autojump_clock):
+    router = RouterActor({"r": route("weighted", (1, 1))}, HealthBoard())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        picks = [(await router.pick("r")).index for _ in range(4)]
+        router.close()
+    assert picks == [0, 1, 0, 1]
+    stats = router.statistics()
+    assert stats.total_picks == stats.picked_nowait == 4
+
+
+async def test_askers_queued_for_a_busy_router_are_answered_in_arrival_order(autojump_clock):
+    # Four equal weights: the n-th pick the router answers goes to target n, so each asker's
+    # answer shows its place in the order of answers.
+    router = RouterActor({"r": route("weighted", (1, 1, 1, 1))}, HealthBoard())
+    answers = {}
+    async with trio.open_nursery() as nursery:
+
+        async def ask(name):
+            answers[name] = (await router.pick("r")).index
+
+        for name in "abcd":  # the router is not running yet: each asker queues
+            nursery.start_soon(ask, name)
+            await trio.sleep(0.001)
+        await nursery.start(router.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == {"a": 0, "b": 1, "c": 2, "d": 3}
+        assert router.statistics().picked_nowait == 0
+        assert (await router.pick("r")).index == 0  # idle again: answered on the asker's turn
+        router.close()
+    assert router.statistics().total_picks == 5 and router.statistics().picked_nowait == 1
 
 
 # --- supervisor ------------------------------------------------------------------------------
