@@ -15,11 +15,11 @@ from ._report import against_passthrough as against_passthrough
 from ._report import format_report as format_report
 from ._report import summarize as summarize
 from ._report import to_json as to_json
-from ._run import DEFAULT as DEFAULT
-from ._run import QUICK as QUICK
-from ._run import TARGETS as TARGETS
-from ._run import WORKLOADS as WORKLOADS
 from ._run import BenchRun as BenchRun
-from ._run import BenchSettings as BenchSettings
 from ._run import Measurement as Measurement
 from ._run import run_bench as run_bench
+from ._settings import DEFAULT as DEFAULT
+from ._settings import QUICK as QUICK
+from ._settings import TARGETS as TARGETS
+from ._settings import WORKLOADS as WORKLOADS
+from ._settings import BenchSettings as BenchSettings

@@ -16,7 +16,8 @@ from typing import Any
 import attrs
 
 from ._clients import percentile
-from ._run import BATON_TARGETS, TARGETS, WORKLOADS, BenchRun, BenchSettings, Measurement
+from ._run import BenchRun, Measurement
+from ._settings import BATON_TARGETS, TARGETS, WORKLOADS, BenchSettings
 
 # Baton's targets (issue 7), checked for both the HTTP/SSE and the WebSocket side.
 TARGET_ADDED_TTFT_MS = 1.5

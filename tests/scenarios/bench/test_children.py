@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scenarios.bench import QUICK
 from scenarios.bench._procs import open_child
-from scenarios.bench._run import proxy_config, workloads_of
+from scenarios.bench._settings import proxy_config, workloads_of
 
 
 async def test_the_mock_baton_and_the_pass_through_start_and_stop_quietly(tmp_path: Path) -> None:
