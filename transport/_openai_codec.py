@@ -15,7 +15,16 @@ from typing import Any
 import attrs
 import orjson
 
-from actors import Message, RequestError, StreamError, Usage, parse_messages, parse_params
+from actors import (
+    BatonError,
+    Message,
+    RequestError,
+    StreamError,
+    StreamErrorCode,
+    Usage,
+    parse_messages,
+    parse_params,
+)
 
 # Generation parameters passed upstream (checked by ``actors.parse_params``).
 PASSED_PARAMS = (
@@ -45,11 +54,18 @@ _KNOWN = frozenset(
 )
 
 
-class APIError(RequestError):
-    """A request the HTTP API answers with an OpenAI-shaped error; ``param`` names the field."""
+class APIError(BatonError):
+    """A request the HTTP API answers with an OpenAI-shaped error; ``param`` names the field.
+
+    ``code`` is in OpenAI's vocabulary (``invalid_value``, ``model_not_found``, ...), which the
+    OpenAI SDKs know, not in Baton's own (``actors.RequestErrorCode``).
+    """
 
     def __init__(self, status: int, code: str, message: str, *, param: str | None = None) -> None:
-        super().__init__(code, message, status=status)
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
         self.param = param
 
 
@@ -170,7 +186,7 @@ def _developer_as_system(message: Any) -> Any:
 # --- errors ------------------------------------------------------------------------------------
 
 # The HTTP status a stream's error answers with when no text was sent yet.
-_STREAM_ERROR_STATUS: Mapping[str, int] = {
+_STREAM_ERROR_STATUS: Mapping[StreamErrorCode, int] = {
     "all_providers_unavailable": 503,
     "overloaded": 429,
     "shutting_down": 503,

@@ -58,6 +58,7 @@ from actors import (
     Failover,
     Message,
     RequestError,
+    RequestErrorCode,
     Started,
     StreamError,
     StreamHandle,
@@ -111,8 +112,8 @@ class ClientFrameError(RequestError):
     """
 
     def __init__(
-        self, code: str, message: str, *, ref: str | None = None, stream: str | None = None,
-        retryable: bool = False,
+        self, code: RequestErrorCode, message: str, *, ref: str | None = None,
+        stream: str | None = None, retryable: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(code, message)
         self.ref = ref
