@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 
 from ._errors import ConfigError
+from ._provider import ProbeKind
 
 ContinuationMode = Literal["auto", "prefill", "instruct", "replay"]
 Strategy = Literal["priority", "weighted", "least_latency"]
-ProbeKindName = Literal["models", "chat"]
 ProviderKind = Literal["openai", "anthropic"]
 
 DEFAULT_INSTRUCT_PROMPT = (
@@ -38,7 +38,7 @@ class HealthConfig:
     probe_interval: float = 30.0
     probe_interval_unhealthy: float = 5.0
     probe_timeout: float = 5.0
-    probe_kind: ProbeKindName = "models"
+    probe_kind: ProbeKind = "models"
     slow_ttft: float = 5.0
     ttft_alpha: float = 0.3  # EWMA weight of the newest time-to-first-token sample
 
@@ -180,11 +180,12 @@ def _check_value(where: str, key: str, value: Any, annotation: str) -> Any:
     return value
 
 
-_LITERAL_ALIASES = {
-    "ContinuationMode": ("auto", "prefill", "instruct", "replay"),
-    "Strategy": ("priority", "weighted", "least_latency"),
-    "ProbeKindName": ("models", "chat"),
-    "ProviderKind": ("openai", "anthropic"),
+# The choices of each Literal alias a field is annotated with, by the annotation's name.
+_LITERAL_ALIASES: dict[str, tuple[str, ...]] = {
+    "ContinuationMode": get_args(ContinuationMode),
+    "Strategy": get_args(Strategy),
+    "ProbeKind": get_args(ProbeKind),
+    "ProviderKind": get_args(ProviderKind),
 }
 
 

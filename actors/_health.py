@@ -18,7 +18,7 @@ import trio
 
 from ._config import HealthConfig
 from ._errors import UpstreamError
-from ._provider import Provider
+from ._provider import ProbeKind, Provider
 from .policy import _breaker as breaker
 from .policy._breaker import BreakerState
 from .policy._health_view import HealthSnapshot, HealthTransition
@@ -65,7 +65,7 @@ class Admit:
 @attrs.frozen(kw_only=True)
 class ProbeDone:
     ok: bool
-    kind: str
+    kind: ProbeKind
     detail: str = ""
 
 

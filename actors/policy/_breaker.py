@@ -27,6 +27,7 @@ from typing import Literal
 import attrs
 
 from .._config import HealthConfig
+from .._provider import ProbeKind
 
 Status = Literal["healthy", "degraded", "unhealthy", "probing", "rate_limited"]
 RATE_LIMIT_DEFAULT = 1.0  # seconds out of rotation after a 429 that named no time
@@ -218,7 +219,7 @@ def on_rate_limited(
 
 
 def on_probe(
-    state: BreakerState, config: HealthConfig, now: float, *, ok: bool, kind: str
+    state: BreakerState, config: HealthConfig, now: float, *, ok: bool, kind: ProbeKind
 ) -> BreakerState:
     """An active probe finished. Only a ``chat`` probe can close an open breaker."""
     state = advance(state, config, now)
