@@ -18,13 +18,14 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors._config import ProviderConfig
-from actors._errors import FailureKind, UpstreamError
-from actors._messages import (
+from actors import (
+    FailureKind,
     Finish,
     Malformed,
     Message,
+    ProviderConfig,
     TextDelta,
+    UpstreamError,
     UpstreamEvent,
     UpstreamRequest,
     Usage,

@@ -18,9 +18,18 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from actors._config import ProviderConfig
-from actors._errors import Failure, FailureKind, UpstreamError
-from actors._messages import Finish, Malformed, TextDelta, UpstreamEvent, UpstreamRequest, Usage
+from actors import (
+    Failure,
+    FailureKind,
+    Finish,
+    Malformed,
+    ProviderConfig,
+    TextDelta,
+    UpstreamError,
+    UpstreamEvent,
+    UpstreamRequest,
+    Usage,
+)
 
 from ._base import HTTPProvider
 from ._errors import failure_from_stream_error

@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import orjson
 
-from actors._config import ProviderConfig
-from actors._provider import ProbeKind
+from actors import ProbeKind, ProviderConfig
 
 from . import _chunked
 from ._http import (

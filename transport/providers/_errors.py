@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
-from actors._errors import Failure, FailureKind
+from actors import Failure, FailureKind
 
 #: Messages longer than this are cut; a provider's prose is for people, not for the policy.
 MAX_MESSAGE_CHARS = 500

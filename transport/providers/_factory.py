@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from actors._config import ProviderConfig
+from actors import ProviderConfig
 
 from ._anthropic import AnthropicProvider
 from ._openai import OpenAIProvider

@@ -19,9 +19,15 @@ import httpx
 import orjson
 import trio
 
-from actors._config import ProviderConfig
-from actors._errors import Failure, FailureKind, UpstreamError
-from actors._messages import Finish, TextDelta, UpstreamEvent
+from actors import (
+    Failure,
+    FailureKind,
+    Finish,
+    ProviderConfig,
+    TextDelta,
+    UpstreamError,
+    UpstreamEvent,
+)
 
 from ._errors import (
     failure_from_exception,

@@ -17,12 +17,14 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from actors._config import ProviderConfig
-from actors._errors import Failure, FailureKind, UpstreamError
-from actors._messages import (
+from actors import (
+    Failure,
+    FailureKind,
     Finish,
     Malformed,
+    ProviderConfig,
     TextDelta,
+    UpstreamError,
     UpstreamEvent,
     UpstreamRequest,
     Usage,
