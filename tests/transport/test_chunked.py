@@ -11,7 +11,7 @@ from h11._receivebuffer import ReceiveBuffer
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from transport.providers import _chunked
+from transport.providers import install_merging_chunked_reader
 from transport.providers._chunked import MergingChunkedReader
 
 Outcome = tuple[bytes, int, object]
@@ -98,8 +98,8 @@ def test_data_before_a_framing_error_is_delivered_first() -> None:
 
 
 def test_installed_into_h11_for_whole_responses() -> None:
-    """After ``install()``, an h11 client connection reads a response through the new reader."""
-    assert _chunked.install()
+    """Once installed, an h11 client connection reads a response through the new reader."""
+    assert install_merging_chunked_reader()
     tokens = [b"data: %d\n\n" % i for i in range(50)]
     client = h11.Connection(h11.CLIENT)
     client.send(h11.Request(method="GET", target="/", headers=[("host", "example")]))

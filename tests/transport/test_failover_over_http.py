@@ -16,7 +16,11 @@ import trio
 from actors import Delta, Done, Failover, Message, StreamError, config_from_dict, open_baton
 from scenarios import Behaviour, FaultSchedule, answer_tokens, open_simulated_provider
 from tests.actors.conftest import lag_the_loop
-from transport.providers import AnthropicProvider, OpenAIProvider
+from transport.providers import (
+    AnthropicProvider,
+    OpenAIProvider,
+    install_merging_chunked_reader,
+)
 
 PROMPT = (Message(role="user", content="Tell me about harbours."),)
 ANSWER = "".join(answer_tokens(PROMPT))
@@ -234,9 +238,10 @@ async def test_upstream_connections_are_reused_across_streams(autojump_clock, ki
 
 
 async def test_an_abandoned_stream_is_not_drained_but_closed(autojump_clock):
-    async with open_simulated_provider(
-        FaultSchedule.always(Behaviour("drip", token_delay=1.0))
-    ) as a, open_simulated_provider() as b:
+    async with (
+        open_simulated_provider(FaultSchedule.always(Behaviour("drip", token_delay=1.0))) as a,
+        open_simulated_provider() as b,
+    ):
         cfg = config("openai", a.base_url_openai, "openai", b.base_url_openai)
         providers = adapters(cfg)
         async with open_baton(cfg, providers) as baton:
@@ -285,6 +290,9 @@ async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same
     autojump_clock,
 ):
     """A busy event loop makes reads wait, so each carries more tokens; the answer is unchanged."""
+    # A read carries every token that arrived meanwhile only with the merging chunked reader,
+    # which `baton serve` installs at start-up (h11's own reader yields a token per event).
+    assert install_merging_chunked_reader()
 
     async def deltas(max_read_delay: float) -> list[str]:
         drip = FaultSchedule.always(Behaviour("drip", token_delay=0.02))

@@ -23,7 +23,7 @@ from actors import Baton, Message, RequestError, StreamError, Usage, config_from
 from scenarios import Behaviour, FakeProvider, FaultSchedule, answer_tokens
 from transport import MetricsEndpoint, serve_http
 from transport._openai_codec import ChunkEncoder, stream_error_status
-from transport.providers import _chunked
+from transport.providers import install_merging_chunked_reader
 
 PROMPT = [{"role": "user", "content": "Tell me about the harbour."}]
 TOKENS = answer_tokens([Message(role="user", content=PROMPT[0]["content"])])
@@ -183,7 +183,7 @@ async def test_stream_is_openais_exact_chunk_format() -> None:
 
 async def test_a_chunked_request_body_is_read_whole_with_the_merging_reader() -> None:
     """The faster chunked reader is process-wide, so the server reads request bodies with it."""
-    assert _chunked.install()
+    assert install_merging_chunked_reader()
     body = orjson.dumps({"model": "r", "messages": PROMPT, "stream": False})
 
     async def pieces() -> AsyncIterator[bytes]:

@@ -2,6 +2,7 @@
 
 from ._anthropic import AnthropicEventParser as AnthropicEventParser
 from ._anthropic import AnthropicProvider as AnthropicProvider
+from ._chunked import install_merging_chunked_reader as install_merging_chunked_reader
 from ._factory import make_provider as make_provider
 from ._openai import OpenAIChunkParser as OpenAIChunkParser
 from ._openai import OpenAIProvider as OpenAIProvider

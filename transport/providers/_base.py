@@ -16,7 +16,6 @@ import orjson
 
 from actors import ProbeKind, ProviderConfig
 
-from . import _chunked
 from ._http import (
     Clients,
     EventParser,
@@ -48,8 +47,6 @@ class HTTPProvider:
         stream_url: str,
         models_url: str,
     ) -> None:
-        # Every token is its own HTTP chunk; read them a network read at a time (see _chunked).
-        _chunked.install()
         self._config = config
         self._owns_client = client is None
         self._clients = (

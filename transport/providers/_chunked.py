@@ -15,8 +15,10 @@ this against h11's own reader). Only ``Data.chunk_start``/``chunk_end`` lose the
 h11 documents as "you probably shouldn't use this attribute at all". Data is never held back
 waiting for more: what the buffer has is returned at once, a partial chunk included.
 
-``install()`` puts the reader into h11's table of body readers, so every h11 connection in the
-process uses it (httpx's upstream connections and the HTTP server's request bodies alike). It
+``install_merging_chunked_reader()`` puts the reader into h11's table of body readers, so every
+h11 connection in the process uses it (httpx's upstream connections and the HTTP server's
+request bodies alike). Nothing calls it on import or when a provider is built: the process that
+wants it (``baton serve``) calls it once at start-up, where a reader of that program sees it. It
 checks that h11's internals have the shape it was written for and leaves h11 alone otherwise,
 so a future h11 degrades to the stock speed, never to a wrong body.
 """
@@ -150,11 +152,11 @@ _STATE = ("_bytes_in_chunk", "_bytes_to_discard", "_reading_trailer")
 _warned = False
 
 
-def install() -> bool:
-    """Make h11 read chunked bodies with ``MergingChunkedReader``; return whether it does.
+def install_merging_chunked_reader() -> bool:
+    """Make every h11 connection in the process read chunked bodies with ``MergingChunkedReader``.
 
-    Idempotent. Returns false, and changes nothing, when h11's internals are not the ones this
-    reader was written against.
+    Returns whether it does. Idempotent. Returns false, and changes nothing (with one warning),
+    when h11's internals are not the ones this reader was written against.
     """
     global _warned
     by_framing = _stock_readers()
