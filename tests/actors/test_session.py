@@ -5,10 +5,26 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors import Done, Failover, Started, StreamError, TextDelta, open_baton
+from actors import (
+    Delta,
+    Done,
+    Failover,
+    Started,
+    StreamError,
+    TextDelta,
+    config_from_dict,
+    open_baton,
+)
 from scenarios import Behaviour, FakeProvider, FaultSchedule, answer_tokens
 
-from .conftest import PROMPT, ScriptedProvider, healthy_answer, make_config, run_stream
+from .conftest import (
+    PROMPT,
+    Run,
+    ScriptedProvider,
+    healthy_answer,
+    make_config,
+    run_stream,
+)
 
 HEALTHY = FaultSchedule.healthy()
 
@@ -423,17 +439,37 @@ class BrokenProvider:
         return attempt()
 
 
-async def test_a_crashing_session_ends_only_its_own_stream_with_an_error(autojump_clock, fakes):
-    providers = {"a": BrokenProvider(), "b": FakeProvider("b")}
-    config = make_config()
-    async with open_baton(config, providers) as baton:
-        broken = await run_stream(baton)
-        assert broken.terminal.code == "internal_error" and broken.terminal.retryable
-        # The system keeps serving: another route over the healthy provider still answers.
-    only_b = make_config(("b",))
-    async with open_baton(only_b, {"b": providers["b"]}) as baton:
-        fine = await run_stream(baton)
-    assert isinstance(fine.terminal, Done)
+async def test_a_crashing_session_ends_only_its_own_stream_with_an_error(autojump_clock):
+    # One system, two routes: "broken" over an adapter with a bug, "default" over a slow,
+    # healthy provider whose stream is running when the other one crashes.
+    config = config_from_dict({
+        "providers": {
+            "a": {"kind": "openai", "base_url": "http://a.invalid/v1"},
+            "b": {"kind": "openai", "base_url": "http://b.invalid/v1"},
+        },
+        "routes": {
+            "default": {"targets": [{"provider": "b", "model": "model-b"}]},
+            "broken": {"targets": [{"provider": "a", "model": "model-a"}]},
+        },
+    })  # fmt: skip
+    slow = FakeProvider("b", FaultSchedule.always(Behaviour("drip", token_delay=0.1)))
+    async with open_baton(config, {"a": BrokenProvider(), "b": slow}) as baton:
+        running = baton.start_stream(route="default", messages=PROMPT)
+        before = []
+        while not any(isinstance(e, Delta) for e in before):  # started, and some of its text
+            before += await running.take()
+        assert not running.log.closed
+        crashed = [e async for e in baton.start_stream(route="broken", messages=PROMPT)]
+        assert isinstance(crashed[-1], StreamError) and crashed[-1].code == "internal_error"
+        assert crashed[-1].retryable
+        assert not running.log.closed, "the crash must not end the other stream"
+        survivor = Run(before + [e async for e in running], running.statistics())
+        survivor.check_shape()
+        after = await run_stream(baton)
+        stats = baton.statistics()
+    assert isinstance(survivor.terminal, Done) and survivor.text == healthy_answer()
+    assert isinstance(after.terminal, Done) and after.text == healthy_answer()
+    assert stats.finished == {"internal_error": 1, "done": 2} and stats.restarts == 0
 
 
 async def test_a_router_crash_ends_the_asking_stream_and_the_restarted_router_serves_the_next(
