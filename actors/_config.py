@@ -210,7 +210,7 @@ def _build(
 
 
 def _health(where: str, data: Any) -> HealthConfig:
-    health = _build(HealthConfig, where, data, {}, {})
+    health: HealthConfig = _build(HealthConfig, where, data, {}, {})
     if health.max_cooldown < health.cooldown:
         raise ConfigError(f"{where}.max_cooldown", "must not be smaller than cooldown")
     return health

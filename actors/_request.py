@@ -55,9 +55,10 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
                     or part.get("type") != "text"
                     or not isinstance(part.get("text"), str)
                 ):
+                    part_shape = '{"type": "text", "text": ...}'
                     raise RequestError(
                         "bad_request",
-                        f'messages[{i}].content[{j}] must be a text part ({{"type": "text", "text": ...}}).',
+                        f"messages[{i}].content[{j}] must be a text part ({part_shape}).",
                     )
                 texts.append(part["text"])
             content = "".join(texts)
@@ -105,9 +106,7 @@ def parse_params(raw: Any) -> dict[str, Any]:
                     "bad_request", "'stop' must be a string or a list of up to 4 strings."
                 )
         else:
-            raise RequestError(
-                "bad_request",
-                f"unknown parameter {key!r}; supported: {', '.join(sorted([*_INTEGERS, *_NUMBER_RANGES, 'stop']))}.",
-            )
+            supported = ", ".join(sorted([*_INTEGERS, *_NUMBER_RANGES, "stop"]))
+            raise RequestError("bad_request", f"unknown parameter {key!r}; supported: {supported}.")
         params[key] = value
     return params

@@ -294,8 +294,8 @@ class StreamSession:
         except trio.WouldBlock:
             self._error(
                 "overloaded",
-                f"Route {route.name!r} has no usable provider and {limiter.total_tokens:g} requests "
-                "are already waiting for one; retry later.",
+                f"Route {route.name!r} has no usable provider and {limiter.total_tokens:g} "
+                "requests are already waiting for one; retry later.",
                 retryable=True,
             )
             return None

@@ -216,7 +216,7 @@ class Baton:
                     kind=self._ctx.providers[name].kind,
                     health=self._board.get(name),
                     pool=pool.providers[name],
-                )  # fmt: skip
+                )
                 for name in self.config.providers
             },
             routes={name: route.targets for name, route in self.config.routes.items()},
@@ -264,11 +264,11 @@ async def open_baton(
     }
     router = RouterActor(config.routes, board, seed=seed)
     load = LoadMonitor(config.server.max_read_delay)
+    queues = {name: trio.CapacityLimiter(r.queue_size) for name, r in config.routes.items()}
     context = SessionContext(
         router=router, pool=pool, health=health, providers=providers,
         provider_configs=config.providers, telemetry=telemetry, random=random.Random(seed),
-        board=board, queues={name: trio.CapacityLimiter(r.queue_size) for name, r in config.routes.items()},
-        load=load,
+        board=board, queues=queues, load=load,
     )  # fmt: skip
 
     def healthy() -> list[tuple[str, int]]:

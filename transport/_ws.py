@@ -201,7 +201,10 @@ def encode_event(event: ClientEvent, *, ref: str | None = None) -> str:
                 "type": "done", "stream": event.stream, "seq": event.seq,
                 "finish_reason": event.finish_reason, "provider": event.provider,
                 "model": event.model,
-                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                },
             }  # fmt: skip
         case StreamError():
             data = {

@@ -91,13 +91,13 @@ def advance(state: BreakerState, config: HealthConfig, now: float) -> BreakerSta
     """Apply the transitions that only the passing of time causes."""
     if state.status == "unhealthy" and state.reopen_at is not None and now >= state.reopen_at:
         state = _move(state, "probing", now, half_open_in_flight=0, next_trial_at=now)
-    if state.status == "rate_limited" and state.rate_limited_until is not None:
-        if now >= state.rate_limited_until:
-            if state.resume_status == "unhealthy":
-                # Failures piled up while rate limited: open for a whole cooldown from now.
-                state = _open(attrs.evolve(state, rate_limited_until=None), config, now)
-            else:
-                state = _move(state, state.resume_status, now, rate_limited_until=None)
+    rate_limit_over = state.rate_limited_until is not None and now >= state.rate_limited_until
+    if state.status == "rate_limited" and rate_limit_over:
+        if state.resume_status == "unhealthy":
+            # Failures piled up while rate limited: open for a whole cooldown from now.
+            state = _open(attrs.evolve(state, rate_limited_until=None), config, now)
+        else:
+            state = _move(state, state.resume_status, now, rate_limited_until=None)
     if (
         state.status == "healthy"
         and state.healthy_since is not None
@@ -123,7 +123,7 @@ def admit(state: BreakerState, config: HealthConfig, now: float) -> tuple[Breake
 
 
 def wants_probe(state: BreakerState, config: HealthConfig, now: float) -> bool:
-    """Whether an active probe should run now: healthy ones on the ticker, probing ones as a trial."""
+    """Whether an active probe runs now: on the ticker when closed, as the trial when probing."""
     state = advance(state, config, now)
     if state.status in ("healthy", "degraded"):
         return True

@@ -113,7 +113,7 @@ def health_verdict(failure: Failure) -> HealthVerdict:
 
 def backoff(retry_number: int, jitter: float) -> float:
     """The jittered delay before retry number ``retry_number`` (1-based); ``jitter`` in [0, 1)."""
-    return BACKOFF_BASE * 2 ** (retry_number - 1) * (0.5 + 0.5 * jitter)
+    return BACKOFF_BASE * 2.0 ** (retry_number - 1) * (0.5 + 0.5 * jitter)
 
 
 def _spacing(previous_starts: tuple[float, ...], now: float) -> float:

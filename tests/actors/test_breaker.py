@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -153,6 +155,6 @@ def test_breaker_invariants_under_any_sequence(ops):
         ):
             assert state.reopen_at - now >= cfg.cooldown - 1e-9
     # While it flaps, an opening is followed by no other change for at least a cooldown.
-    for (t0, _, to), (t1, _, _) in zip(changes, changes[1:]):
+    for (t0, _, to), (t1, _, _) in pairwise(changes):
         if to == "unhealthy":
             assert t1 - t0 >= cfg.cooldown - 1e-9

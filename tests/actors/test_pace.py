@@ -106,7 +106,7 @@ async def test_the_monitor_paces_reads_while_the_loop_lags_and_only_while_stream
 
 
 async def test_a_long_calm_stream_is_sampled_rarely(autojump_clock):
-    """Under MockClock a ten-minute stream must stay a matter of milliseconds, not 30,000 wake-ups."""
+    """Under MockClock a ten-minute stream takes milliseconds, not 30,000 wake-ups."""
     slow = FakeProvider("a", FaultSchedule.always(Behaviour("drip", token_delay=5.0)))
     providers = {"a": slow, "b": FakeProvider("b")}
     async with open_baton(make_config(a={"idle_timeout": 60.0}), providers) as baton:

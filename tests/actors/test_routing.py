@@ -17,16 +17,18 @@ async def test_a_flapping_primary_is_routed_around_and_back_within_seconds_of_he
     down = FaultSchedule((Rule(Behaviour("status", status=503), start=0.0, end=60.0),))
     a, b = FakeProvider("a", down), FakeProvider("b")
     served = []
-    async with open_baton(make_config(), {"a": a, "b": b}, seed=3) as baton:
-        async with trio.open_nursery() as nursery:
-            for i in range(35):  # a request every 4 s for 140 s
 
-                async def one(start=trio.current_time()):
-                    run = await run_stream(baton)
-                    served.append((start, run.terminal))
+    async def one(baton, start):
+        run = await run_stream(baton)
+        served.append((start, run.terminal))
 
-                nursery.start_soon(one)
-                await trio.sleep(4)
+    async with (
+        open_baton(make_config(), {"a": a, "b": b}, seed=3) as baton,
+        trio.open_nursery() as nursery,
+    ):
+        for _ in range(35):  # a request every 4 s for 140 s
+            nursery.start_soon(one, baton, trio.current_time())
+            await trio.sleep(4)
     assert len(served) == 35
     assert all(isinstance(t, Done) for _, t in served), "every request is answered"
     back = min(start for start, t in served if start >= 60 and t.provider == "a")

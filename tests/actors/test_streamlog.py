@@ -8,7 +8,7 @@ from actors._streamlog import ResumeUnavailable, StreamLog
 
 
 def done_fields():
-    return dict(finish_reason="stop", provider="p", model="m", usage=Usage())
+    return {"finish_reason": "stop", "provider": "p", "model": "m", "usage": Usage()}
 
 
 async def test_a_reader_that_keeps_up_gets_every_delta_as_its_own_event():

@@ -299,7 +299,9 @@ async def test_under_load_reads_are_paced_into_fewer_larger_deltas_with_the_same
         async with open_simulated_provider(drip) as a:
             cfg = config_from_dict({
                 "server": {"max_read_delay": max_read_delay},
-                "providers": {"a": {"kind": "openai", "base_url": a.base_url_openai, "idle_timeout": 30.0}},
+                "providers": {
+                    "a": {"kind": "openai", "base_url": a.base_url_openai, "idle_timeout": 30.0}
+                },
                 "routes": {"default": {"targets": [{"provider": "a", "model": "ma"}]}},
             })  # fmt: skip
             providers = adapters(cfg)

@@ -696,7 +696,7 @@ async def test_a_read_delay_of_zero_reads_at_once(autojump_clock) -> None:
 
 
 async def test_a_providers_split_pools_act_as_one_client() -> None:
-    """The pools are lent most-free-first and share one cookie jar (limits: see the 70-stream test)."""
+    """The pools are lent most-free-first and share one cookie jar (limits: the 70-stream test)."""
     from contextlib import ExitStack
 
     from transport.providers._http import Clients

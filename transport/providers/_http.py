@@ -254,9 +254,10 @@ class UpstreamEvents:
 
     ``__anext__`` blocks until the provider sends enough bytes for an event. Cancelling it
     closes the body (httpx cannot resume a cancelled read), so a later ``__anext__`` raises
-    ``UpstreamError`` (``RESET``) instead of pretending the stream ended. It raises ``UpstreamError`` (``RESET`` when the body breaks, ``STREAM_ERROR`` for an
-    in-stream error, ``PROTOCOL`` for an undecodable stream) after first delivering every event
-    that arrived before the fault. It stops at the provider's end marker or at a clean end of
+    ``UpstreamError`` (``RESET``) instead of pretending the stream ended. It raises
+    ``UpstreamError`` (``RESET`` when the body breaks, ``STREAM_ERROR`` for an in-stream error,
+    ``PROTOCOL`` for an undecodable stream) after first delivering every event that arrived
+    before the fault. It stops at the provider's end marker or at a clean end of
     the body, finish reason or not: the session decides that a missing finish is an ``EOF``.
 
     Once text arrived and until the finish, each read first waits ``read_delay()`` seconds
