@@ -55,7 +55,7 @@ CLOSE_GRACE = 30.0  # seconds the simulators may take to see every attempt close
 
 
 def client_text(events: Sequence[ClientEvent]) -> str:
-    """The answer a client holds after ``events``: a ``reset`` failover discards what came before."""
+    """The answer a client holds after ``events``: a ``reset`` failover discards what preceded."""
     text = ""
     for event in events:
         if isinstance(event, Failover) and event.mode == "reset":
@@ -146,12 +146,14 @@ def stream_bound(
 
 def _record_transition(history: History, change: HealthTransition) -> None:
     """``on_transition``: keep a health state change (and a credential trip) in the history."""
-    history.transitions.append(
-        Transition(
-            provider=change.provider, old=change.old, new=change.new,
-            failures=change.consecutive_failures, at=change.at,
-        )  # fmt: skip
+    transition = Transition(
+        provider=change.provider,
+        old=change.old,
+        new=change.new,
+        failures=change.consecutive_failures,
+        at=change.at,
     )
+    history.transitions.append(transition)
     if change.credentials_rejected:
         history.trips.append((change.provider, change.at))
 
@@ -206,11 +208,9 @@ async def _play(history: History) -> None:
     with trio.move_on_after(whole) as scope:
         async with AsyncExitStack() as stack:
             providers = await _providers(stack, history)
+            record = functools.partial(_record_transition, history)
             baton = await stack.enter_async_context(
-                open_baton(
-                    config, providers, seed=scenario.seed,
-                    on_transition=functools.partial(_record_transition, history),
-                )  # fmt: skip
+                open_baton(config, providers, seed=scenario.seed, on_transition=record)
             )
             async with trio.open_nursery() as nursery:
                 for i, spec in enumerate(scenario.clients):
