@@ -25,7 +25,7 @@ from actors import BatonConfig, ConfigError, Provider, config_from_dict, open_ba
 from ._http import serve_http
 from ._metrics import MetricsEndpoint
 from ._ws import serve_ws
-from .providers import make_provider
+from .providers import install_merging_chunked_reader, make_provider
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ async def run_baton(
 
     With ``handle_signals`` (the ``baton`` process), SIGINT or SIGTERM drains: new streams
     are refused, running ones end with ``shutting_down`` and reach their clients, then the
-    servers stop.
+    servers stop. It installs the merging chunked reader into h11 first (process-wide; see
+    ``install_merging_chunked_reader``): every upstream token is its own HTTP chunk.
     """
+    install_merging_chunked_reader()
     metrics = MetricsEndpoint()
     server = config.server
     try:
