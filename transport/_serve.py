@@ -8,6 +8,7 @@ dependency chain), because with no config it serves against simulated providers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ import os
 import signal
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import trio
@@ -77,34 +78,16 @@ async def run_baton(
     """
     install_merging_chunked_reader()
     metrics = MetricsEndpoint()
-    server = config.server
+    # Listen for signals before the servers start, so a signal sent while they start drains
+    # instead of surfacing as a KeyboardInterrupt inside the servers' nursery.
+    signals_listener: contextlib.AbstractContextManager[AsyncIterator[int] | None] = (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+        if handle_signals
+        else contextlib.nullcontext()
+    )
     try:
-        async with (
-            open_baton(config, providers, meter_provider=metrics.meter_provider) as baton,
-            trio.open_nursery() as nursery,
-        ):
-            ws_port = await nursery.start(
-                functools.partial(serve_ws, baton, host=server.host, port=server.ws_port)
-            )
-            http_port = await nursery.start(
-                functools.partial(
-                    serve_http, baton, host=server.host, port=server.http_port,
-                    metrics=metrics, max_request_bytes=server.max_request_bytes,
-                )
-            )  # fmt: skip
-            log.info(
-                "Baton listening: ws://%s:%d/v1/stream and http://%s:%d/v1 (routes: %s)",
-                server.host, ws_port, server.host, http_port, ", ".join(config.routes),
-            )  # fmt: skip
-            task_status.started((ws_port, http_port))
-            if handle_signals:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("received %s; draining streams", signal.Signals(signum).name)
-                        break
-                # Running streams end with 'shutting_down' while the servers can still send it.
-                await baton.drain(DRAIN_TIMEOUT)
-                nursery.cancel_scope.cancel()
+        with signals_listener as signals:
+            await _serve_until_signal(config, providers, metrics, signals, task_status)
     finally:
         with trio.move_on_after(5, shield=True):
             for provider in providers.values():
@@ -112,6 +95,42 @@ async def run_baton(
                 if aclose is not None:
                     await aclose()
         metrics.close()
+
+
+async def _serve_until_signal(
+    config: BatonConfig,
+    providers: Mapping[str, Provider],
+    metrics: MetricsEndpoint,
+    signals: AsyncIterator[int] | None,
+    task_status: trio.TaskStatus[tuple[int, int]],
+) -> None:
+    """Run the actor system and both servers; with ``signals``, drain at the first signal."""
+    server = config.server
+    async with (
+        open_baton(config, providers, meter_provider=metrics.meter_provider) as baton,
+        trio.open_nursery() as nursery,
+    ):
+        ws_port = await nursery.start(
+            functools.partial(serve_ws, baton, host=server.host, port=server.ws_port)
+        )
+        http_port = await nursery.start(
+            functools.partial(
+                serve_http, baton, host=server.host, port=server.http_port,
+                metrics=metrics, max_request_bytes=server.max_request_bytes,
+            )
+        )  # fmt: skip
+        log.info(
+            "Baton listening: ws://%s:%d/v1/stream and http://%s:%d/v1 (routes: %s)",
+            server.host, ws_port, server.host, http_port, ", ".join(config.routes),
+        )  # fmt: skip
+        task_status.started((ws_port, http_port))
+        if signals is not None:
+            async for signum in signals:
+                log.info("received %s; draining streams", signal.Signals(signum).name)
+                break
+            # Running streams end with 'shutting_down' while the servers can still send it.
+            await baton.drain(DRAIN_TIMEOUT)
+            nursery.cancel_scope.cancel()
 
 
 class JSONFormatter(logging.Formatter):
