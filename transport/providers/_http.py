@@ -192,9 +192,13 @@ async def open_response(
 
     Raises ``UpstreamError``: ``CONNECT``/``TIMEOUT`` when no response came, ``STATUS`` for an
     HTTP error (the first 64 KiB of the body are read for the provider's code and message),
-    ``PROTOCOL`` for a redirect, and, when ``expect_event_stream``, ``STREAM_ERROR`` or
-    ``PROTOCOL`` for a JSON body where an event stream belongs.
+    ``PROTOCOL`` for a redirect or a compressed body (the request asks for ``identity``), and,
+    when ``expect_event_stream``, ``STREAM_ERROR`` or ``PROTOCOL`` for a JSON body where an
+    event stream belongs.
     """
+    # Compressed answers are refused, not decoded: a body that expands 1,000x would otherwise
+    # be inflated whole, a network read at a time, into Baton's memory.
+    request.headers["accept-encoding"] = "identity"
     try:
         response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
@@ -203,7 +207,15 @@ async def open_response(
         raise UpstreamError(failure) from exc
     try:
         status = response.status_code
-        if status >= 400:
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", ""):
+            failure = Failure(
+                kind=FailureKind.PROTOCOL,
+                message=f"answered HTTP {status} with Content-Encoding {encoding[:40]!r} "
+                "although Baton asked for identity; its body was not read",
+                status=status,
+            )
+        elif status >= 400:
             body = await read_bounded(response)
             failure = failure_from_status(
                 status, response.reason_phrase, response.headers, body, secret=secret
