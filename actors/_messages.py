@@ -28,14 +28,17 @@ class Message:
 
 @attrs.frozen(kw_only=True)
 class Usage:
-    """Token counts as a provider reports them."""
+    """Token counts as one provider reported them for one upstream request.
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    ``total_tokens`` is the provider's own total when it sent one (OpenAI does), else the sum.
+    Baton never makes these numbers up: where a provider reported none, there is no ``Usage``.
+    """
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int = attrs.field(
+        default=attrs.Factory(lambda u: u.prompt_tokens + u.completion_tokens, takes_self=True)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -130,12 +133,19 @@ class Failover:
 
 @attrs.frozen(kw_only=True)
 class Done:
+    """The answer is complete.
+
+    ``usage`` is the finishing attempt's own usage as its provider reported it (after a
+    failover its prompt includes the delivered text it was asked to continue); ``None`` when
+    that provider reported none.
+    """
+
     stream: str
     seq: int
     finish_reason: str
     provider: str
     model: str
-    usage: Usage
+    usage: Usage | None
 
 
 @attrs.frozen(kw_only=True)

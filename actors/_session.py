@@ -392,18 +392,12 @@ class StreamSession:
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None:
         if self._pending is not None:
             self._announce(target, "continue")
-        if self._failovers == 0 and usage is not None:
-            final_usage = usage  # one target answered it all: its own count is exact
-        else:
-            # After a failover, completion tokens count only what reached the client (one
-            # upstream delta ~ one token); prompt tokens are what the finishing target charged,
-            # which includes the delivered text it was asked to continue. Every attempt's own
-            # usage is in the stream's statistics.
-            prompt = usage.prompt_tokens if usage is not None else 0
-            final_usage = Usage(prompt_tokens=prompt, completion_tokens=self._delivered_deltas)
+        # The finishing attempt's usage as its provider reported it, or None: never a count
+        # of our own. After a failover its prompt includes the delivered text it continued;
+        # every attempt's own usage is in the stream's statistics and the token metrics.
         self.log.append(
             Done, finish_reason=finish.reason, provider=target.provider,
-            model=finish.model or target.model, usage=final_usage,
+            model=finish.model or target.model, usage=usage,
         )  # fmt: skip
 
     def _reject(self, target: Target, failure: Failure) -> None:

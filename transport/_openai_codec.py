@@ -299,8 +299,14 @@ class ChunkEncoder:
             + self._end
         )
 
-    def usage(self, usage: Usage) -> bytes:
-        """The final chunk of ``stream_options.include_usage``: no choices, the usage."""
+    def usage(self, usage: Usage | None) -> bytes:
+        """The final chunk of ``stream_options.include_usage``: no choices, the usage.
+
+        Nothing when the provider reported no usage: like a server that does not count, Baton
+        leaves the chunk out rather than invent numbers (every other chunk says ``null``).
+        """
+        if usage is None:
+            return b""
         usage_json = orjson.dumps(usage_object(usage))
         return (
             self._head + orjson.dumps(self.model)
@@ -319,9 +325,18 @@ class ChunkEncoder:
 
 
 def completion_body(
-    *, completion_id: str, created: int, model: str, text: str, finish_reason: str, usage: Usage
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: Usage | None,
 ) -> bytes:
-    """The JSON of a whole (``stream: false``) ``chat.completion``."""
+    """The JSON of a whole (``stream: false``) ``chat.completion``.
+
+    ``usage`` is ``null`` when the provider reported none (the SDKs type it as optional).
+    """
     return orjson.dumps(
         {
             "id": completion_id,
@@ -336,7 +351,7 @@ def completion_body(
                     "finish_reason": finish_reason,
                 }
             ],
-            "usage": usage_object(usage),
+            "usage": None if usage is None else usage_object(usage),
             "system_fingerprint": None,
         }
     )

@@ -201,9 +201,11 @@ def encode_event(event: ClientEvent, *, ref: str | None = None) -> str:
                 "type": "done", "stream": event.stream, "seq": event.seq,
                 "finish_reason": event.finish_reason, "provider": event.provider,
                 "model": event.model,
-                "usage": {
+                # The provider's own numbers, or null when it reported none.
+                "usage": None if usage is None else {
                     "prompt_tokens": usage.prompt_tokens,
                     "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
                 },
             }  # fmt: skip
         case StreamError():

@@ -58,6 +58,8 @@ class FakeProvider:
     arrival time in seconds after ``epoch`` (by default the trio time at construction, or at
     first use when constructed outside ``trio.run``). ``seed`` and ``words`` choose the answer
     text (see ``answer_tokens``); ``model_name`` overrides the model reported in ``Finish``.
+    ``reports_usage=False`` plays a provider that reports no token usage; ``usage_sent`` maps
+    a request's index to the usage it reported.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class FakeProvider:
         model_name: str | None = None,
         words: Words = "plain",
         epoch: float | None = None,
+        reports_usage: bool = True,
     ) -> None:
         self._name = name
         self._kind = kind
@@ -78,6 +81,8 @@ class FakeProvider:
         self.model_name = model_name
         self.words: Words = words
         self.epoch = epoch if epoch is not None else _now_or_none()
+        self.reports_usage = reports_usage
+        self.usage_sent: dict[int, Usage] = {}
         self.log: list[AttemptRecord] = []
         self.probes: list[ProbeRecord] = []
 
@@ -186,7 +191,11 @@ class FakeProvider:
             return
         # ``no_done`` differs from healthy only on the wire (no [DONE] after the finish).
         record.outcome = "finished"
-        usage = Usage(prompt_tokens=plan.prompt_tokens, completion_tokens=len(record.tokens_sent))
+        usage = None
+        if self.reports_usage:
+            sent = len(record.tokens_sent)
+            usage = Usage(prompt_tokens=plan.prompt_tokens, completion_tokens=sent)
+            self.usage_sent[record.index] = usage
         yield Finish(reason=plan.finish_reason, usage=usage, model=model)
 
     async def probe(self, kind: ProbeKind) -> None:

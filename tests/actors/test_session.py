@@ -67,10 +67,12 @@ async def test_a_reset_mid_stream_continues_on_the_next_target_without_loss_or_r
     )
     done = run.terminal
     assert isinstance(done, Done) and done.provider == "b" and done.model == "model-b"
-    # usage counts only what the client received
-    assert done.usage.completion_tokens == len(providers["a"].log[0].tokens_sent) + len(
-        providers["b"].log[0].tokens_sent
-    )
+    # The client's usage is the finishing attempt's own, as b reported it (its prompt holds the
+    # delivered text it continued); a broke before reporting any, as its statistics show.
+    a_attempt, b_attempt = run.statistics.attempts
+    assert done.usage is not None and done.usage == b_attempt.usage
+    assert done.usage.completion_tokens == len(providers["b"].log[0].tokens_sent)
+    assert a_attempt.usage is None
     # b was asked to continue exactly the delivered text (instruct form for OpenAI-compatible)
     request = providers["b"].log[0].request
     assert request.messages[-2].role == "assistant"

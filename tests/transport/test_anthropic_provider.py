@@ -352,6 +352,33 @@ async def test_cumulative_input_tokens_in_message_delta_win() -> None:
     )
 
 
+async def test_usage_is_the_input_and_output_tokens_as_reported() -> None:
+    [*_, finish] = await collect(provider_for(sse([STREAM])))
+    assert isinstance(finish, Finish) and finish.usage == Usage(
+        prompt_tokens=25, completion_tokens=15, total_tokens=40
+    )
+
+
+@pytest.mark.parametrize("reported", ["neither", "input only", "output only"])
+async def test_no_usage_unless_both_counts_were_reported(reported: str) -> None:
+    start_usage = {"input_tokens": 25} if reported == "input only" else None
+    start = event(
+        "message_start",
+        {"type": "message_start", "message": {"model": MODEL, "usage": start_usage}},
+    )
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    }
+    if reported == "output only":
+        delta["usage"] = {"output_tokens": 3}
+    stream = start + text("x") + event("message_delta", delta) + MESSAGE_STOP
+    assert await collect(provider_for(sse([stream]))) == [
+        TextDelta("x"),
+        Finish(reason="stop", usage=None, model=MODEL),
+    ]
+
+
 async def test_message_stop_ends_iteration() -> None:
     stream = MESSAGE_START + text("a") + message_delta("end_turn") + MESSAGE_STOP + text("ignored")
     assert await collect(provider_for(sse([stream]))) == [

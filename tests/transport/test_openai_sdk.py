@@ -136,8 +136,14 @@ async def test_streaming_answer(flavour: str, include_usage: bool) -> None:
     if include_usage:
         last = chunks[-1]
         assert last.choices == []
-        assert last.usage.completion_tokens == len(TOKENS)
-        assert last.usage.total_tokens == last.usage.prompt_tokens + len(TOKENS)
+        # Exactly the provider's numbers.
+        sent = server.providers["a"].usage_sent[0]
+        assert (
+            last.usage.prompt_tokens,
+            last.usage.completion_tokens,
+            last.usage.total_tokens,
+        ) == (sent.prompt_tokens, sent.completion_tokens, sent.total_tokens)
+        assert sent.completion_tokens == len(TOKENS)
         assert all(c.usage is None for c in chunks[:-1])
     else:
         assert all(c.usage is None and c.choices for c in chunks)
@@ -158,11 +164,29 @@ async def test_non_streaming_answer(flavour: str) -> None:
         ANSWER,
         "stop",
     )
-    assert completion.usage.completion_tokens == len(TOKENS)
+    sent = server.providers["a"].usage_sent[0]
+    usage = completion.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        sent.prompt_tokens, len(TOKENS), sent.total_tokens,
+    )  # fmt: skip
     assert (short.choices[0].message.content, short.choices[0].finish_reason) == (
         "".join(TOKENS[:3]),
         "length",
     )
+
+
+@FLAVOURS
+async def test_no_usage_from_the_provider_is_none_on_every_answer(flavour: str) -> None:
+    providers = {"a": FakeProvider("a", reports_usage=False), "b": FakeProvider("b")}
+    async with running(two_targets(), providers) as server:
+        chunks, error = await stream(
+            server, flavour, model="r", messages=PROMPT, stream_options={"include_usage": True}
+        )
+        completion = await create(server, flavour, model="r", messages=PROMPT)
+    assert error is None and text_of(chunks) == ANSWER
+    # No usage chunk: every chunk carries its choice, none carries numbers.
+    assert all(c.choices and c.usage is None for c in chunks)
+    assert completion.choices[0].message.content == ANSWER and completion.usage is None
 
 
 @FLAVOURS

@@ -61,10 +61,14 @@ async def running(
     b: FaultSchedule | None = None,
     *,
     max_request_bytes: int = 65536,
+    reports_usage: bool = True,
     **serve: Any,
 ) -> AsyncIterator[Server]:
     """Run a Baton over fakes ``a`` then ``b`` (route ``default``) behind ``serve_ws``."""
-    providers = {"a": FakeProvider("a", a), "b": FakeProvider("b", b)}
+    providers = {
+        name: FakeProvider(name, schedule, reports_usage=reports_usage)
+        for name, schedule in (("a", a), ("b", b))
+    }
     config = config_from_dict({
         "server": {"max_request_bytes": max_request_bytes},
         "providers": {
@@ -168,8 +172,27 @@ async def test_streams_an_answer() -> None:
     assert started["stream"].startswith("st_")
     assert {f["type"] for f in frames[1:-1]} == {"delta"}
     assert done["type"] == "done" and done["provider"] == "a" and done["finish_reason"] == "stop"
-    assert done["usage"]["completion_tokens"] == len(answer_tokens([Message(**MESSAGES[0])]))
+    # Exactly the provider's numbers.
+    usage = server.a.usage_sent[0]
+    assert done["usage"] == {
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }  # fmt: skip
+    assert usage.completion_tokens == len(answer_tokens([Message(**MESSAGES[0])]))
     assert check_stream(frames) == expected_text(MESSAGES) == server.a.log[0].text_sent
+
+
+async def test_done_says_null_when_the_provider_reported_no_usage() -> None:
+    async def conversation(url: str) -> list[dict[str, Any]]:
+        async with open_ws(url) as ws:
+            await send(ws, start())
+            return await until_terminal(ws)
+
+    async with running(reports_usage=False) as server:
+        frames = await client(conversation, server.url)
+    done = frames[-1]
+    assert done["type"] == "done" and "usage" in done and done["usage"] is None
+    assert check_stream(frames) == expected_text(MESSAGES)
 
 
 async def test_two_concurrent_streams_on_one_connection() -> None:
@@ -453,7 +476,11 @@ def test_encode_event_writes_each_event_type() -> None:
           "reason": "reset", "mode": "reset", "phase": "midstream"}),
         (Done(stream="s", seq=3, finish_reason="stop", provider="b", model="mb", usage=usage),
          {"type": "done", "stream": "s", "seq": 3, "finish_reason": "stop", "provider": "b",
-          "model": "mb", "usage": {"prompt_tokens": 3, "completion_tokens": 5}}),
+          "model": "mb", "usage": {"prompt_tokens": 3, "completion_tokens": 5,
+                                   "total_tokens": 8}}),
+        (Done(stream="s", seq=3, finish_reason="stop", provider="b", model="mb", usage=None),
+         {"type": "done", "stream": "s", "seq": 3, "finish_reason": "stop", "provider": "b",
+          "model": "mb", "usage": None}),
         (StreamError(stream="s", seq=1, code="all_providers_unavailable", message="M.",
                      retryable=True),
          {"type": "error", "stream": "s", "seq": 1, "code": "all_providers_unavailable",

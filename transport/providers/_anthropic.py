@@ -118,7 +118,8 @@ class AnthropicEventParser:
 
     ``content_block_delta`` with a ``text_delta`` gives ``TextDelta`` (thinking and tool-input
     deltas are not answer text); ``message_delta`` with a ``stop_reason`` gives ``Finish`` with
-    usage (prompt tokens from ``message_start``, completion tokens from ``message_delta``);
+    usage (prompt tokens from ``message_start``, completion tokens from ``message_delta``; no
+    usage unless both were reported);
     ``message_stop`` ends the stream; ``error`` raises ``UpstreamError`` (``STREAM_ERROR``).
     ``ping``, block start/stop and event types added later are ignored, as Anthropic's
     versioning policy asks.
@@ -127,7 +128,7 @@ class AnthropicEventParser:
     def __init__(self, *, secret: str | None = None) -> None:
         self._secret = secret
         self._model: str | None = None
-        self._prompt_tokens = 0
+        self._prompt_tokens: int | None = None
         self._finished = False
 
     def __repr__(self) -> str:
@@ -182,33 +183,32 @@ class AnthropicEventParser:
 
     def _message_delta(self, payload: dict[str, Any], out: deque[UpstreamEvent]) -> None:
         usage = payload.get("usage")
-        completion = 0
+        completion: int | None = None
         if isinstance(usage, dict):
             # Newer API versions repeat the (cumulative) input counts here; they win if present.
             self._prompt_tokens = _prompt_tokens(usage, self._prompt_tokens)
             output = usage.get("output_tokens")
-            completion = output if isinstance(output, int) else 0
+            completion = output if type(output) is int else None
         delta = payload.get("delta")
         reason = delta.get("stop_reason") if isinstance(delta, dict) else None
         if isinstance(reason, str) and reason and not self._finished:
             self._finished = True
-            out.append(
-                Finish(
-                    reason=STOP_REASONS.get(reason, reason),
-                    usage=Usage(prompt_tokens=self._prompt_tokens, completion_tokens=completion),
-                    model=self._model,
-                )
-            )
+            prompt = self._prompt_tokens
+            counts = None
+            if prompt is not None and completion is not None:
+                counts = Usage(prompt_tokens=prompt, completion_tokens=completion)
+            reason = STOP_REASONS.get(reason, reason)
+            out.append(Finish(reason=reason, usage=counts, model=self._model))
 
 
-def _prompt_tokens(usage: dict[str, Any], default: int) -> int:
+def _prompt_tokens(usage: dict[str, Any], default: int | None) -> int | None:
     """Prompt tokens as OpenAI counts them: Anthropic's ``input_tokens`` leaves out the tokens
     read from or written to the prompt cache, OpenAI's ``prompt_tokens`` includes them."""
     counts = [
         usage.get(k)
         for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     ]
-    if not isinstance(counts[0], int):
+    if type(counts[0]) is not int:
         return default
     return sum(c for c in counts if isinstance(c, int))
 
