@@ -48,10 +48,12 @@ from ._system import open_baton as open_baton
 from ._vocab import AttemptEnd as AttemptEnd
 from ._vocab import ContinuationForm as ContinuationForm
 from ._vocab import ErrorCode as ErrorCode
+from ._vocab import ProbeVerdict as ProbeVerdict
 from ._vocab import RefusalReason as RefusalReason
 from ._vocab import ReportOutcome as ReportOutcome
 from ._vocab import RequestErrorCode as RequestErrorCode
 from ._vocab import StreamEnd as StreamEnd
 from ._vocab import StreamErrorCode as StreamErrorCode
+from ._vocab import Traffic as Traffic
 from .policy._health_view import HealthSnapshot as HealthSnapshot
 from .policy._health_view import HealthTransition as HealthTransition

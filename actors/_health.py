@@ -4,6 +4,11 @@ Live traffic reports each attempt's outcome; a ticker probes the provider active
 applies both to the pure breaker (``policy.breaker``) and publishes every new state to the
 ``HealthBoard``, which the router reads. Each state change is logged once and told to the
 ``on_transition`` hook as a ``HealthTransition`` (the system counts them in a metric).
+
+Which probe it sends is the ``ProbePlan`` (``policy.probe``): a provider whose models endpoint
+does not exist is probed with a one-token chat completion from then on, logged once at
+WARNING. A failed probe is logged at WARNING once per run of failures within a state (the
+first after a good probe or a change of state), later ones of the run at DEBUG.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import attrs
 import trio
 
 from ._config import HealthConfig
-from ._errors import UpstreamError
+from ._errors import Failure, FailureKind, UpstreamError
 from ._provider import ProbeKind, Provider
+from ._vocab import ProbeVerdict, Traffic
 from .policy import _breaker as breaker
-from .policy._breaker import BreakerState
+from .policy import _probe as probes
+from .policy._breaker import BreakerState, Status
 from .policy._health_view import HealthSnapshot, HealthTransition
 from .policy._report import Report
 
@@ -64,9 +71,10 @@ class Admit:
 
 @attrs.frozen(kw_only=True)
 class ProbeDone:
-    ok: bool
+    """An active probe of ``kind`` finished; ``failure`` is None when it passed."""
+
     kind: ProbeKind
-    detail: str = ""
+    failure: Failure | None = None
 
 
 HealthMsg = Report | Admit | ProbeDone
@@ -95,7 +103,11 @@ class HealthActor:
         self._ttfts: deque[float] = deque(maxlen=TTFT_SAMPLES)
         self._ttft_at: float | None = None
         self._state_dirty = False
-        self._probing_now = False  # an active probe is out
+        self._plan = probes.ProbePlan(kind=config.probe_kind)
+        self._last_probe: ProbeVerdict | None = None
+        self._published_traffic: Traffic | None = None
+        # The state (status, since) in which a failed probe was last logged at WARNING.
+        self._probe_warned_in: tuple[Status, float] | None = None
         # A credential rejection the next change of state owes its cause to (see _set).
         self._credentials_rejected = False
         self._status_changed = trio.Event()
@@ -106,6 +118,11 @@ class HealthActor:
     @property
     def state(self) -> BreakerState:
         return self._state
+
+    @property
+    def probe_kind(self) -> ProbeKind:
+        """The kind of active probe the provider gets now (``chat`` after a fallback)."""
+        return self._plan.kind
 
     def report_nowait(self, report: Report) -> None:
         """Tell the actor an attempt's outcome (never blocks)."""
@@ -150,7 +167,7 @@ class HealthActor:
         """Apply reports and probe results until the mailbox closes; probe on a ticker."""
         now = trio.current_time()
         self._state = breaker.initial(self._config, now)
-        self._publish()
+        self._publish(breaker.traffic(self._state, self._config, now))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._probe_loop)
             task_status.started()
@@ -166,11 +183,17 @@ class HealthActor:
             nursery.cancel_scope.cancel()
 
     def _next_timer(self) -> float:
-        """When time alone will next change the breaker (a cooldown or rate limit ending)."""
+        """When time alone will next change the breaker or its traffic (a rest period ending)."""
         state = self._state
         times = []
         if state.status == "unhealthy" and state.reopen_at is not None:
             times.append(state.reopen_at)
+        if (
+            state.status == "probing"
+            and state.next_trial_at is not None
+            and state.next_trial_at > trio.current_time()
+        ):
+            times.append(state.next_trial_at)
         if state.status == "rate_limited" and state.rate_limited_until is not None:
             times.append(state.rate_limited_until)
         if (
@@ -188,10 +211,7 @@ class HealthActor:
         match msg:
             case Admit(reply=reply):
                 with reply:  # closed even on a crash: the asker then hears "no"
-                    if self._probing_now and breaker.advance(state, cfg, now).status == "probing":
-                        ok = False  # the active probe is this interval's trial
-                    else:
-                        state, ok = breaker.admit(state, cfg, now)
+                    state, ok = breaker.admit(state, cfg, now)
                     try:
                         reply.send_nowait(ok)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -217,12 +237,61 @@ class HealthActor:
                 state = breaker.on_trial_abandoned(state, cfg, now)
             case Report():
                 pass
-            case ProbeDone(ok=ok, kind=kind, detail=detail):
-                self._probing_now = False
-                if not ok:
-                    log.info("probe of %s failed: %s", self.name, detail)
-                state = breaker.on_probe(state, cfg, now, ok=ok, kind=kind)
+            case ProbeDone(kind=kind, failure=failure):
+                state = self._probed(state, kind, failure, now)
         self._set(state)
+
+    def _probed(
+        self, state: BreakerState, kind: ProbeKind, failure: Failure | None, now: float
+    ) -> BreakerState:
+        """Apply one probe's outcome: judge it, log what is news, and tell the breaker."""
+        cfg = self._config
+        judgement = probes.judge(self._plan, failure)  # one probe at a time: kind is the plan's
+        self._plan = judgement.plan
+        self._last_probe = judgement.verdict
+        self._state_dirty = True
+        if judgement.change == "to_chat":
+            log.warning(
+                "provider %s answered its models probe with HTTP %s (no such endpoint), which "
+                "says nothing about its health; probing it with a one-token chat completion "
+                "from now on", self.name, judgement.plan.missing_status,
+            )  # fmt: skip
+        elif judgement.change == "inconclusive":
+            log.warning(
+                "provider %s answered its chat probe with HTTP %s as well (no such endpoint or "
+                "model, or no model to probe with); its probes cannot judge its health, so "
+                "only live traffic does", self.name, failure.status if failure else None,
+            )  # fmt: skip
+        match judgement.verdict:
+            case "ok":
+                self._probe_warned_in = None  # a later failure starts a new run: warn again
+                return breaker.on_probe(state, cfg, now, ok=True, kind=kind)
+            case "inconclusive":
+                return breaker.on_probe_inconclusive(state, cfg, now)
+            case "failed":
+                assert failure is not None
+                after = breaker.on_probe(state, cfg, now, ok=False, kind=kind)
+                self._log_probe_failure(state, after, kind, failure)
+                return after
+
+    def _log_probe_failure(
+        self, before: BreakerState, after: BreakerState, kind: ProbeKind, failure: Failure
+    ) -> None:
+        """WARNING for the first failed probe in a state (after a good one); DEBUG for repeats."""
+        if after.consecutive_failures > before.consecutive_failures:
+            effect = f"{after.consecutive_failures} consecutive failures"
+        elif after.status == "probing":
+            effect = "still probing"
+        else:
+            effect = "not counted: live requests succeeded since the previous probe"
+        where = (after.status, after.last_change)
+        level = logging.DEBUG if where == self._probe_warned_in else logging.WARNING
+        if level == logging.WARNING:
+            self._probe_warned_in = where
+        log.log(
+            level, "provider %s failed its %s probe (%s): %s",
+            self.name, kind, effect, failure.describe(),
+        )  # fmt: skip
 
     def _set(self, state: BreakerState) -> None:
         old = self._state
@@ -245,14 +314,16 @@ class HealthActor:
                     )
                 )  # fmt: skip
         dirty, self._state_dirty = self._state_dirty, False
+        traffic = breaker.traffic(state, self._config, trio.current_time())
         if (
             dirty
+            or traffic != self._published_traffic
             or state.status != old.status
             or state.consecutive_failures != old.consecutive_failures
             or state.ttft_ewma != old.ttft_ewma
             or state.reopen_at != old.reopen_at
         ):
-            self._publish()
+            self._publish(traffic)
 
     def _ttft_p95(self) -> float | None:
         if len(self._ttfts) < TTFT_MIN_SAMPLES:
@@ -260,8 +331,9 @@ class HealthActor:
         ordered = sorted(self._ttfts)
         return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
-    def _publish(self) -> None:
+    def _publish(self, traffic: Traffic) -> None:
         s = self._state
+        self._published_traffic = traffic
         self._board.publish(
             HealthSnapshot(
                 provider=self.name,
@@ -272,6 +344,9 @@ class HealthActor:
                 ttft_p95=self._ttft_p95(),
                 ttft_at=self._ttft_at,
                 since=s.last_change,
+                traffic=traffic,
+                probe=self._plan.kind,
+                last_probe=self._last_probe,
             )
         )
 
@@ -291,17 +366,23 @@ class HealthActor:
                 await self._probe_once()
 
     async def _probe_once(self) -> None:
-        kind = self._config.probe_kind
-        ok, detail = True, ""
-        self._probing_now = True
+        """Send one probe of the planned kind; its outcome goes to the mailbox as ``ProbeDone``.
+
+        Marking the probe as out happens here, on the actor's own state: this task is part of
+        the actor, and no other task runs between the check in ``_probe_loop`` and this mark.
+        """
+        kind = self._plan.kind
+        failure: Failure | None = None
+        self._set(breaker.on_probe_sent(self._state, self._config, trio.current_time()))
         with trio.move_on_after(self._config.probe_timeout) as scope:
             try:
                 await self.provider.probe(kind)
             except UpstreamError as exc:
-                ok, detail = False, str(exc)
+                failure = exc.failure
         if scope.cancelled_caught:
-            ok, detail = False, f"no answer within {self._config.probe_timeout:g} s"
+            timeout = self._config.probe_timeout
+            failure = Failure(kind=FailureKind.TIMEOUT, message=f"no answer within {timeout:g} s")
         try:
-            self._send.send_nowait(ProbeDone(ok=ok, kind=kind, detail=detail))
+            self._send.send_nowait(ProbeDone(kind=kind, failure=failure))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -63,3 +63,18 @@ ReportOutcome = Literal[
 
 # How a stream ended (``StreamStatistics.outcome``, the ``outcome`` of the requests metric).
 StreamEnd = Literal["done", StreamErrorCode]
+
+# Which live traffic a provider takes now, by its breaker (``HealthSnapshot.traffic``): the one
+# answer the router, ``admit``, ``/status``, ``/readyz`` and the metrics all give.
+Traffic = Literal[
+    "all",  # closed (healthy or degraded): every request
+    "trial",  # probing, and a half-open trial place is free now
+    "none",  # unhealthy, rate limited, or probing with no trial place free now
+]
+
+# What an active health probe's answer said (``HealthSnapshot.last_probe``).
+ProbeVerdict = Literal[
+    "ok",  # the provider answered the probe well
+    "failed",  # the provider's fault: counts like a failed request
+    "inconclusive",  # the probe's endpoint does not exist there (404, 405, 501): no verdict
+]

@@ -11,10 +11,19 @@ States::
 An open breaker first rests for its cooldown (``unhealthy``: no traffic, no probes), then tests
 recovery (``probing``): every ``probe_interval_unhealthy`` one trial, either an active probe or
 up to ``half_open_requests`` live requests. A live trial or a ``chat`` probe that succeeds
-closes it; a ``models`` probe that succeeds only lets a live trial go at once. Re-opening within
+closes it; a ``models`` probe that succeeds, or any probe that cannot judge (``inconclusive``:
+the provider has no endpoint to ask), only lets a live trial go at once. Re-opening within
 ``stable_period`` of recovering doubles the cooldown (up to ``max_cooldown``); a stable healthy
 period resets it. So a flapping provider changes state at most once per cooldown while open,
 and a healed one is noticed within ``probe_interval_unhealthy`` once its cooldown is over.
+
+Live traffic outranks probes: a live success resets the failure count and closes a probing
+breaker, and a failed probe counts only if no live request succeeded since the previous probe,
+so a provider that keeps answering live traffic is never opened by its probes.
+
+``traffic`` is the one definition of whether a provider takes live traffic now (``all``,
+``trial``: a half-open trial place is free, or ``none``); ``admit``, the health snapshot, the
+router, ``/status``, ``/readyz`` and the metrics all follow it.
 
 Every function takes the state, the provider's ``HealthConfig`` and ``now`` and returns the new
 state; the health actor stores it, logs and counts transitions, and publishes snapshots.
@@ -22,14 +31,16 @@ state; the health actor stores it, logs and counts transitions, and publishes sn
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import attrs
 
 from .._config import HealthConfig
 from .._provider import ProbeKind
+from .._vocab import Traffic
 
 Status = Literal["healthy", "degraded", "unhealthy", "probing", "rate_limited"]
+STATUSES: tuple[Status, ...] = get_args(Status)  # every state, in the order above
 RATE_LIMIT_DEFAULT = 1.0  # seconds out of rotation after a 429 that named no time
 DEGRADED_RECOVERY = 0.8  # a degraded provider is healthy again below this share of slow_ttft
 
@@ -48,11 +59,8 @@ class BreakerState:
     healthy_since: float | None = 0.0
     ttft_ewma: float | None = None
     last_change: float = 0.0
-
-    @property
-    def usable(self) -> bool:
-        """Whether live traffic may be sent now (probing: only as an admitted trial)."""
-        return self.status in ("healthy", "degraded", "probing")
+    probe_out: bool = False  # an active probe is running (probing: it is the trial)
+    live_success_since_probe: bool = False  # a live request succeeded since the last probe
 
     def next_try_at(self) -> float | None:
         """When a provider that is not usable will next be tried, if known."""
@@ -83,7 +91,7 @@ def _open(state: BreakerState, config: HealthConfig, now: float) -> BreakerState
     return _move(
         state, "unhealthy", now,
         cooldown=cooldown, reopen_at=now + cooldown, half_open_in_flight=0, healthy_since=None,
-        opened_before=True, next_trial_at=None,
+        opened_before=True, next_trial_at=None, live_success_since_probe=False,
     )  # fmt: skip
 
 
@@ -108,32 +116,62 @@ def advance(state: BreakerState, config: HealthConfig, now: float) -> BreakerSta
     return state
 
 
-def admit(state: BreakerState, config: HealthConfig, now: float) -> tuple[BreakerState, bool]:
-    """Whether one live request may go to this provider now; a probing one admits a few."""
+def traffic(state: BreakerState, config: HealthConfig, now: float) -> Traffic:
+    """Which live traffic the provider takes now: ``all``, one more ``trial``, or ``none``.
+
+    Closed (healthy, degraded): all. Probing: a trial while a trial place is free, the interval
+    after a failed trial is over and no active probe is out (the probe is then the trial).
+    Unhealthy and rate limited: none.
+    """
     state = advance(state, config, now)
     if state.status in ("healthy", "degraded"):
-        return state, True
+        return "all"
     if (
         state.status == "probing"
+        and not state.probe_out
         and state.half_open_in_flight < config.half_open_requests
         and (state.next_trial_at is None or now >= state.next_trial_at)
     ):
-        return attrs.evolve(state, half_open_in_flight=state.half_open_in_flight + 1), True
-    return state, False
+        return "trial"
+    return "none"
+
+
+def admit(state: BreakerState, config: HealthConfig, now: float) -> tuple[BreakerState, bool]:
+    """Whether one live request may go to this provider now; a probing one admits a few."""
+    state = advance(state, config, now)
+    match traffic(state, config, now):
+        case "all":
+            return state, True
+        case "trial":
+            return attrs.evolve(state, half_open_in_flight=state.half_open_in_flight + 1), True
+        case "none":
+            return state, False
 
 
 def wants_probe(state: BreakerState, config: HealthConfig, now: float) -> bool:
     """Whether an active probe runs now: on the ticker when closed, as the trial when probing."""
     state = advance(state, config, now)
+    if state.probe_out:
+        return False
     if state.status in ("healthy", "degraded"):
         return True
     return state.status == "probing" and state.half_open_in_flight == 0
 
 
+def on_probe_sent(state: BreakerState, config: HealthConfig, now: float) -> BreakerState:
+    """An active probe went out; while it runs it is a probing provider's trial."""
+    return attrs.evolve(advance(state, config, now), probe_out=True)
+
+
 def on_success(
-    state: BreakerState, config: HealthConfig, now: float, *, ttft: float | None = None
+    state: BreakerState,
+    config: HealthConfig,
+    now: float,
+    *,
+    ttft: float | None = None,
+    live: bool = True,
 ) -> BreakerState:
-    """A live request (or chat probe) succeeded; ``ttft`` feeds the latency average."""
+    """A live request (or, ``live=False``, a chat probe) succeeded; ``ttft`` feeds the average."""
     state = advance(state, config, now)
     ewma = state.ttft_ewma
     if ttft is not None:
@@ -141,7 +179,12 @@ def on_success(
     if state.status == "unhealthy":
         # A request that began before the breaker opened: the rest period still runs out.
         return attrs.evolve(state, ttft_ewma=ewma)
-    state = attrs.evolve(state, consecutive_failures=0, ttft_ewma=ewma)
+    state = attrs.evolve(
+        state,
+        consecutive_failures=0,
+        ttft_ewma=ewma,
+        live_success_since_probe=state.live_success_since_probe or live,
+    )
     if state.status == "probing":
         state = _move(
             state, "healthy", now,
@@ -221,14 +264,37 @@ def on_rate_limited(
 def on_probe(
     state: BreakerState, config: HealthConfig, now: float, *, ok: bool, kind: ProbeKind
 ) -> BreakerState:
-    """An active probe finished. Only a ``chat`` probe can close an open breaker."""
+    """An active probe finished. Only a ``chat`` probe can close an open breaker.
+
+    A failed probe counts only if no live request succeeded since the previous probe: live
+    traffic that keeps succeeding outweighs a probe that fails.
+    """
     state = advance(state, config, now)
+    answered_live = state.live_success_since_probe
+    state = attrs.evolve(state, probe_out=False, live_success_since_probe=False)
     if ok:
         if kind == "chat":
-            return on_success(state, config, now)
-        if state.status == "probing":
-            return attrs.evolve(state, next_trial_at=now)  # the endpoint answers: try live traffic
-        return state
+            return on_success(state, config, now, live=False)
+        return _let_a_trial_go(state, now)
     if state.status == "probing":
         return attrs.evolve(state, next_trial_at=now + config.probe_interval_unhealthy)
+    if answered_live:
+        return state
     return on_failure(state, config, now)
+
+
+def on_probe_inconclusive(state: BreakerState, config: HealthConfig, now: float) -> BreakerState:
+    """An active probe finished without a verdict (the provider has no endpoint to ask).
+
+    Neither a success nor a failure: a probing provider lets a live trial go at once.
+    """
+    state = advance(state, config, now)
+    state = attrs.evolve(state, probe_out=False, live_success_since_probe=False)
+    return _let_a_trial_go(state, now)
+
+
+def _let_a_trial_go(state: BreakerState, now: float) -> BreakerState:
+    """The provider answers, if not as a proof of health: a probing one lets live traffic try."""
+    if state.status == "probing":
+        return attrs.evolve(state, next_trial_at=now)
+    return state

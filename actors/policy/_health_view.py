@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import attrs
 
+from .._provider import ProbeKind
+from .._vocab import ProbeVerdict, Traffic
 from ._breaker import Status
+
+
+def _traffic_of_status(snapshot: HealthSnapshot) -> Traffic:
+    """The traffic a snapshot built without one implies (a probing one: a trial)."""
+    status = snapshot.status
+    return (
+        "all" if status in ("healthy", "degraded") else "trial" if status == "probing" else "none"
+    )
 
 
 @attrs.frozen(kw_only=True)
 class HealthSnapshot:
-    """One provider's health as last published."""
+    """One provider's health as last published.
+
+    ``traffic`` is the breaker's answer to "does it take live traffic now" at publication (the
+    health actor publishes again whenever that answer changes); ``usable`` is the same as a yes
+    or no. ``probe`` is the kind of active probe in use, ``last_probe`` what the last one said.
+    """
 
     provider: str
     status: Status
@@ -23,10 +38,14 @@ class HealthSnapshot:
     ttft_p95: float | None = None
     ttft_at: float | None = None  # when the last time to first token was measured
     since: float
+    traffic: Traffic = attrs.field(default=attrs.Factory(_traffic_of_status, takes_self=True))
+    probe: ProbeKind = "models"
+    last_probe: ProbeVerdict | None = None
 
     @property
     def usable(self) -> bool:
-        return self.status in ("healthy", "degraded", "probing")
+        """Whether the router may send it an attempt now (all traffic, or a trial)."""
+        return self.traffic != "none"
 
 
 @attrs.frozen(kw_only=True)
