@@ -17,8 +17,16 @@ h11. Faults happen on the wire:
   then the body ends; ``no_done``: no ``[DONE]``/``message_stop``; ``no_finish``: the body ends
   right after the last token. Every body ends with a proper end of message.
 
+Usage is reported as each provider does: Anthropic's ``message_start`` carries the input tokens
+and its ``message_delta`` the output tokens; OpenAI sends a final usage chunk only when the
+request asks for it (``stream_options.include_usage``). ``stream_options`` plays the
+OpenAI-compatible servers that differ: ``"ignored"`` never reports usage on a stream, and
+``"rejected"`` refuses any request that carries the field with a 400, as strict servers do.
+
 Every chat request is recorded as an ``AttemptRecord`` in ``log``; ``closed_at`` is stamped
 when the response ends, the connection is aborted, or the server sees the client go away.
+``usage_sent`` maps a request's index to the usage object it was answered with, in the wire's
+own names (OpenAI's ``prompt_tokens``..., Anthropic's ``input_tokens``/``output_tokens``).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import h11
@@ -68,6 +76,9 @@ _READ_SIZE = 65536
 _CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/v1/messages")
 _MODELS_PATHS = ("/v1/models", "/models")
 
+#: How a simulated OpenAI-compatible server treats ``stream_options`` (see the module docstring).
+StreamOptions = Literal["honoured", "ignored", "rejected"]
+
 
 class _Abort(Exception):
     """End the connection with a TCP reset instead of a response."""
@@ -87,7 +98,8 @@ class SimulatedProvider:
     ``serve()`` runs it until cancelled; ``open_simulated_provider`` runs it for a block.
     Request indexes count chat requests at this server; schedule times are seconds since it
     started serving. ``seed``/``words`` choose the answers (the same as a ``FakeProvider``
-    with the same seed gives); ``model_name`` overrides the model reported back.
+    with the same seed gives); ``model_name`` overrides the model reported back;
+    ``stream_options`` is how its OpenAI side treats that field.
     """
 
     def __init__(
@@ -97,7 +109,9 @@ class SimulatedProvider:
         seed: int = 0,
         model_name: str | None = None,
         words: Words = "plain",
+        stream_options: StreamOptions = "honoured",
     ) -> None:
+        self.stream_options: StreamOptions = stream_options
         self.schedule = schedule if schedule is not None else FaultSchedule.healthy()
         self.seed = seed
         self.model_name = model_name
@@ -105,6 +119,7 @@ class SimulatedProvider:
         self.log: list[AttemptRecord] = []
         self.probes: list[ProbeRecord] = []
         self.invalid_requests: list[str] = []
+        self.usage_sent: dict[int, dict[str, int]] = {}
         self.connections = 0  # TCP connections accepted: shows whether clients reuse them
         self.host: str | None = None
         self.port: int | None = None
@@ -226,6 +241,8 @@ class SimulatedProvider:
     ) -> bool:
         try:
             chat = parse_chat(req.body, api)
+            if api == "openai" and chat.has_stream_options and self.stream_options == "rejected":
+                raise BadRequest("Unrecognized request argument supplied: stream_options")
         except BadRequest as exc:
             # Invalid requests never reach the schedule, as a real API validates first.
             self.invalid_requests.append(str(exc))
@@ -266,12 +283,15 @@ class SimulatedProvider:
             wire: Wire
             if api == "openai":
                 ident = f"chatcmpl-baton{index:06d}"
-                wire = OpenAIWire(ident, model, self._created, chat.include_usage)
+                include_usage = chat.include_usage and self.stream_options == "honoured"
+                wire = OpenAIWire(ident, model, self._created, include_usage)
             else:
                 wire = AnthropicWire(f"msg_baton{index:06d}", model, plan.prompt_tokens)
             body = _stream_body if chat.stream else _complete_body
             respond = functools.partial(body, stream, conn, record, plan, wire, api)
             result = await _watching_peer(stream, conn, respond)
+            if wire.usage_sent is not None and record.outcome == "finished":
+                self.usage_sent[index] = wire.usage_sent
             if result == "reset":
                 raise _Abort
             return result == "end"
@@ -461,11 +481,14 @@ async def open_simulated_provider(
     seed: int = 0,
     model_name: str | None = None,
     words: Words = "plain",
+    stream_options: StreamOptions = "honoured",
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> AsyncIterator[SimulatedProvider]:
     """Run a ``SimulatedProvider`` for the duration of the block; yields it once it listens."""
-    provider = SimulatedProvider(schedule, seed=seed, model_name=model_name, words=words)
+    provider = SimulatedProvider(
+        schedule, seed=seed, model_name=model_name, words=words, stream_options=stream_options
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(provider.serve, host=host, port=port))
         try:

@@ -33,6 +33,7 @@ class ChatRequest:
     params: dict[str, Any]
     stream: bool
     include_usage: bool
+    has_stream_options: bool
     max_tokens: int | None
 
 
@@ -70,6 +71,7 @@ def parse_chat(raw: bytes, api: str) -> ChatRequest:
         params={k: v for k, v in body.items() if k not in skip},
         stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        has_stream_options="stream_options" in body,
         max_tokens=body.get("max_tokens", body.get("max_completion_tokens")),
     )
 
@@ -142,6 +144,7 @@ class OpenAIWire:
         self._include_usage = include_usage
         self._prefix, self._suffix = _template(self._chunk({"content": _MARK}, None))
         self.headers = [*SSE_HEADERS, ("x-request-id", ident)]
+        self.usage_sent: dict[str, int] | None = None  # the usage object, once rendered
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -168,7 +171,7 @@ class OpenAIWire:
     def finish(self, reason: str, prompt_tokens: int, completion_tokens: int, done: bool) -> bytes:
         out = sse(self._chunk({}, reason))
         if self._include_usage:
-            usage = _openai_usage(prompt_tokens, completion_tokens)
+            usage = self.usage_sent = _openai_usage(prompt_tokens, completion_tokens)
             out += sse({**self._base, "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n" if done else out
 
@@ -177,11 +180,12 @@ class OpenAIWire:
     ) -> dict[str, Any]:
         message = {"role": "assistant", "content": text, "refusal": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
+        self.usage_sent = _openai_usage(prompt_tokens, completion_tokens)
         return {
             **self._base,
             "object": "chat.completion",
             "choices": [choice],
-            "usage": _openai_usage(prompt_tokens, completion_tokens),
+            "usage": self.usage_sent,
         }
 
 
@@ -202,6 +206,7 @@ class AnthropicWire:
         delta = {"type": "content_block_delta", "index": 0, "delta": text_delta}
         self._prefix, self._suffix = _template(delta)
         self.headers = [*SSE_HEADERS, ("request-id", ident)]
+        self.usage_sent: dict[str, int] | None = None  # input and final output tokens, once sent
 
     def _message(
         self, content: list[Any], stop_reason: str | None, output_tokens: int
@@ -246,6 +251,7 @@ class AnthropicWire:
     def finish(self, reason: str, prompt_tokens: int, completion_tokens: int, done: bool) -> bytes:
         delta = {"stop_reason": _ANTHROPIC_STOP.get(reason, reason), "stop_sequence": None}
         usage = {"output_tokens": completion_tokens}
+        self.usage_sent = {"input_tokens": self._prompt_tokens, **usage}
         out = sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
         out += sse({"type": "message_delta", "delta": delta, "usage": usage}, "message_delta")
         return out + sse({"type": "message_stop"}, "message_stop") if done else out
@@ -254,6 +260,7 @@ class AnthropicWire:
         self, text: str, reason: str, prompt_tokens: int, completion_tokens: int
     ) -> dict[str, Any]:
         content = [{"type": "text", "text": text}]
+        self.usage_sent = {"input_tokens": self._prompt_tokens, "output_tokens": completion_tokens}
         return self._message(content, _ANTHROPIC_STOP.get(reason, reason), completion_tokens)
 
 

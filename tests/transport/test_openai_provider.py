@@ -264,6 +264,67 @@ async def test_usage_in_the_finish_chunk_rides_on_finish() -> None:
     ]
 
 
+async def test_the_providers_own_total_passes_through() -> None:
+    # Baton passes on the provider's total as it is, even one that is not the plain sum.
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 13}
+    stream = chunk({"content": "x"}, finish="stop") + chunk(choices=[], usage=usage)
+    events = await collect(provider_for(sse([stream + b"data: [DONE]\n\n"])))
+    assert events[-1] == UsageReport(
+        usage=Usage(prompt_tokens=9, completion_tokens=2, total_tokens=13)
+    )
+
+
+async def test_a_server_that_reports_no_usage_gives_none() -> None:
+    # Servers that ignore stream_options end with [DONE] and no usage chunk; nothing is made up.
+    stream = chunk({"content": "x"}) + chunk({}, finish="stop") + b"data: [DONE]\n\n"
+    assert await collect(provider_for(sse([stream]))) == [
+        TextDelta("x"),
+        Finish(reason="stop", usage=None, model=MODEL),
+    ]
+
+
+STRICT_REFUSAL = (
+    b'{"error":{"message":"Unrecognized request argument supplied: stream_options",'
+    b'"type":"invalid_request_error","param":null,"code":null}}'
+)
+
+
+async def test_a_server_refusing_stream_options_is_asked_again_without_it() -> None:
+    bodies: list[dict[str, Any]] = []
+    no_usage = chunk({"content": "x"}) + chunk({}, finish="stop") + b"data: [DONE]\n\n"
+
+    def strict(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        bodies.append(body)
+        if "stream_options" in body:
+            return httpx.Response(400, content=STRICT_REFUSAL)
+        return sse([no_usage])(request)
+
+    provider = provider_for(strict)
+    expected = [TextDelta("x"), Finish(reason="stop", usage=None, model=MODEL)]
+    assert await collect(provider) == expected
+    assert await collect(provider) == expected
+    # Refused once, asked again at once without it, and never again with it.
+    assert ["stream_options" in body for body in bodies] == [True, False, False]
+    assert bodies[0]["stream_options"] == {"include_usage": True}
+    assert {k: v for k, v in bodies[0].items() if k != "stream_options"} == bodies[1]
+
+
+async def test_other_refusals_are_not_asked_again() -> None:
+    requests: list[httpx.Request] = []
+    body = b'{"error":{"message":"temperature too high","type":"invalid_request_error"}}'
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(400, content=body)
+
+    provider = provider_for(refusing)
+    assert (await failure_of(provider)).failure.status == 400
+    assert (await failure_of(provider)).failure.status == 400
+    assert len(requests) == 2
+    assert all("stream_options" in orjson.loads(r.content) for r in requests)
+
+
 async def test_azure_style_empty_first_chunk_is_not_malformed() -> None:
     filter_chunk = (
         b'data: {"choices":[],"created":0,"id":"","model":"","object":"",'

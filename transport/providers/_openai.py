@@ -1,9 +1,10 @@
 """The adapter for OpenAI's chat completions API and the servers that copy it (vLLM, DeepSeek...).
 
 ``OpenAIProvider.stream`` posts ``{base_url}/chat/completions`` with ``stream: true`` and asks for
-the final usage chunk; ``OpenAIChunkParser`` turns the ``data: {chunk}`` events into upstream
-events. ``base_url`` includes the version path, as OpenAI's SDK has it
-(``https://api.openai.com/v1``).
+the final usage chunk (``stream_options.include_usage``; a server that refuses the field is asked
+again without it, and from then on never with it); ``OpenAIChunkParser`` turns the
+``data: {chunk}`` events into upstream events. ``base_url`` includes the version path, as
+OpenAI's SDK has it (``https://api.openai.com/v1``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Literal
 
 import httpx
@@ -48,10 +49,14 @@ FINISH_REASON_ALIASES: Mapping[str, str] = {
 }
 
 
-def chat_body(request: UpstreamRequest, *, honours_prefill: bool) -> dict[str, Any]:
+def chat_body(
+    request: UpstreamRequest, *, honours_prefill: bool, include_usage: bool = True
+) -> dict[str, Any]:
     """Build the JSON body of a streaming chat completion for ``request``.
 
-    The client's ``params`` go first so that they can never turn streaming off. A prefill
+    The client's ``params`` go first so that they can never turn streaming off or the usage
+    report on a streamed answer (``include_usage``) off; without ``include_usage`` (a server
+    that rejects ``stream_options``) the body carries no ``stream_options`` at all. A prefill
     request sends its trailing assistant message as it is. Only when the provider is configured
     to honour prefill (``config.prefill = true``: the user vouches for the server) do we add the
     flags that make a server continue that message instead of answering it: vLLM's
@@ -63,11 +68,12 @@ def chat_body(request: UpstreamRequest, *, honours_prefill: bool) -> dict[str, A
         {"role": m.role, "content": m.content} for m in request.messages
     ]
     body: dict[str, Any] = dict(request.params)
-    stream_options = body.get("stream_options")
-    body["stream_options"] = {
-        **(stream_options if isinstance(stream_options, Mapping) else {}),
-        "include_usage": True,
-    }
+    stream_options = body.pop("stream_options", None)
+    if include_usage:
+        body["stream_options"] = {
+            **(stream_options if isinstance(stream_options, Mapping) else {}),
+            "include_usage": True,
+        }
     body["model"] = request.model
     body["messages"] = messages
     body["stream"] = True
@@ -84,9 +90,21 @@ def _usage(value: object) -> Usage | None:
         return None
     prompt = value.get("prompt_tokens")
     completion = value.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    if type(prompt) is not int or type(completion) is not int:
         return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    total = value.get("total_tokens")
+    if type(total) is not int:
+        return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+
+
+def rejects_stream_options(failure: Failure) -> bool:
+    """Whether a refusal is a strict server's complaint about the ``stream_options`` field."""
+    return (
+        failure.kind is FailureKind.STATUS
+        and failure.status in (400, 422)
+        and "stream_options" in failure.message
+    )
 
 
 class OpenAIChunkParser:
@@ -199,6 +217,8 @@ class OpenAIProvider(HTTPProvider):
             stream_url=f"{base}/chat/completions",
             models_url=f"{base}/models",
         )
+        # Cleared for good by a server that refuses ``stream_options``.
+        self._asks_usage = True
 
     @property
     def kind(self) -> Literal["openai"]:
@@ -213,11 +233,32 @@ class OpenAIProvider(HTTPProvider):
 
         Entering waits for the response head and raises ``UpstreamError`` when the provider
         refuses; iterating raises it when the stream breaks; leaving closes the response at
-        once. See ``actors._provider.Provider``.
+        once. See ``actors._provider.Provider``. A refusal that names ``stream_options`` is
+        asked again at once without it (the answer then reports no usage).
         """
-        body = chat_body(request, honours_prefill=self._config.prefill is True)
-        parser = OpenAIChunkParser(secret=self._api_key)
-        async with self._open_stream(body, parser, read_delay) as events:
+        prefill = self._config.prefill is True
+        async with AsyncExitStack() as stack:
+            asked = self._asks_usage
+            body = chat_body(request, honours_prefill=prefill, include_usage=asked)
+            parser = OpenAIChunkParser(secret=self._api_key)
+            try:
+                events = await stack.enter_async_context(
+                    self._open_stream(body, parser, read_delay)
+                )
+            except UpstreamError as exc:
+                if not (asked and rejects_stream_options(exc.failure)):
+                    raise
+                self._asks_usage = False
+                logger.warning(
+                    "provider %s: refuses stream_options (%s); asking without it, so its "
+                    "answers report no usage",
+                    self.name, exc.failure.describe(),
+                )  # fmt: skip
+                body = chat_body(request, honours_prefill=prefill, include_usage=False)
+                parser = OpenAIChunkParser(secret=self._api_key)
+                events = await stack.enter_async_context(
+                    self._open_stream(body, parser, read_delay)
+                )
             yield events
 
     def _probe_body(self, model: str) -> dict[str, Any]:
