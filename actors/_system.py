@@ -36,6 +36,7 @@ from ._streamlog import StreamLog
 from ._supervisor import Supervisor
 from ._telemetry import Telemetry
 from ._vocab import StreamEnd
+from .policy._breaker import STATUSES
 from .policy._health_view import HealthSnapshot, HealthTransition
 
 log = logging.getLogger(__name__)
@@ -190,18 +191,29 @@ class Baton:
                 await self._all_ended.wait()
 
     def ready(self) -> tuple[bool, str]:
-        """Whether every route has a usable target, and if not, which route lacks one."""
+        """Whether every route has a usable target, and if not, which route lacks one.
+
+        Usable is the router's own test (``HealthSnapshot.usable``: the provider takes all
+        traffic or a trial now), so a ready route is one the router can pick a target of now.
+        """
         for name, route in self.config.routes.items():
             if not any(self._usable(t.provider) for t in route.targets):
-                states = ", ".join(
-                    f"{t.provider} {self._status(t.provider)}" for t in route.targets
-                )
+                now = trio.current_time()
+                states = ", ".join(self._describe(t.provider, now) for t in route.targets)
                 return False, f"route {name!r} has no usable target ({states})"
         return True, "ok"
 
-    def _status(self, provider: str) -> str:
+    def _describe(self, provider: str, now: float) -> str:
+        """``a unhealthy, next try in 4.2 s``: why a provider takes no traffic now."""
         snapshot = self._board.get(provider)
-        return "unknown" if snapshot is None else snapshot.status
+        if snapshot is None:
+            return f"{provider} unknown"
+        text = f"{provider} {snapshot.status}"
+        if snapshot.status == "probing":
+            text += ", its trial is taken (by a probe or a live request) or not due yet"
+        if snapshot.next_try_at is not None:
+            text += f", next try in {max(0.0, snapshot.next_try_at - now):.1f} s"
+        return text
 
     def _usable(self, provider: str) -> bool:
         snapshot = self._board.get(provider)
@@ -274,6 +286,9 @@ async def open_baton(
     def healthy() -> list[tuple[str, int]]:
         return [(name, int(snapshot.usable)) for name, snapshot in board.all().items()]
 
+    def states() -> list[tuple[str, str]]:
+        return [(name, snapshot.status) for name, snapshot in board.all().items()]
+
     def pool_in_use() -> list[tuple[str, int]]:
         return [(name, p.in_use) for name, p in pool.statistics().providers.items()]
 
@@ -282,6 +297,7 @@ async def open_baton(
         return stats.event_loop_lag, stats.read_delay
 
     telemetry.observe(healthy, pool_in_use, load_now)
+    telemetry.observe_states(states, STATUSES)
     async with trio.open_nursery() as actors:
         try:
             async with trio.open_nursery() as sessions:

@@ -7,7 +7,7 @@ no-op. ``baton serve`` configures the SDK with a Prometheus reader. Tests pass t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -72,7 +72,7 @@ class Telemetry:
 
         self._meter.create_observable_gauge(
             "proxy_provider_healthy", [healthy_cb], unit="1",
-            description="1 when the provider takes traffic, else 0",
+            description="1 when the router may send the provider a request now (all or a trial)",
         )  # fmt: skip
         self._meter.create_observable_gauge(
             "proxy_pool_in_use", [pool_cb], unit="1", description="Upstream slots in use"
@@ -91,4 +91,25 @@ class Telemetry:
         self._meter.create_observable_gauge(
             "proxy_read_delay", [delay_cb], unit="s",
             description="Pause between a stream's upstream reads while the event loop lags",
+        )  # fmt: skip
+
+    def observe_states(
+        self, states: Callable[[], Iterable[tuple[str, str]]], all_states: Sequence[str]
+    ) -> None:
+        """Register ``proxy_provider_state``: per provider, 1 for its breaker state, 0 for others.
+
+        ``states`` yields (provider, state) at collection time; every state in ``all_states``
+        gets a series, so an alert can match ``state="unhealthy"`` before it ever happened.
+        """
+
+        def state_cb(_: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(int(state == current), {"provider": name, "state": state})
+                for name, current in states()
+                for state in all_states
+            ]
+
+        self._meter.create_observable_gauge(
+            "proxy_provider_state", [state_cb], unit="1",
+            description="1 for the provider's circuit breaker state, 0 for the other states",
         )  # fmt: skip

@@ -323,7 +323,8 @@ def status_document(baton: Baton) -> dict[str, Any]:
     """``GET /status``: every provider's health and pool, the routes, the active streams.
 
     Times are seconds from now (``next_try_in``) or ago (``state_for``), so the document reads
-    the same whatever clock the process runs on.
+    the same whatever clock the process runs on. A provider's ``usable`` and ``traffic`` are
+    the router's own answer (``HealthSnapshot``), as are ``ready`` and ``/readyz``.
     """
     stats = baton.statistics()
     now = trio.current_time()
@@ -358,15 +359,17 @@ def _provider_status(provider: ProviderStatistics, now: float) -> dict[str, Any]
     document: dict[str, Any] = {
         "kind": provider.kind,
         # No snapshot yet: the health actor has not started; the router treats it as usable.
-        "state": "unknown", "usable": True, "consecutive_failures": 0, "next_try_in": None,
-        "state_for": None, "ttft_ewma": None,
+        "state": "unknown", "usable": True, "traffic": "all", "consecutive_failures": 0,
+        "next_try_in": None, "state_for": None, "ttft_ewma": None, "probe": None,
+        "last_probe": None,
     }  # fmt: skip
     if health is not None:
         next_try = None if health.next_try_at is None else _seconds(health.next_try_at - now)
         document.update(
-            state=health.status, usable=health.usable,
+            state=health.status, usable=health.usable, traffic=health.traffic,
             consecutive_failures=health.consecutive_failures, next_try_in=next_try,
             state_for=_seconds(now - health.since), ttft_ewma=health.ttft_ewma,
+            probe=health.probe, last_probe=health.last_probe,
         )  # fmt: skip
     document["pool"] = {
         "in_use": pool.in_use, "waiting": pool.waiting, "max": pool.max_connections,

@@ -658,12 +658,16 @@ async def test_status_reports_health_pools_routes_and_streams() -> None:
         "kind",
         "state",
         "usable",
+        "traffic",
         "consecutive_failures",
         "next_try_in",
         "state_for",
         "ttft_ewma",
+        "probe",
+        "last_probe",
         "pool",
     }
+    assert (a["usable"], a["traffic"], a["probe"], a["last_probe"]) == (True, "all", "models", None)
     assert status["routes"] == {
         "r": {
             "targets": [
