@@ -4,7 +4,8 @@
 ``AttemptOutcome``; text reaches the client through the ``StreamSink`` (the session), after the
 splice guard when the client already holds text. The attempt always leaves its pool slot and
 closes its upstream request, whatever ends it, and tells health what it was: once, as it
-ends, through ``policy.report_for``.
+ends, through ``policy.report_for``. As it ends it also records the OpenTelemetry GenAI
+metrics of its upstream request: its duration, and the tokens its provider reported.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ class Attempt:
         self.deltas = 0
         self.malformed = 0
         self.usage: Usage | None = None
+        self.response_model: str | None = None
         self.statistics: AttemptStatistics | None = None
-        self._began = 0.0
+        self._began: float | None = None  # when the upstream request was made
         self._last_progress: float | None = None
         self._finished_at: float | None = None
 
@@ -119,6 +121,37 @@ class Attempt:
             malformed=self.malformed, usage=self.usage,
         )  # fmt: skip
         self._health.report_nowait(report_for(outcome, failure, ttft=self.ttft))
+        self._record_operation(outcome, reason)
+
+    def _record_operation(self, outcome: AttemptEnd, reason: str | None) -> None:
+        """Record the GenAI semantic conventions' metrics of the upstream request, if made."""
+        if self._began is None:
+            return  # no pool slot, or cancelled before: the provider was never asked
+        target = self._target
+        labels: dict[str, str] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": self._cfg.kind,
+            "gen_ai.request.model": target.model,
+            "provider": target.provider,
+        }
+        if self.response_model is not None:
+            labels["gen_ai.response.model"] = self.response_model
+        telemetry = self._ctx.telemetry
+        duration = trio.current_time() - self._began
+        if outcome == "done":
+            telemetry.operation_duration.record(duration, labels)
+        else:
+            telemetry.operation_duration.record(
+                duration, {**labels, "error.type": reason or outcome}
+            )
+        usage = self.usage
+        if usage is not None:
+            telemetry.token_usage.record(
+                usage.prompt_tokens, {**labels, "gen_ai.token.type": "input"}
+            )
+            telemetry.token_usage.record(
+                usage.completion_tokens, {**labels, "gen_ai.token.type": "output"}
+            )
 
     async def run(self) -> AttemptOutcome:
         """Stream the attempt to its end; never raises for upstream failures."""
@@ -144,12 +177,12 @@ class Attempt:
 
     async def _stream(self) -> AttemptOutcome:
         cfg = self._cfg
-        self._began = trio.current_time()
+        began = self._began = trio.current_time()
         finish: Finish | None = None
         broke: UpstreamError | None = None
         with trio.CancelScope() as timer:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watchdog, timer)
+                nursery.start_soon(self._watchdog, timer, began)
                 try:
                     provider = self._ctx.providers[self._target.provider]
                     async with provider.stream(
@@ -165,13 +198,14 @@ class Attempt:
                                         self._end("lost", "hedge")
                                         return AttemptOutcome(kind="lost")
                                     self.produced = True
-                                    self.ttft = now - self._began
+                                    self.ttft = now - began
                                 self.deltas += 1
                                 if not self._take(event.text):  # type: ignore[union-attr]
                                     return AttemptOutcome(kind="diverged")
                             elif kind is Finish:
                                 assert isinstance(event, Finish)
                                 finish = event
+                                self.response_model = event.model
                                 self.usage = event.usage or self.usage
                                 if self.usage is not None:
                                     break
@@ -205,7 +239,7 @@ class Attempt:
         self._sink.done(self._target, finish, self.usage)
         return AttemptOutcome(kind="done")
 
-    async def _watchdog(self, timer: trio.CancelScope) -> None:
+    async def _watchdog(self, timer: trio.CancelScope, began: float) -> None:
         """Cancel the attempt when it stays silent too long.
 
         One task per attempt instead of moving a deadline per token: the hot path only stamps
@@ -218,7 +252,7 @@ class Attempt:
             if self._finished_at is not None:
                 expires = self._finished_at + min(cfg.idle_timeout, FINISH_GRACE)
             elif self._last_progress is None:
-                expires = self._began + cfg.first_token_timeout
+                expires = began + cfg.first_token_timeout
             else:
                 expires = self._last_progress + cfg.idle_timeout
             if trio.current_time() >= expires:

@@ -362,7 +362,7 @@ class StreamSession:
             self._first_text_at = trio.current_time()
             self._ctx.telemetry.ttft.record(
                 self._first_text_at - self._started_at,
-                {"route": self._route.name, "provider": target.provider},
+                {"route": self._route.name, "provider": target.provider, "model": target.model},
             )
         self._delivered.append(text)
         self._delivered_deltas += 1
@@ -435,9 +435,10 @@ class StreamSession:
     def _record_end(self) -> None:
         terminal = self.log.terminal
         provider = self._serving.provider if self._serving else "none"
+        model = self._serving.model if self._serving else "none"
         outcome = "done" if isinstance(terminal, Done) else getattr(terminal, "code", "unknown")
         duration = trio.current_time() - self._started_at
-        attrs_ = {"route": self._route.name, "provider": provider}
+        attrs_ = {"route": self._route.name, "provider": provider, "model": model}
         tel = self._ctx.telemetry
         tel.requests.add(1, {**attrs_, "outcome": outcome})
         tel.request_duration.record(duration, attrs_)

@@ -262,6 +262,7 @@ async def open_baton(
         raise ConfigError("providers", f"no implementation given for {', '.join(missing)}")
     board = HealthBoard()
     telemetry = Telemetry(meter_provider)
+    telemetry.start_counters(routes=config.routes, providers=config.providers)
 
     def transitioned(change: HealthTransition) -> None:
         labels = {"provider": change.provider, "from": change.old, "to": change.new}

@@ -15,6 +15,13 @@ from opentelemetry.metrics import CallbackOptions, Observation
 # Seconds-based buckets from sub-millisecond proxy overhead up to long generations.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+# The advisory buckets of OpenTelemetry's GenAI semantic conventions.
+TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+OPERATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
 
 
 class Telemetry:
@@ -54,7 +61,25 @@ class Telemetry:
             unit="1",
             description="Upstream events that could not be decoded",
         )
+        # GenAI semantic conventions: one recording per upstream attempt (see ``Attempt``).
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}",
+            description="Tokens each upstream request used, as its provider reported them",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )  # fmt: skip
+        self.operation_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s",
+            description="Duration of each upstream request, failed ones with error.type",
+            explicit_bucket_boundaries_advisory=OPERATION_BUCKETS,
+        )  # fmt: skip
         self._meter = meter
+
+    def start_counters(self, *, routes: Iterable[str], providers: Iterable[str]) -> None:
+        """Record zero on the counters alerts watch, so each series exists from start-up."""
+        for route in routes:
+            self.failovers.add(0, {"route": route})
+        for provider in providers:
+            self.health_transitions.add(0, {"provider": provider})
 
     def observe(
         self,

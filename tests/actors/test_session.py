@@ -320,11 +320,16 @@ async def test_health_transitions_reach_on_transition_and_are_counted(autojump_c
         for m in sm.metrics
         if m.name == "proxy_health_transitions"
     ]
-    counted = {(p.attributes["from"], p.attributes["to"]): p.value for p in metric.data.data_points}
+    counted = {
+        tuple(p.attributes.get(k) for k in ("provider", "from", "to")): p.value
+        for p in metric.data.data_points
+    }
     assert counted == {
-        ("healthy", "unhealthy"): 1,
-        ("unhealthy", "probing"): 1,
-        ("probing", "healthy"): 1,
+        ("a", None, None): 0,  # every provider's series exists from start-up
+        ("b", None, None): 0,
+        ("a", "healthy", "unhealthy"): 1,
+        ("a", "unhealthy", "probing"): 1,
+        ("a", "probing", "healthy"): 1,
     }
 
 

@@ -703,12 +703,12 @@ async def test_metrics_expose_baton_names_after_traffic_with_a_failover() -> Non
     assert response.headers["content-type"].startswith("text/plain")
     lines = set(response.text.splitlines())
     for line in (
-        'proxy_requests_total{outcome="done",provider="b",route="r"} 1.0',
-        'proxy_requests_total{outcome="done",provider="b",route="solo"} 1.0',
+        'proxy_requests_total{model="mb",outcome="done",provider="b",route="r"} 1.0',
+        'proxy_requests_total{model="mb",outcome="done",provider="b",route="solo"} 1.0',
         'proxy_failovers_total{from="a",phase="midstream",reason="reset",route="r",to="b"} 1.0',
-        'proxy_request_duration_seconds_count{provider="b",route="r"} 1.0',
-        'proxy_time_to_first_token_seconds_count{provider="a",route="r"} 1.0',
-        'proxy_time_to_first_token_seconds_count{provider="b",route="solo"} 1.0',
+        'proxy_request_duration_seconds_count{model="mb",provider="b",route="r"} 1.0',
+        'proxy_time_to_first_token_seconds_count{model="ma",provider="a",route="r"} 1.0',
+        'proxy_time_to_first_token_seconds_count{model="mb",provider="b",route="solo"} 1.0',
         'proxy_provider_healthy{provider="a"} 1.0',
         'proxy_provider_healthy{provider="b"} 1.0',
         'proxy_pool_in_use{provider="a"} 0.0',
