@@ -52,7 +52,11 @@ def load_config(path: str | os.PathLike[str]) -> BatonConfig:
 def build_providers(
     config: BatonConfig, *, environ: Mapping[str, str] = os.environ
 ) -> dict[str, Provider]:
-    """One httpx-backed adapter per configured provider (keys read from their env vars)."""
+    """One httpx-backed adapter per configured provider (keys read from their env vars).
+
+    Each gets the model of the first route target it serves as its probe model: what a ``chat``
+    probe asks for, including the one a provider without a models endpoint falls back to.
+    """
     providers: dict[str, Provider] = {}
     for name, provider_config in config.providers.items():
         probe_model = next(

@@ -109,8 +109,10 @@ class HTTPProvider:
     async def probe(self, kind: ProbeKind) -> None:
         """Check the provider: ``models`` lists models, ``chat`` asks for one token.
 
-        Raises ``UpstreamError`` when it is not well. No deadline of its own: the health actor
-        puts one around it.
+        Raises ``UpstreamError`` when it is not well, with the HTTP status as answered: a 404,
+        405 or 501 tells the health actor that the endpoint does not exist, not that the
+        provider is down (it then probes with ``chat``). No deadline of its own: the health
+        actor puts one around it.
         """
         if kind == "chat" and self._probe_model is None and not self._warned_probe:
             self._warned_probe = True
