@@ -90,7 +90,8 @@ class RouteConfig:
     strategy: Strategy = "priority"
     max_attempts: int = 4
     hedge_after: float | Literal["auto"] | None = None
-    retry_budget: float = 0.2
+    retry_budget: float = 0.2  # retries in flight: at most this share of requests in flight
+    min_retry_concurrency: int = 3  # ... or at least this many, however few requests there are
     queue_timeout: float = 10.0
     queue_size: int = 1000
 
@@ -125,7 +126,9 @@ _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
     "max_request_bytes", "event_log_cap", "queue_size",
 }  # fmt: skip
-_NON_NEGATIVE = {"retries", "max_retry_wait", "retry_budget", "max_read_delay"}
+_NON_NEGATIVE = {
+    "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",
+}  # fmt: skip
 _PORTS = {"ws_port", "http_port"}
 
 
