@@ -134,13 +134,69 @@ def decide(
     config: ProviderConfig,
     now: float,
     jitter: float,
+    trial: bool = False,
+    alternatives: bool = True,
+    breaker_closed: bool = True,
 ) -> Decision:
     """Decide what follows a failed attempt.
 
     ``produced_text``: this attempt had streamed text before it failed. ``midstream``: the
     client already holds text of this stream. ``previous_starts``: the start times of every
-    attempt on this target within this request, including the failed one.
+    attempt on this target within this request, including the failed one. ``trial``: the
+    attempt was a half-open trial of a probing breaker. ``alternatives``: another target of the
+    route could take the request now. ``breaker_closed``: the target's breaker is closed
+    (healthy or degraded) as far as is known.
+
+    A failed trial is never retried on its target: the breaker's answer is "not yet", and a
+    retry would bypass its limit on trials. An answer that broke off in the middle goes to
+    another target; only when none is left does the same target continue it after a transient
+    fault, within its ``retries``.
     """
+    decision = _decide(
+        failure, produced_text=produced_text, midstream=midstream, was_prefill=was_prefill,
+        previous_starts=previous_starts, config=config, now=now, jitter=jitter,
+    )  # fmt: skip
+    if trial:
+        return FailOver(reason=decision.reason) if isinstance(decision, Retry) else decision
+    retries_used = len(previous_starts) - 1
+    if (
+        isinstance(decision, FailOver)
+        and (produced_text or midstream)
+        and not alternatives
+        and breaker_closed
+        and retries_used < config.retries
+        and _transient_midstream(failure)
+    ):
+        delay = max(backoff(retries_used + 1, jitter), _spacing(previous_starts, now))
+        return Retry(delay=delay, reason=decision.reason)
+    return decision
+
+
+def _transient_midstream(failure: Failure) -> bool:
+    """Whether a break in the middle of an answer may heal on the same target at once.
+
+    A reset, an early end, silence, or a server error (an HTTP status or an in-stream error
+    such as ``overloaded_error``); never a client error.
+    """
+    if failure.kind in (FailureKind.STATUS, FailureKind.STREAM_ERROR) and failure.status:
+        return failure.status in TRANSIENT_STATUSES or failure.status >= 500
+    return failure.kind in (
+        FailureKind.RESET, FailureKind.EOF, FailureKind.TIMEOUT, FailureKind.STREAM_ERROR
+    )  # fmt: skip
+
+
+def _decide(
+    failure: Failure,
+    *,
+    produced_text: bool,
+    midstream: bool,
+    was_prefill: bool,
+    previous_starts: tuple[float, ...],
+    config: ProviderConfig,
+    now: float,
+    jitter: float,
+) -> Decision:
+    """The decision for a target with a closed breaker and other targets to go to."""
     reason = reason_code(failure, midstream=midstream or produced_text)
     if produced_text:
         # Mid-attempt breakage: the target has shown it cannot finish this answer now.

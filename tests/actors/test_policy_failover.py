@@ -31,11 +31,13 @@ def status(
 
 
 def run(
-    failure, *, starts=(0.0,), produced=False, midstream=False, prefill=False, now=0.0, config=CFG
-):
+    failure, *, starts=(0.0,), produced=False, midstream=False, prefill=False, now=0.0, config=CFG,
+    trial=False, alternatives=True, breaker_closed=True,
+):  # fmt: skip
     return decide(
         failure, produced_text=produced, midstream=midstream, was_prefill=prefill,
-        previous_starts=tuple(starts), config=config, now=now, jitter=0.5,
+        previous_starts=tuple(starts), config=config, now=now, jitter=0.5, trial=trial,
+        alternatives=alternatives, breaker_closed=breaker_closed,
     )  # fmt: skip
 
 
@@ -143,6 +145,95 @@ def test_any_failure_after_text_fails_over(kind):
 def test_midstream_silence_is_named_idle_timeout():
     decision = run(Failure(kind=FailureKind.TIMEOUT, message="x"), produced=True, midstream=True)
     assert decision.reason == "idle_timeout"
+
+
+# --- a failed half-open trial ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        status(503),
+        status(429, retry_after=0.5),
+        Failure(kind=FailureKind.STREAM_ERROR, message="overloaded"),
+        status(400, message="assistant message prefill is not supported"),
+    ],
+    ids=["503", "429-short-wait", "stream-error", "prefill-rejected"],
+)
+def test_a_failed_half_open_trial_fails_over_instead_of_retrying_its_target(failure):
+    assert isinstance(run(failure, prefill=True), Retry)  # the same failure outside a trial
+    decision = run(failure, prefill=True, trial=True)
+    assert isinstance(decision, FailOver)
+    assert decision.reason == run(failure, prefill=True).reason
+
+
+def test_a_trial_that_the_request_itself_failed_is_still_rejected():
+    assert isinstance(run(status(422, message="bad temperature"), trial=True), Reject)
+
+
+# --- continuing on the same target when no other is left ------------------------------------
+
+TRANSIENT_MIDSTREAM = [
+    Failure(kind=FailureKind.RESET, message="x"),
+    Failure(kind=FailureKind.EOF, message="x"),
+    Failure(kind=FailureKind.TIMEOUT, message="x"),
+    Failure(kind=FailureKind.STREAM_ERROR, status=529, code="overloaded_error", message="x"),
+    status(503),
+]
+
+
+@pytest.mark.parametrize("failure", TRANSIENT_MIDSTREAM, ids=lambda f: f.kind.value)
+def test_a_break_mid_answer_continues_on_the_same_target_when_no_other_is_left(failure):
+    decision = run(failure, produced=True, midstream=True, alternatives=False)
+    assert isinstance(decision, Retry) and not decision.instruct
+    assert 0.1 <= decision.delay <= 0.25
+    assert decision.reason == run(failure, produced=True, midstream=True).reason
+
+
+def test_a_continuation_that_fails_before_its_text_is_also_continued_on_the_same_target():
+    reset = Failure(kind=FailureKind.RESET, message="x")
+    assert isinstance(run(reset, midstream=True), FailOver)
+    assert isinstance(run(reset, midstream=True, alternatives=False), Retry)
+
+
+@pytest.mark.parametrize(
+    ("why", "kw"),
+    [
+        ("another target is left", {"alternatives": True}),
+        ("its breaker is not closed", {"breaker_closed": False}),
+        ("it was a half-open trial", {"trial": True}),
+        ("its retries are used up", {"starts": (0.0, 2.0)}),
+        ("the client holds no text", {"produced": False, "midstream": False}),
+    ],
+)
+def test_a_break_mid_answer_fails_over_when(why, kw):
+    args = {"produced": True, "midstream": True, "alternatives": False, **kw}
+    assert isinstance(run(Failure(kind=FailureKind.RESET, message="x"), **args), FailOver), why
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Failure(kind=FailureKind.MALFORMED, message="x"),
+        Failure(kind=FailureKind.PROTOCOL, message="x"),
+        Failure(kind=FailureKind.STREAM_ERROR, status=400, code="invalid_request", message="x"),
+    ],
+    ids=["malformed", "protocol", "in-stream-400"],
+)
+def test_a_break_that_is_not_transient_is_never_continued_on_the_same_target(failure):
+    decision = run(failure, produced=True, midstream=True, alternatives=False)
+    assert isinstance(decision, FailOver)
+
+
+def test_the_same_target_continues_as_often_as_its_retries_allow_and_no_tighter():
+    cfg = ProviderConfig(name="p", kind="openai", base_url="http://p", retries=3)
+    reset = Failure(kind=FailureKind.RESET, message="x")
+    second = run(reset, produced=True, midstream=True, alternatives=False, config=cfg,
+                 starts=(0.0, 0.2), now=0.5)  # fmt: skip
+    assert isinstance(second, Retry) and second.delay == pytest.approx(TIGHT_LOOP_WINDOW - 0.5)
+    fourth = run(reset, produced=True, midstream=True, alternatives=False, config=cfg,
+                 starts=(0.0, 5.0, 10.0, 15.0), now=16.0)  # fmt: skip
+    assert isinstance(fourth, FailOver)
 
 
 # --- continuation ------------------------------------------------------------------------------
