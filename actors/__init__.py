@@ -38,6 +38,7 @@ from ._provider import ProbeKind as ProbeKind
 from ._provider import Provider as Provider
 from ._request import parse_messages as parse_messages
 from ._request import parse_params as parse_params
+from ._router import RouteRetryStatistics as RouteRetryStatistics
 from ._router import RouterStatistics as RouterStatistics
 from ._session import StreamStatistics as StreamStatistics
 from ._system import Baton as Baton

@@ -62,7 +62,8 @@ async def pick_hedge(ctx: SessionContext, route: RouteConfig, primary: int) -> P
     The caller holds its admission (it may be a half-open trial place) and must give it back
     if the hedge never starts.
     """
-    picked = await ctx.router.pick(route.name, exclude=frozenset({primary}), hedge=True)
+    # A hedge races the stream's first attempt: ``hedge_after`` limits it, not the retry budget.
+    picked = await ctx.router.pick(route.name, exclude=frozenset({primary}))
     if not isinstance(picked, Picked):
         return None
     if not await ctx.health[picked.target.provider].admit():

@@ -31,6 +31,7 @@ from ._vocab import StreamEnd, StreamErrorCode
 from .policy._failover import FailOver, Reject, Retry, decide
 from .policy._health_view import HealthSnapshot
 from .policy._report import report_for
+from .policy._route import candidates
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class StreamSession:
         self._pending: tuple[str, Phase] | None = None  # the failover to announce: reason, phase
         self._attempts: list[AttemptStatistics] = []
         self._failovers = 0
+        self._retrying = False  # a retry attempt holds a place in the route's retry budget
         self._delivered_deltas = 0
         self._started_at = 0.0
         self._first_text_at: float | None = None
@@ -123,6 +125,7 @@ class StreamSession:
         self._started_at = trio.current_time()
         telemetry = self._ctx.telemetry
         telemetry.active_streams.add(1, {"transport": self._transport})
+        self._ctx.router.start_request_nowait(self._route.name)
         try:
             with self.cancel_scope:
                 await self._serve()
@@ -142,11 +145,17 @@ class StreamSession:
         finally:
             # Shutdown cancels us from outside: the client still gets its one terminal event.
             self._error("shutting_down", "Baton is shutting down; please retry.", retryable=True)
+            self._end_retry()
+            self._ctx.router.end_request_nowait(self._route.name)
             telemetry.active_streams.add(-1, {"transport": self._transport})
             self._record_end()
 
     async def _serve(self) -> None:
-        """The failover loop: pick, admit, attempt, settle; then retry the target or fail over."""
+        """The failover loop: pick, admit, attempt, settle; then retry the target or fail over.
+
+        Every attempt after the stream's first is a retry: it holds a place in the route's
+        retry budget while it runs (``_start_retry``, ``_end_retry``).
+        """
         route, tries = self._route, _Tries()
         while True:
             if tries.count >= route.max_attempts:
@@ -154,48 +163,97 @@ class StreamSession:
             picked = await self._pick(tries)
             if picked is None:
                 return
-            index, target = picked.index, picked.target
-            if not await self._ctx.health[target.provider].admit():
-                tries.excluded.add(index)
-                tries.failures.append(f"{target.provider} ({target.model}): not taking traffic now")
-                continue
-            self._begin(target)
-            hedge = None
-            if wants_hedge(route, attempts=tries.count, delivered=bool(self._delivered)):
-                hedge = await pick_hedge(self._ctx, route, index)
-            while True:
-                tries.start(index, trio.current_time())
-                if hedge is not None:
-                    outcome = await self._race(picked, hedge, tries)
-                    hedge = None
-                    if outcome is None:
-                        return
-                else:
-                    prefill_rejected = index in tries.prefill_rejected
-                    outcome = await self._attempt(target, prefill_rejected=prefill_rejected)
-                match outcome.kind:
-                    case "done" | "diverged":
-                        return
-                    case "lost":
-                        # The hedge won and then failed after its first text: the primary is out.
-                        tries.excluded.add(index)
-                        break
-                    case "pool_full":
-                        tries.excluded.add(index)
-                        busy = f"{target.provider} ({target.model}): all upstream slots busy"
-                        tries.failures.append(busy)
-                        self._pending = self._pending or ("pool_full", self._phase())
-                        break
-                decision = self._settle(picked, outcome, tries)
-                if decision is None:
+            if tries.count > 0 and not self._start_retry(tries):
+                return
+            try:
+                if not await self._serve_target(picked, tries):
                     return
-                if isinstance(decision, Retry) and tries.count < route.max_attempts:
-                    if decision.instruct:
-                        tries.prefill_rejected.add(index)
-                    await trio.sleep(decision.delay)
-                    continue
-                tries.excluded.add(index)
-                break
+            finally:
+                self._end_retry()
+
+    async def _serve_target(self, picked: Picked, tries: _Tries) -> bool:
+        """Attempts on one picked target until it answers or is left; False: the stream ended."""
+        route = self._route
+        index, target = picked.index, picked.target
+        admitted, trial = await self._admit(target)
+        if not admitted:
+            tries.excluded.add(index)
+            tries.failures.append(f"{target.provider} ({target.model}): not taking traffic now")
+            return True
+        self._begin(target)
+        hedge = None
+        if wants_hedge(route, attempts=tries.count, delivered=bool(self._delivered)):
+            hedge = await pick_hedge(self._ctx, route, index)
+        while True:
+            tries.start(index, trio.current_time())
+            if hedge is not None:
+                outcome = await self._race(picked, hedge, tries)
+                hedge = None
+                if outcome is None:
+                    return False
+            else:
+                prefill_rejected = index in tries.prefill_rejected
+                outcome = await self._attempt(target, prefill_rejected=prefill_rejected)
+            self._end_retry()
+            match outcome.kind:
+                case "done" | "diverged":
+                    return False
+                case "lost":
+                    # The hedge won and then failed after its first text: the primary is out.
+                    tries.excluded.add(index)
+                    return True
+                case "pool_full":
+                    tries.excluded.add(index)
+                    busy = f"{target.provider} ({target.model}): all upstream slots busy"
+                    tries.failures.append(busy)
+                    self._pending = self._pending or ("pool_full", self._phase())
+                    return True
+            decision = self._settle(picked, outcome, tries, trial=trial)
+            if decision is None:
+                return False
+            if isinstance(decision, Retry) and tries.count < route.max_attempts:
+                if decision.instruct:
+                    tries.prefill_rejected.add(index)
+                await trio.sleep(decision.delay)
+                if not self._start_retry(tries):
+                    return False
+                continue
+            tries.excluded.add(index)
+            return True
+
+    async def _admit(self, target: Target) -> tuple[bool, bool]:
+        """Whether the target's health admits an attempt now, and whether as a half-open trial.
+
+        A trial is an attempt admitted while the breaker is not closed (probing); its failure
+        is the breaker's verdict, so it is never retried on the same target.
+        """
+        board = self._ctx.board
+        before = board.get(target.provider)
+        if not await self._ctx.health[target.provider].admit():
+            return False, False
+        return True, not (_closed(before) and _closed(board.get(target.provider)))
+
+    def _start_retry(self, tries: _Tries) -> bool:
+        """Take a place in the route's retry budget for the next attempt; False: refused.
+
+        A refusal ends the stream (``all_providers_unavailable``, the budget's numbers in the
+        message) and counts in ``proxy_retry_budget_exhausted``. A continuation of text the
+        client holds is never refused.
+        """
+        route = self._route.name
+        refused = self._ctx.router.start_retry_nowait(route, continuation=bool(self._delivered))
+        if refused is not None:
+            self._ctx.telemetry.retry_budget_exhausted.add(1, {"route": route})
+            self._exhausted(tries.failures, _unavailable_sentence(refused), refused.snapshots)
+            return False
+        self._retrying = True
+        return True
+
+    def _end_retry(self) -> None:
+        """Give back the retry budget's place, if a retry attempt holds one (idempotent)."""
+        if self._retrying:
+            self._retrying = False
+            self._ctx.router.end_retry_nowait(self._route.name)
 
     async def _pick(self, tries: _Tries) -> Picked | None:
         """The target of the next attempt; a stream's first waits out an outage (bounded).
@@ -204,7 +262,7 @@ class StreamSession:
         """
         route = self._route
         picked: PickResult | None = await self._ctx.router.pick(
-            route.name, exclude=frozenset(tries.excluded), retry=tries.count > 0
+            route.name, exclude=frozenset(tries.excluded)
         )
         if (
             isinstance(picked, Unavailable)
@@ -260,18 +318,24 @@ class StreamSession:
         self._pending = ("hedge", "prestream")
 
     def _settle(
-        self, picked: Picked, outcome: AttemptOutcome, tries: _Tries
+        self, picked: Picked, outcome: AttemptOutcome, tries: _Tries, *, trial: bool = False
     ) -> Retry | FailOver | None:
-        """Decide what follows a failed attempt; None: the stream ended (the request is wrong)."""
+        """Decide what follows a failed attempt; None: the stream ended (the request is wrong).
+
+        ``trial``: the attempt was admitted as a half-open trial of its target's breaker.
+        """
         ctx = self._ctx
         target, failure = picked.target, outcome.failure
         assert failure is not None
+        snapshots = ctx.board.all()
+        others = candidates(self._route, snapshots, frozenset(tries.excluded | {picked.index}))
         decision = decide(
             failure, produced_text=outcome.produced_text, midstream=bool(self._delivered),
             was_prefill=outcome.form == "prefill",
             previous_starts=tuple(tries.starts[picked.index]),
             config=ctx.provider_configs[target.provider], now=trio.current_time(),
-            jitter=ctx.random.random(),
+            jitter=ctx.random.random(), trial=trial, alternatives=bool(others),
+            breaker_closed=_closed(snapshots.get(target.provider)),
         )  # fmt: skip
         tries.failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
         log.warning(
@@ -459,9 +523,15 @@ def _describe_state(name: str, snapshot: HealthSnapshot | None, now: float) -> s
     return text
 
 
+def _closed(snapshot: HealthSnapshot | None) -> bool:
+    """Whether a provider's breaker is closed (it takes all traffic), as far as is known."""
+    return snapshot is None or snapshot.traffic == "all"
+
+
 def _unavailable_sentence(result: Unavailable) -> str:
-    return {
+    sentence = {
         "exhausted": "every target was tried",
         "none_usable": "no target is taking traffic",
         "retry_budget": "the route's retry budget is spent",
     }.get(result.reason, result.reason)
+    return f"{sentence}: {result.detail}" if result.detail else sentence

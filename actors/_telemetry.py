@@ -61,6 +61,10 @@ class Telemetry:
             unit="1",
             description="Upstream events that could not be decoded",
         )
+        self.retry_budget_exhausted = meter.create_counter(
+            "proxy_retry_budget_exhausted", unit="1",
+            description="Retries and failovers a route's retry budget refused",
+        )  # fmt: skip
         # GenAI semantic conventions: one recording per upstream attempt (see ``Attempt``).
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage", unit="{token}",
@@ -78,6 +82,7 @@ class Telemetry:
         """Record zero on the counters alerts watch, so each series exists from start-up."""
         for route in routes:
             self.failovers.add(0, {"route": route})
+            self.retry_budget_exhausted.add(0, {"route": route})
         for provider in providers:
             self.health_transitions.add(0, {"provider": provider})
 
