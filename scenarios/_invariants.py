@@ -20,6 +20,10 @@ checked on recorded facts only: the events each client took, the ``AttemptRecord
 - ``healthy_target``: if some target of the route stayed healthy (``stays_healthy``), the
   stream ends in ``done``, unless the client left, a provider rejected the request, the retry
   budget or the attempts ran out, or the pool was full;
+- ``continued``: a stream whose client already holds text ends in ``done`` when some target of
+  the route stayed healthy and attempts remained: a continuation is never refused by the retry
+  budget (only the client leaving, a rejected request, a continuation that cannot be joined
+  for a client that cannot reset, or a full pool excuse it);
 - ``closed``: every upstream attempt was closed, and (in memory) before its client got the end;
 - ``attempts``: no stream made more upstream attempts than its route's ``max_attempts``;
 - ``statistics``: each stream's statistics agree with its events; afterwards no stream is
@@ -46,7 +50,7 @@ from ._strategies import stays_healthy
 
 INVARIANTS = (
     "no_crash", "no_hang", "shape", "text", "splice", "events", "outcome", "healthy_target",
-    "closed", "attempts", "statistics", "health",
+    "continued", "closed", "attempts", "statistics", "health",
 )  # fmt: skip
 _ALWAYS_WRONG = ("internal_error", "shutting_down")
 _EPSILON = 1e-6
@@ -198,18 +202,31 @@ def _outcome(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:
         left and isinstance(terminal, StreamError) and terminal.code == "cancelled"
     ):
         return
+    healthy = _healthy_targets(history, run)
+    if not healthy or not isinstance(terminal, StreamError):
+        return
+    ended = f"{terminal.code}: {terminal.message}"
+    held_text = any(isinstance(e, Delta) for e in run.events)
+    if held_text and not _excused_midstream(history, run, terminal):
+        message = (
+            f"the client held text, {', '.join(healthy)} stayed healthy and attempts remained, "
+            f"yet the stream ended with {ended}"
+        )
+        yield "continued", message
+    elif not _excused(history, run, terminal):
+        yield (
+            "healthy_target",
+            f"{', '.join(healthy)} stayed healthy, yet the stream ended with {ended}",
+        )
+
+
+def _healthy_targets(history: History, run: ClientRun) -> list[str]:
+    """The targets of the stream's route whose every scheduled behaviour answers in full."""
     route, providers = history.config.routes[run.spec.route], history.config.providers
-    healthy = [
+    return [
         t.provider for t in route.targets
         if stays_healthy(history.scenario.schedule(t.provider), providers[t.provider])
     ]  # fmt: skip
-    if not healthy or not isinstance(terminal, StreamError) or _excused(history, run, terminal):
-        return
-    ended = f"{terminal.code}: {terminal.message}"
-    yield (
-        "healthy_target",
-        f"{', '.join(healthy)} stayed healthy, yet the stream ended with {ended}",
-    )
 
 
 def _really_rejected(history: History, run: ClientRun, error: StreamError) -> bool:
@@ -228,11 +245,27 @@ def _excused(history: History, run: ClientRun, error: StreamError) -> bool:
         return True  # checked on its own: a provider really rejected the request
     if error.code != "all_providers_unavailable":
         return False
+    return "retry budget" in error.message or _out_of_attempts(history, run)
+
+
+def _excused_midstream(history: History, run: ClientRun, error: StreamError) -> bool:
+    """Whether an error after text is legitimate although a target of the route stayed healthy.
+
+    As ``_excused``, but the retry budget is no excuse: it never refuses a continuation. A
+    continuation that cannot be joined ends a client that cannot reset (``stream_diverged``).
+    """
+    if error.code in ("upstream_rejected", "stream_diverged"):
+        return True  # each checked on its own (``outcome``, ``splice``)
+    return error.code == "all_providers_unavailable" and _out_of_attempts(history, run)
+
+
+def _out_of_attempts(history: History, run: ClientRun) -> bool:
+    """Whether the stream used all its route's attempts, or found a healthy target's pool full."""
     stats = run.statistics
     attempts = len(stats.attempts) if stats is not None else 0
     route = history.config.routes[run.spec.route]
     pool_full = stats is not None and any(a.outcome == "pool_full" for a in stats.attempts)
-    return "retry budget" in error.message or attempts >= route.max_attempts or pool_full
+    return attempts >= route.max_attempts or pool_full
 
 
 def _attempts(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:

@@ -15,7 +15,7 @@ over its routes). The "first" provider is the first target of the first route.
 - ``overload``: many more concurrent streams than ``max_connections``, slow answers holding the
   slots, short pool timeouts and a small outage queue.
 - ``chaos``: every fault at random request indexes and random rates, flapping, drawn routing
-  (strategy, hedging, attempts, retry budget), clients of every kind.
+  (strategy, hedging, attempts, retry budget and its floor), clients of every kind.
 """
 
 from __future__ import annotations
@@ -256,13 +256,14 @@ def _chaos(user_config: BatonConfig | None) -> st.SearchStrategy[Scenario]:
 
     def route_settings(n: int) -> st.SearchStrategy[dict[str, Any]]:
         return st.builds(
-            lambda strategy, hedge, attempts, budget: {
+            lambda strategy, hedge, attempts, budget, floor: {
                 "strategy": strategy, "max_attempts": attempts, "retry_budget": budget,
+                "min_retry_concurrency": floor,
                 **({"hedge_after": hedge} if hedge is not None else {}),
             },
             st.sampled_from(["priority", "weighted", "least_latency"]),
             st.sampled_from([None, 0.5, "auto"]), st.integers(1, 2 * n + 1),
-            st.sampled_from([0.0, 0.2, 1.0]),
+            st.sampled_from([0.0, 0.2, 1.0]), st.sampled_from([3, 1, 0]),
         )  # fmt: skip
 
     @st.composite

@@ -8,6 +8,7 @@ regression tests.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from actors import config_from_dict
@@ -134,3 +135,41 @@ def test_a_short_last_continuation_is_not_taken_for_a_repeat() -> None:
     )
     violations = check(play(scenario))
     assert violations == [], violations
+
+
+def _two_broken_one_spare() -> Scenario:
+    # Shrunk by the midstream suite (the "continued" invariant) from the code before the retry
+    # budget counted per route and at once: primary and backup both break after one token, so
+    # three streams need two continuations each within moments; the old budget (3 retries per
+    # 10 s, all routes together) refused the later ones while the spare stayed healthy.
+    broken = FaultSchedule.always(Behaviour("reset", at_token=1))
+    return Scenario(
+        suite="midstream",
+        providers=[
+            ProviderSpec(name="primary", schedule=broken),
+            ProviderSpec(name="backup", schedule=broken),
+            ProviderSpec(name="spare"),
+        ],
+        clients=[ClientSpec(can_reset=False)] * 3,
+    )
+
+
+def test_continuations_are_never_refused_by_the_retry_budget() -> None:
+    violations = check(play(_two_broken_one_spare()))
+    assert violations == [], violations
+
+
+def test_a_budget_that_refuses_continuations_breaks_the_continued_invariant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from actors.policy import _budget
+
+    original = _budget.retry_started
+
+    def refuses_continuations(load, *, continuation, **limits):  # type: ignore[no-untyped-def]
+        return original(load, continuation=False, **limits)
+
+    monkeypatch.setattr(_budget, "retry_started", refuses_continuations)
+    scenario = attrs.evolve(_two_broken_one_spare(), route_settings={"min_retry_concurrency": 1})
+    violations = check(play(scenario))
+    assert violations and {v.invariant for v in violations} == {"continued"}, violations
