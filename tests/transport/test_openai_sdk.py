@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import attrs
 import openai
 import pytest
 import trio
@@ -215,7 +216,10 @@ async def test_stream_broken_after_text_raises_while_iterating(flavour: str, cas
         )
         code = "stream_diverged"
     else:
-        config, providers = one_target(), {"a": breaking_a()}
+        # a breaks mid-answer, then refuses: its own continuation (the route's only target)
+        # cannot start either, so the attempts run out.
+        gone = attrs.evolve(breaking_a().schedule, default=Behaviour("refuse"))
+        config, providers = one_target(), {"a": FakeProvider("a", gone)}
         code = "all_providers_unavailable"
     async with running(config, providers) as server:
         chunks, error = await stream(server, flavour, model="r", messages=PROMPT)
