@@ -286,8 +286,17 @@ async def test_a_failover_before_any_text_names_the_new_model_from_the_first_chu
 @pytest.mark.parametrize(
     ("config", "providers", "code"),
     [
-        # One target that breaks after text: nothing is left to continue with.
-        (one_target(), lambda: {"a": breaking_a()}, "all_providers_unavailable"),
+        # One target that breaks after text and then refuses: it cannot continue its own
+        # answer either, so nothing is left to continue with.
+        (
+            one_target(),
+            lambda: {
+                "a": FakeProvider(
+                    "a", attrs.evolve(breaking_schedule(), default=Behaviour("refuse"))
+                )
+            },
+            "all_providers_unavailable",
+        ),
         # b restarts with another answer: the continuation cannot be joined.
         (
             two_targets(),
