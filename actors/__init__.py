@@ -18,6 +18,7 @@ from ._errors import Failure as Failure
 from ._errors import FailureKind as FailureKind
 from ._errors import RequestError as RequestError
 from ._errors import UpstreamError as UpstreamError
+from ._errors import clip as clip
 from ._messages import ClientEvent as ClientEvent
 from ._messages import Delta as Delta
 from ._messages import Done as Done

@@ -86,6 +86,20 @@ class Failure:
         return f"{head}: {self.message}" if self.message else head
 
 
+def clip(value: object, limit: int = 64) -> str:
+    """``repr(value)``, cut to about ``limit`` characters, for a log line or an error message.
+
+    Whatever a client sent (a model name, a path, a field) may be megabytes long: a message
+    quotes its start and says how long it was, ``'gpt-4o…' (4000000 characters)``.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 class UpstreamError(BatonError):
     """One upstream attempt failed; ``failure`` carries the classification."""
 

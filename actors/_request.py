@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import RequestError
+from ._errors import RequestError, clip
 from ._messages import Message
 
 ROLES = ("system", "user", "assistant")
@@ -43,7 +43,7 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
         if role not in ROLES:
             raise RequestError(
                 "bad_request",
-                f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}.",
+                f"messages[{i}].role must be one of {', '.join(ROLES)}; got {clip(role)}.",
             )
         content = item.get("content")
         if isinstance(content, list):
@@ -107,6 +107,8 @@ def parse_params(raw: Any) -> dict[str, Any]:
                 )
         else:
             supported = ", ".join(sorted([*_INTEGERS, *_NUMBER_RANGES, "stop"]))
-            raise RequestError("bad_request", f"unknown parameter {key!r}; supported: {supported}.")
+            raise RequestError(
+                "bad_request", f"unknown parameter {clip(key)}; supported: {supported}."
+            )
         params[key] = value
     return params

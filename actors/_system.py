@@ -24,7 +24,7 @@ from opentelemetry import metrics
 
 from ._config import BatonConfig, Target
 from ._context import SessionContext
-from ._errors import ConfigError, RequestError
+from ._errors import ConfigError, RequestError, clip
 from ._health import HealthActor, HealthBoard
 from ._load import LoadMonitor, LoadStatistics
 from ._messages import ClientEvent, Message
@@ -145,7 +145,9 @@ class Baton:
         if route_config is None:
             known = ", ".join(sorted(self.config.routes))
             raise RequestError(
-                "unknown_model", f"Unknown model {route!r}; this Baton serves: {known}.", status=404
+                "unknown_model",
+                f"Unknown model {clip(route)}; this Baton serves: {known}.",
+                status=404,
             )
         if not messages:
             raise RequestError("bad_request", "'messages' must not be empty.")

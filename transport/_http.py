@@ -40,6 +40,7 @@ from actors import (
     Started,
     StreamError,
     StreamHandle,
+    clip,
 )
 
 from ._metrics import MetricsEndpoint
@@ -136,23 +137,23 @@ class HTTPApp:
                 entry = ("GET", self._model)
             if entry is None:
                 await responder.error(
-                    404, "not_found", f"Unknown path {path!r}; see /v1/chat/completions."
+                    404, "not_found", f"Unknown path {clip(path)}; see /v1/chat/completions."
                 )
             elif method != entry[0]:
                 await responder.error(
                     405,
                     "method_not_allowed",
-                    f"{path} only accepts {entry[0]}.",
+                    f"{clip(path)} only accepts {entry[0]}.",
                     headers=((b"allow", entry[0].encode()),),
                 )
             else:
                 await entry[1](scope, receive, responder)
         except _ClientGone:
-            log.debug("HTTP %s %s: the client left before the answer", method, path)
+            log.debug("HTTP %s %s: the client left before the answer", method, clip(path))
         except APIError as exc:
             await responder.error(exc.status, exc.code, exc.message, exc.param)
         except Exception:
-            log.exception("HTTP %s %s failed", method, path)
+            log.exception("HTTP %s %s failed", method, clip(path))
             if not responder.started:
                 await responder.error(500, "internal_error", _INTERNAL_ERROR)
             elif not responder.finished:
@@ -295,7 +296,7 @@ class HTTPApp:
         name = scope["path"].split("/models/", 1)[1]
         if name not in self.baton.config.routes:
             raise APIError(
-                404, "model_not_found", f"The model {name!r} does not exist.", param="model"
+                404, "model_not_found", f"The model {clip(name)} does not exist.", param="model"
             )
         await send.whole(200, orjson.dumps(_model_object(name)))
 

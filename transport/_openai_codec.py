@@ -22,6 +22,7 @@ from actors import (
     StreamError,
     StreamErrorCode,
     Usage,
+    clip,
     parse_messages,
     parse_params,
 )
@@ -52,6 +53,9 @@ _UNSUPPORTED: Mapping[str, tuple[object, ...]] = {
 _KNOWN = frozenset(
     {"model", "messages", "stream", "n", *PASSED_PARAMS, *IGNORED_FIELDS, *_UNSUPPORTED}
 )
+
+
+_SHORT = 64  # a client's field name up to this long is quoted whole (as ``actors.clip`` does)
 
 
 class APIError(BatonError):
@@ -101,11 +105,13 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise APIError(400, "invalid_type", "The request body must be a JSON object.")
     for field in data:
         if field not in _KNOWN:
+            short = len(field) <= _SHORT
             raise APIError(
                 400,
                 "unknown_parameter",
-                f"Unrecognized request argument supplied: {field}.",
-                param=field,
+                # OpenAI's words; a name too long to quote whole is cut (and not echoed).
+                f"Unrecognized request argument supplied: {field if short else clip(field)}.",
+                param=field if short else None,
             )
     route = data.get("model")
     if route is None:

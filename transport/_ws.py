@@ -62,6 +62,7 @@ from actors import (
     Started,
     StreamError,
     StreamHandle,
+    clip,
     parse_messages,
     parse_params,
 )
@@ -160,7 +161,7 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
             raise ClientFrameError("bad_request", "'stream' must be the id of a stream to cancel.")
         return CancelRequest(stream=stream)
     raise ClientFrameError(
-        "bad_request", f"Unknown frame type {kind!r}; expected 'start' or 'cancel'."
+        "bad_request", f"Unknown frame type {clip(kind)}; expected 'start' or 'cancel'."
     )
 
 
@@ -169,8 +170,8 @@ def _check_fields(data: dict[str, Any], known: frozenset[str]) -> None:
     unknown = data.keys() - known
     if unknown:
         raise ClientFrameError(
-            "bad_request", f"Unknown field(s) {', '.join(map(repr, sorted(unknown)))} in a "
-            f"{data['type']!r} frame; known fields: {', '.join(sorted(known))}.",
+            "bad_request", f"Unknown field(s) {', '.join(map(clip, sorted(unknown)[:5]))} in a "
+            f"{clip(data['type'])} frame; known fields: {', '.join(sorted(known))}.",
         )  # fmt: skip
 
 
@@ -278,7 +279,7 @@ async def _handle(
     try:
         path = urlsplit(request.path).path
         if path != PATH:
-            log.info("connection %s from %s: rejected unknown path %r", name, peer, path)
+            log.info("connection %s from %s: rejected unknown path %s", name, peer, clip(path))
             await request.reject(
                 404, body=f"Not found; protocol v1 is served at {PATH}.\n".encode()
             )
@@ -381,7 +382,9 @@ class _Connection:
             )  # fmt: skip
         except RequestError as exc:
             raise ClientFrameError(exc.code, exc.message, ref=start.ref) from None
-        log.debug("connection %s: stream %s started (ref %r)", self._name, handle.id, start.ref)
+        log.debug(
+            "connection %s: stream %s started (ref %s)", self._name, handle.id, clip(start.ref)
+        )
         self._active[handle.id] = handle
         assert self._nursery is not None
         self._nursery.start_soon(self._pump, handle, start.ref)
@@ -394,7 +397,7 @@ class _Connection:
         elif stream_id not in self._finished:
             raise ClientFrameError(
                 "unknown_stream",
-                f"No stream {stream_id!r} was started on this connection.",
+                f"No stream {clip(stream_id)} was started on this connection.",
                 stream=stream_id,
             )
 
