@@ -36,6 +36,7 @@ BehaviourKind = Literal[
     "no_finish",
     "stream_error",
     "keepalive_stall",
+    "endless",
 ]
 PrefillMode = Literal["continue", "restart", "reject"]
 
@@ -83,7 +84,9 @@ class Behaviour:
     slept before every token. ``status``/``retry_after``/``code``/``message`` describe an HTTP
     error (``status``) or override the in-stream error (``stream_error``). ``prefill`` is what
     the provider does with a trailing assistant message: ``continue`` it, ``restart`` the answer
-    from the beginning, or ``reject`` the request with HTTP 400.
+    from the beginning, or ``reject`` the request with HTTP 400. ``endless`` never finishes: it
+    sends its answer's tokens again and again (after ``token_delay`` each) until the client
+    leaves, as a provider stuck in a loop does.
     """
 
     kind: str = "healthy"

@@ -7,6 +7,7 @@ trio's clock, so under ``MockClock`` a minute-long stall costs nothing. Its ``lo
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -162,6 +163,14 @@ class FakeProvider:
         self, record: AttemptRecord, plan: AttemptPlan, b: Behaviour, model: str
     ) -> AsyncGenerator[UpstreamEvent, None]:
         tokens = plan.tokens
+        if b.kind == "endless":
+            for token in itertools.cycle(tokens or plan.answer):
+                if b.token_delay > 0:
+                    await trio.sleep(b.token_delay)
+                else:
+                    await trio.lowlevel.checkpoint()
+                record.tokens_sent.append(token)
+                yield TextDelta(token)
         # A fault set past the end of the answer strikes after the last token.
         strike_at = min(b.at_token, len(tokens))
         for i in range(len(tokens) + 1):

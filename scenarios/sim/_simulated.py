@@ -13,6 +13,8 @@ h11. Faults happen on the wire:
 - ``status``: an error body in the provider's exact shape, with ``Retry-After`` when set.
 - ``stall``/``keepalive_stall``: after the response head and the opening events, silence, or
   only keep-alives (``: keep-alive`` for OpenAI, ``event: ping`` for Anthropic) every second.
+- ``endless``: the answer's tokens again and again until the client leaves (one write each
+  after a ``token_delay``, else ``ENDLESS_BURST`` per write, as fast as the client reads).
 - ``malformed``: one event whose JSON is cut off; ``stream_error``: an in-stream error event,
   then the body ends; ``no_done``: no ``[DONE]``/``message_stop``; ``no_finish``: the body ends
   right after the last token. Every body ends with a proper end of message.
@@ -32,6 +34,7 @@ own names (OpenAI's ``prompt_tokens``..., Anthropic's ``input_tokens``/``output_
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import socket
 import struct
@@ -72,6 +75,7 @@ from ._wire import (
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 1.0
+ENDLESS_BURST = 64  # token events per write of an endless answer without a token delay
 _READ_SIZE = 65536
 _CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/v1/messages")
 _MODELS_PATHS = ("/v1/models", "/models")
@@ -322,6 +326,17 @@ async def _stream_body(
     try:
         head = conn.send(h11.Response(status_code=200, headers=wire.headers))
         await stream.send_all(head + conn.send(h11.Data(data=wire.preamble())))
+        if b.kind == "endless":
+            # Without a delay, as fast as it may: ENDLESS_BURST token events per write.
+            burst = 1 if b.token_delay > 0 else ENDLESS_BURST
+            cycle = itertools.cycle(tokens or plan.answer)
+            while True:
+                if b.token_delay > 0:
+                    await trio.sleep(b.token_delay)
+                sent = [next(cycle) for _ in range(burst)]
+                data = b"".join(wire.token(token) for token in sent)
+                await stream.send_all(conn.send(h11.Data(data=data)))
+                record.tokens_sent.extend(sent)
         for i in range(len(tokens) + 1):
             if i == strike_at:
                 if b.kind == "stall":
@@ -375,6 +390,8 @@ async def _complete_body(
     b = record.behaviour
     tokens = plan.tokens
     try:
+        if b.kind == "endless":
+            await trio.sleep_forever()  # the whole of an endless answer never comes
         if b.kind == "reset":
             await trio.sleep(b.token_delay * min(b.at_token, len(tokens)))
             record.outcome = "reset"
