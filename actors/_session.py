@@ -28,7 +28,7 @@ from ._messages import Done, Failover, Finish, Message, Started, StreamError, Us
 from ._router import Picked, PickResult, Unavailable
 from ._streamlog import StreamLog
 from ._vocab import StreamEnd, StreamErrorCode
-from .policy._failover import FailOver, Reject, Retry, decide
+from .policy._failover import FailOver, Reject, Retry, decide, explain
 from .policy._health_view import HealthSnapshot
 from .policy._report import report_for
 from .policy._route import candidates
@@ -338,9 +338,10 @@ class StreamSession:
             breaker_closed=_closed(snapshots.get(target.provider)),
         )  # fmt: skip
         tries.failures.append(f"{target.provider} ({target.model}): {failure.describe()}")
+        next_step = explain(decision, alternatives=bool(others))
         log.warning(
             "stream %s: attempt on %s failed (%s); %s",
-            self.id, target.provider, failure.describe(), type(decision).__name__,
+            self.id, target.provider, failure.describe(), next_step,
         )  # fmt: skip
         if isinstance(decision, Reject):
             self._reject(target, failure)

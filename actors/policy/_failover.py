@@ -89,6 +89,24 @@ def reason_code(failure: Failure, *, midstream: bool) -> str:
     }[kind]
 
 
+def explain(decision: Decision, *, alternatives: bool) -> str:
+    """What follows a failed attempt, in words for an operator's log line.
+
+    ``alternatives``: another target of the route could take the request now.
+    """
+    match decision:
+        case Retry(instruct=True):
+            return "retrying the same target, asking it to continue in words (no prefill)"
+        case Retry(delay=delay):
+            return f"retrying the same target in {delay:.1f} s"
+        case FailOver() if alternatives:
+            return "failing over to the next target"
+        case FailOver():
+            return "leaving this target; no other target is left to fail over to"
+        case Reject():
+            return "rejecting: the provider refused the request itself"
+
+
 def is_prefill_rejection(failure: Failure) -> bool:
     """Whether a 400 looks like the provider refusing a trailing assistant message."""
     if failure.kind is not FailureKind.STATUS or failure.status not in (400, 422):
