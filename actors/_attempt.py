@@ -6,6 +6,10 @@ splice guard when the client already holds text. The attempt always leaves its p
 closes its upstream request, whatever ends it, and tells health what it was: once, as it
 ends, through ``policy.report_for``. As it ends it also records the OpenTelemetry GenAI
 metrics of its upstream request: its duration, and the tokens its provider reported.
+
+Two bounds keep a provider from taking Baton's memory and time: the answer may not pass the
+provider's ``max_answer_bytes`` nor the attempt its ``max_stream_duration``; both end the
+attempt as the provider's fault.
 """
 
 from __future__ import annotations
@@ -73,6 +77,11 @@ class StreamSink(Protocol):
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None: ...
 
 
+def _too_large(limit: int) -> UpstreamError:
+    message = f"the answer passed {limit} bytes (max_answer_bytes)"
+    return UpstreamError(Failure(kind=FailureKind.ANSWER_TOO_LARGE, message=message))
+
+
 class Attempt:
     """One attempt on one target; ``run`` it once."""
 
@@ -102,6 +111,8 @@ class Attempt:
             original, delivered=delivered, form=self.form, instruct_prompt=self._cfg.instruct_prompt
         )
         self._guard = SpliceGuard(delivered) if delivered else None
+        # The answer so far in UTF-8 bytes: the text this attempt continues, then its own.
+        self._answer_bytes = len(delivered.encode())
         self.produced = False
         self.ttft: float | None = None
         self.deltas = 0
@@ -180,7 +191,11 @@ class Attempt:
         began = self._began = trio.current_time()
         finish: Finish | None = None
         broke: UpstreamError | None = None
-        with trio.CancelScope() as timer:
+        max_bytes = cfg.max_answer_bytes
+        with (
+            trio.CancelScope(deadline=began + cfg.max_stream_duration) as bounded,
+            trio.CancelScope() as timer,
+        ):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog, timer, began)
                 try:
@@ -200,7 +215,14 @@ class Attempt:
                                     self.produced = True
                                     self.ttft = now - began
                                 self.deltas += 1
-                                if not self._take(event.text):  # type: ignore[union-attr]
+                                text: str = event.text  # type: ignore[union-attr]
+                                # isascii() is O(1): encoding is only for the rare other text.
+                                self._answer_bytes += (
+                                    len(text) if text.isascii() else len(text.encode())
+                                )
+                                if self._answer_bytes > max_bytes:
+                                    raise _too_large(max_bytes)
+                                if not self._take(text):
                                     return AttemptOutcome(kind="diverged")
                             elif kind is Finish:
                                 assert isinstance(event, Finish)
@@ -224,6 +246,10 @@ class Attempt:
         if broke is not None:
             raise broke
         if finish is None:
+            if bounded.cancelled_caught:
+                limit = cfg.max_stream_duration
+                message = f"the answer took longer than {limit:g} s (max_stream_duration)"
+                raise UpstreamError(Failure(kind=FailureKind.STREAM_TOO_LONG, message=message))
             if timer.cancelled_caught:
                 limit = cfg.idle_timeout if self.produced else cfg.first_token_timeout
                 what = "no text for" if self.produced else "no first token within"

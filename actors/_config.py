@@ -56,6 +56,11 @@ class ProviderConfig:
     connect_timeout: float = 5.0
     first_token_timeout: float = 15.0
     idle_timeout: float = 10.0
+    # The longest answer (UTF-8 bytes of text, counting what it was asked to continue) and the
+    # longest attempt (seconds from the request, waits for a slow client included) this
+    # provider may give: a provider that babbles or drips forever is ended as at fault.
+    max_answer_bytes: int = 8 * 1024 * 1024
+    max_stream_duration: float = 900.0
     retries: int = 1
     max_retry_wait: float = 5.0
     continuation: ContinuationMode = "auto"
@@ -120,11 +125,11 @@ class BatonConfig:
 _POSITIVE = {
     "cooldown", "max_cooldown", "stable_period", "probe_interval", "probe_interval_unhealthy",
     "probe_timeout", "slow_ttft", "pool_timeout", "connect_timeout", "first_token_timeout",
-    "idle_timeout", "queue_timeout",
+    "idle_timeout", "queue_timeout", "max_stream_duration",
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
-    "max_request_bytes", "event_log_cap", "queue_size",
+    "max_request_bytes", "event_log_cap", "queue_size", "max_answer_bytes",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",

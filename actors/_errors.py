@@ -58,6 +58,8 @@ class FailureKind(enum.Enum):
     STREAM_ERROR = "stream_error"  # the provider sent an error event inside the stream
     MALFORMED = "malformed"  # too many undecodable events
     PROTOCOL = "protocol"  # something else the provider should not have sent
+    ANSWER_TOO_LARGE = "answer_too_large"  # the answer passed the provider's max_answer_bytes
+    STREAM_TOO_LONG = "stream_too_long"  # the attempt outlived the provider's max_stream_duration
 
 
 @attrs.frozen(kw_only=True)

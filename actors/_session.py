@@ -22,7 +22,7 @@ import trio
 from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
 from ._config import RouteConfig, Target
 from ._context import SessionContext
-from ._errors import Failure
+from ._errors import Failure, FailureKind
 from ._hedge import Claim, HedgeRace, hedge_delay, pick_hedge, wants_hedge
 from ._messages import Done, Failover, Finish, Message, Started, StreamError, Usage
 from ._router import Picked, PickResult, Unavailable
@@ -91,6 +91,7 @@ class StreamSession:
         self._delivered: list[str] = []
         self._serving: Target | None = None
         self._pending: tuple[str, Phase] | None = None  # the failover to announce: reason, phase
+        self._restarting = False  # the client's text is dropped: the next text comes as a reset
         self._attempts: list[AttemptStatistics] = []
         self._failovers = 0
         self._retrying = False  # a retry attempt holds a place in the route's retry budget
@@ -348,6 +349,21 @@ class StreamSession:
             return None
         if self._pending is None:
             self._pending = (decision.reason, self._phase())
+        if failure.kind is FailureKind.ANSWER_TOO_LARGE and self._delivered:
+            # An answer at its size limit cannot be continued (the request would carry all of
+            # it): the next target answers afresh, if the client can drop what it holds.
+            if not self._can_reset:
+                self._error(
+                    "stream_diverged",
+                    f"{target.provider}'s answer grew past its limit ({failure.message}) and "
+                    "was ended; an answer that long cannot be continued, so the partial "
+                    "answer is incomplete. Retry the request.",
+                    retryable=True,
+                )
+                return None
+            self._restarting = True
+            self._delivered.clear()
+            self._delivered_deltas = 0
         return decision
 
     async def _queue_for_recovery(self, picked: PickResult) -> PickResult | None:
@@ -422,7 +438,8 @@ class StreamSession:
 
     def deliver(self, target: Target, text: str) -> None:
         if self._pending is not None:
-            self._announce(target, "continue")
+            self._announce(target, "reset" if self._restarting else "continue")
+            self._restarting = False
         if self._first_text_at is None:
             self._first_text_at = trio.current_time()
             self._ctx.telemetry.ttft.record(
@@ -456,7 +473,8 @@ class StreamSession:
 
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None:
         if self._pending is not None:
-            self._announce(target, "continue")
+            self._announce(target, "reset" if self._restarting else "continue")
+            self._restarting = False
         # The finishing attempt's usage as its provider reported it, or None: never a count
         # of our own. After a failover its prompt includes the delivered text it continued;
         # every attempt's own usage is in the stream's statistics and the token metrics.

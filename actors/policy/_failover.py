@@ -86,6 +86,8 @@ def reason_code(failure: Failure, *, midstream: bool) -> str:
         FailureKind.MALFORMED: "malformed",
         FailureKind.PROTOCOL: "protocol_error",
         FailureKind.STATUS: "upstream_error",
+        FailureKind.ANSWER_TOO_LARGE: "answer_too_large",
+        FailureKind.STREAM_TOO_LONG: "stream_too_long",
     }[kind]
 
 
@@ -168,7 +170,8 @@ def decide(
     A failed trial is never retried on its target: the breaker's answer is "not yet", and a
     retry would bypass its limit on trials. An answer that broke off in the middle goes to
     another target; only when none is left does the same target continue it after a transient
-    fault, within its ``retries``.
+    fault, within its ``retries``. An answer ended at the provider's limits (``answer_too_large``,
+    ``stream_too_long``) is never continued on the same target: it would babble again.
     """
     decision = _decide(
         failure, produced_text=produced_text, midstream=midstream, was_prefill=was_prefill,
