@@ -7,15 +7,16 @@ closes its upstream request, whatever ends it, and tells health what it was: onc
 ends, through ``policy.report_for``. As it ends it also records the OpenTelemetry GenAI
 metrics of its upstream request: its duration, and the tokens its provider reported.
 
-Two bounds keep a provider from taking Baton's memory and time: the answer may not pass the
-provider's ``max_answer_bytes`` nor the attempt its ``max_stream_duration``; both end the
-attempt as the provider's fault.
+Three bounds keep a provider or a client from taking Baton's memory: the answer may not pass
+the provider's ``max_answer_bytes`` nor the attempt its ``max_stream_duration`` (both end the
+attempt as the provider's fault), and while the client's unread backlog is full the attempt
+reads nothing more from its provider (``StreamLog.wait_for_room``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import attrs
 import trio
@@ -25,6 +26,7 @@ from ._context import SessionContext
 from ._errors import Failure, FailureKind, UpstreamError
 from ._messages import Finish, Malformed, Message, TextDelta, UpstreamRequest, Usage, UsageReport
 from ._pool import PoolTimeout
+from ._streamlog import StreamLog
 from ._vocab import AttemptEnd, ContinuationForm
 from .policy._continuation import continuation_form, continuation_request
 from .policy._failover import reason_code
@@ -68,13 +70,26 @@ class AttemptOutcome:
 
 
 class StreamSink(Protocol):
-    """Where an attempt's text goes: the session that owns the stream."""
+    """Where an attempt's text goes: the session that owns the stream.
+
+    ``log`` is the stream's log, whose backlog the attempt waits on (never writes to).
+    """
+
+    log: StreamLog
 
     def deliver(self, target: Target, text: str) -> None: ...
 
     def diverged(self, target: Target, text: str) -> bool: ...
 
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None: ...
+
+
+class ClientTooSlow(Exception):
+    """The attempt outlived ``max_stream_duration`` mostly waiting for its client to read."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"waited {waited:.1f} s for the client to read")
+        self.waited = waited
 
 
 def _too_large(limit: int) -> UpstreamError:
@@ -123,6 +138,9 @@ class Attempt:
         self._began: float | None = None  # when the upstream request was made
         self._last_progress: float | None = None
         self._finished_at: float | None = None
+        self._waiting_since: float | None = None  # while it waits for the client to read
+        self.client_wait = 0.0  # seconds it waited for the client to read (finished waits)
+        self._resumed = trio.Event()
 
     def _end(self, outcome: AttemptEnd, reason: str | None, failure: Failure | None = None) -> None:
         """Record how the attempt ended and tell its provider's health (once)."""
@@ -180,6 +198,11 @@ class Attempt:
             return AttemptOutcome(
                 kind="failed", failure=exc.failure, produced_text=self.produced, form=self.form
             )
+        except ClientTooSlow:
+            self._end("client_too_slow", "client_too_slow")
+            return AttemptOutcome(
+                kind="client_too_slow", produced_text=self.produced, form=self.form
+            )
         finally:
             if self.statistics is None:
                 # Cancelled (the client left, or shutdown): not the provider's fault.
@@ -191,6 +214,7 @@ class Attempt:
         began = self._began = trio.current_time()
         finish: Finish | None = None
         broke: UpstreamError | None = None
+        backlog = self._sink.log
         max_bytes = cfg.max_answer_bytes
         with (
             trio.CancelScope(deadline=began + cfg.max_stream_duration) as bounded,
@@ -224,6 +248,8 @@ class Attempt:
                                     raise _too_large(max_bytes)
                                 if not self._take(text):
                                     return AttemptOutcome(kind="diverged")
+                                if backlog.full:
+                                    await self._wait_for_client(backlog)
                             elif kind is Finish:
                                 assert isinstance(event, Finish)
                                 finish = event
@@ -247,9 +273,7 @@ class Attempt:
             raise broke
         if finish is None:
             if bounded.cancelled_caught:
-                limit = cfg.max_stream_duration
-                message = f"the answer took longer than {limit:g} s (max_stream_duration)"
-                raise UpstreamError(Failure(kind=FailureKind.STREAM_TOO_LONG, message=message))
+                self._too_long()
             if timer.cancelled_caught:
                 limit = cfg.idle_timeout if self.produced else cfg.first_token_timeout
                 what = "no text for" if self.produced else "no first token within"
@@ -265,16 +289,49 @@ class Attempt:
         self._sink.done(self._target, finish, self.usage)
         return AttemptOutcome(kind="done")
 
+    async def _wait_for_client(self, backlog: StreamLog) -> None:
+        """Read nothing more from the provider until the client has taken its backlog.
+
+        The idle watch pauses meanwhile, and its clock starts again when reading resumes: the
+        provider is not silent, Baton is not asking. ``max_stream_duration`` still applies.
+        """
+        since = self._waiting_since = trio.current_time()
+        self._resumed = trio.Event()
+        try:
+            await backlog.wait_for_room()
+        finally:
+            now = trio.current_time()
+            self.client_wait += now - since
+            self._waiting_since = None
+            self._last_progress = now
+            self._resumed.set()
+
+    def _too_long(self) -> NoReturn:
+        """Raise for an attempt that outlived ``max_stream_duration``: whose fault was it?
+
+        The provider's (``UpstreamError``, ``stream_too_long``) unless the attempt spent more
+        than half of that time waiting for the client to read (``ClientTooSlow``).
+        """
+        limit = self._cfg.max_stream_duration
+        if self.client_wait * 2 > limit:
+            raise ClientTooSlow(self.client_wait)
+        message = f"the answer took longer than {limit:g} s (max_stream_duration)"
+        raise UpstreamError(Failure(kind=FailureKind.STREAM_TOO_LONG, message=message))
+
     async def _watchdog(self, timer: trio.CancelScope, began: float) -> None:
         """Cancel the attempt when it stays silent too long.
 
         One task per attempt instead of moving a deadline per token: the hot path only stamps
         the time of its last text. Silence is measured from the start until the first token
         (``first_token_timeout``), then between texts (``idle_timeout``; keep-alives never reach
-        here), and after a finish reason only for ``FINISH_GRACE``.
+        here), and after a finish reason only for ``FINISH_GRACE``. It is not measured while the
+        attempt waits for the client to read.
         """
         cfg = self._cfg
         while True:
+            if self._waiting_since is not None:
+                await self._resumed.wait()
+                continue
             if self._finished_at is not None:
                 expires = self._finished_at + min(cfg.idle_timeout, FINISH_GRACE)
             elif self._last_progress is None:

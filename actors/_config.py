@@ -111,6 +111,9 @@ class ServerConfig:
     # Under load, the longest a stream with text waits between upstream reads, so that each
     # read carries more of the answer (see actors.policy._pace); 0 turns read pacing off.
     max_read_delay: float = 0.25
+    # Characters of answer text a client may leave unread (the stream log's backlog) before
+    # its stream stops reading from the provider until the client catches up (backpressure).
+    max_client_backlog: int = 256 * 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -129,7 +132,7 @@ _POSITIVE = {
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
-    "max_request_bytes", "event_log_cap", "queue_size", "max_answer_bytes",
+    "max_request_bytes", "event_log_cap", "queue_size", "max_answer_bytes", "max_client_backlog",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",

@@ -197,7 +197,7 @@ class StreamSession:
                 outcome = await self._attempt(target, prefill_rejected=prefill_rejected)
             self._end_retry()
             match outcome.kind:
-                case "done" | "diverged":
+                case "done" | "diverged" | "client_too_slow":
                     return False
                 case "lost":
                     # The hedge won and then failed after its first text: the primary is out.
@@ -306,7 +306,7 @@ class StreamSession:
         else:
             # Never needed: give back its admission (it may hold a half-open trial place).
             ctx.health[hedge.target.provider].report_nowait(report_for("lost"))
-        if rival.kind in ("done", "diverged"):
+        if rival.kind in ("done", "diverged", "client_too_slow"):
             return None
         if rival.kind == "failed":
             # The hedge failed (before or after winning): it is out for this request.
@@ -404,10 +404,20 @@ class StreamSession:
             sink=self, claim=claim,
         )  # fmt: skip
         try:
-            return await attempt.run()
+            outcome = await attempt.run()
         finally:
             assert attempt.statistics is not None
             self._attempts.append(attempt.statistics)
+        if outcome.kind == "client_too_slow":
+            limit = self._ctx.provider_configs[target.provider].max_stream_duration
+            self._error(
+                "client_too_slow",
+                f"The answer waited {attempt.client_wait:.0f} s of its {limit:g} s "
+                f"(max_stream_duration of {target.provider}) for this client to read it; "
+                "read the stream faster, or ask for a shorter answer.",
+                retryable=False,
+            )
+        return outcome
 
     # --- what the client sees ------------------------------------------------------------------
 

@@ -4,6 +4,11 @@ The session appends without blocking; the one reader takes every event it has no
 batch. A delta appended while the reader is behind is merged into the last unread delta, so a
 slow client gets fewer, larger frames, with seqs still gapless (a merged delta is one event).
 The log keeps at most ``cap`` events for resuming from a seq.
+
+The text the reader has not taken yet is the client's backlog. Once it passes ``max_unread``
+characters the log is ``full``, and the writer's attempt waits in ``wait_for_room`` before it
+reads more from its provider, until the reader takes the backlog: a client that stops reading
+stops the upstream (TCP pushes back on the provider) instead of growing Baton's memory.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import trio
 
 from ._messages import ClientEvent, Delta, is_terminal
 
+DEFAULT_MAX_UNREAD = 256 * 1024  # characters; ``ServerConfig.max_client_backlog``
+
 
 class ResumeUnavailable(Exception):
     """The events asked for were dropped from the log (older than its cap)."""
@@ -23,7 +30,9 @@ class ResumeUnavailable(Exception):
 class StreamLog:
     """The numbered events of one stream; one writer (the session), one reader."""
 
-    def __init__(self, stream_id: str, *, cap: int = 4096) -> None:
+    def __init__(
+        self, stream_id: str, *, cap: int = 4096, max_unread: int = DEFAULT_MAX_UNREAD
+    ) -> None:
         self.stream_id = stream_id
         self._events: deque[ClientEvent] = deque(maxlen=cap)
         self._next_seq = 0
@@ -37,6 +46,12 @@ class StreamLog:
         # format: ``started`` and ``failover`` only change the model of later chunks) sets this,
         # and is woken only by those; the other events reach it in the same batch, in order.
         self.wake_for_text_only = False
+        # Characters of text appended since the reader last took its batch; ``full`` once they
+        # pass ``max_unread``. A plain attribute, so the writer checks it per token for free.
+        self._unread = 0
+        self._max_unread = max_unread
+        self.full = False
+        self._room = trio.Event()
 
     def __repr__(self) -> str:
         return f"<StreamLog {self.stream_id} next_seq={self._next_seq} read={self._read_seq}>"
@@ -49,6 +64,9 @@ class StreamLog:
         """Append answer text, merged into the last delta if the reader has not taken it."""
         if not text or self.terminal is not None:
             return
+        self._unread += len(text)
+        if self._unread > self._max_unread:
+            self.full = True
         if self._tail is not None:
             self._tail.append(text)
             return
@@ -70,6 +88,7 @@ class StreamLog:
         if is_terminal(event):
             self.terminal = event
             self._wakeup.set()
+            self._room.set()
         elif not self.wake_for_text_only:
             self._wakeup.set()
         return event
@@ -95,7 +114,21 @@ class StreamLog:
             else list(events)
         )
         self._read_seq = self._next_seq
+        self._unread = 0
+        if self.full:
+            self.full = False
+            self._room.set()
         return batch
+
+    async def wait_for_room(self) -> None:
+        """Wait until the reader has taken the backlog (at once unless ``full``).
+
+        Returns at once after the terminal event, which nothing more follows. Cancelling it
+        only stops the wait.
+        """
+        while self.full and self.terminal is None:
+            self._room = trio.Event()
+            await self._room.wait()
 
     async def take(self) -> list[ClientEvent]:
         """Wait for events the reader has not taken and return them all, in seq order.

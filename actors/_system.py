@@ -154,7 +154,10 @@ class Baton:
         if self.closing:
             raise RequestError("shutting_down", "Baton is shutting down; please retry.", status=503)
         stream_id = "st_" + secrets.token_urlsafe(16)
-        stream_log = StreamLog(stream_id, cap=self.config.server.event_log_cap)
+        server = self.config.server
+        stream_log = StreamLog(
+            stream_id, cap=server.event_log_cap, max_unread=server.max_client_backlog
+        )
         session = StreamSession(
             stream_log=stream_log, route=route_config, messages=messages, params=params or {},
             ref=ref, can_reset=can_reset, transport=transport, context=self._ctx,

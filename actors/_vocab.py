@@ -17,6 +17,7 @@ StreamErrorCode = Literal[
     "cancelled",  # the client cancelled the stream
     "shutting_down",  # Baton is stopping (retryable)
     "internal_error",  # Baton failed while serving the stream (retryable)
+    "client_too_slow",  # the client left the answer unread until the attempt's time ran out
 ]
 
 # The ``code`` of a ``RequestError``: why a request was refused before any stream ran.
@@ -40,6 +41,7 @@ AttemptEnd = Literal[
     "cancelled",  # the client left, or Baton is stopping
     "pool_full",  # no upstream slot freed up in time
     "lost",  # the other attempt of a hedge race won (or the hedge never had to start)
+    "client_too_slow",  # max_stream_duration passed while it mostly waited for the client to read
 ]
 
 # How a target is asked to go on with an answer another target began.

@@ -49,7 +49,7 @@ def report_for(
             if verdict.counts:
                 return Report(outcome="failure", trip=verdict.trip)
             return _NOT_ITS_FAULT
-        case "diverged" | "pool_full":
+        case "diverged" | "pool_full" | "client_too_slow":
             return _NOT_ITS_FAULT
         case "cancelled" | "lost":
             return _NO_VERDICT
