@@ -81,6 +81,9 @@ _INTERNAL_ERROR_EVENT = (
 )
 
 
+_CLIENT_LEFT = "stream %s: the client closed its connection before the answer ended; cancelled"
+
+
 class _ClientGone(Exception):
     """The client disconnected before the answer was sent."""
 
@@ -179,12 +182,12 @@ class HTTPApp:
         finished = False
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, handle)
+                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, handle, send)
                 await answer(handle, request, send)
                 finished = True
                 nursery.cancel_scope.cancel()
         except* _ClientGone:
-            log.info("stream %s: the client went away while it was being answered", handle.id)
+            log.info(_CLIENT_LEFT, handle.id)
         finally:
             if not finished:
                 # The client left, a send failed, or the server is stopping: free the upstream.
@@ -400,14 +403,22 @@ async def _send_stream_error(send: _Responder, handle: StreamHandle, error: Stre
 
 
 async def _watch_disconnect(
-    receive: Receive, scope: trio.CancelScope, handle: StreamHandle
+    receive: Receive, scope: trio.CancelScope, handle: StreamHandle, send: _Responder
 ) -> None:
-    """Cancel ``scope`` when the client disconnects (the request body was read already)."""
+    """Cancel ``scope`` when the client leaves before the answer ends (the body was read).
+
+    hypercorn also says ``http.disconnect`` when the answer is complete: inside the ``send`` of
+    its last bytes it ends the request and tells the application, before it re-arms the
+    keep-alive timeout or closes a ``Connection: close`` connection. Cancelling then would
+    interrupt that ``send`` and leave the connection open for ever, so the end of an answer
+    that was sent whole is no disconnect.
+    """
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            log.info("stream %s: the client disconnected", handle.id)
-            scope.cancel()
+            if not send.finished:
+                log.info(_CLIENT_LEFT, handle.id)
+                scope.cancel()
             return
 
 
