@@ -44,6 +44,7 @@ from ._router import RouterStatistics as RouterStatistics
 from ._session import StreamStatistics as StreamStatistics
 from ._system import Baton as Baton
 from ._system import BatonStatistics as BatonStatistics
+from ._system import DrainStatistics as DrainStatistics
 from ._system import ProviderStatistics as ProviderStatistics
 from ._system import StreamHandle as StreamHandle
 from ._system import open_baton as open_baton

@@ -111,6 +111,9 @@ class ServerConfig:
     # Under load, the longest a stream with text waits between upstream reads, so that each
     # read carries more of the answer (see actors.policy._pace); 0 turns read pacing off.
     max_read_delay: float = 0.25
+    # On SIGINT/SIGTERM, how long running streams get to finish before they are ended with
+    # ``shutting_down``; new streams are refused meanwhile. 0 ends them at once.
+    drain_timeout: float = 30.0
     # Characters of answer text a client may leave unread (the stream log's backlog) before
     # its stream stops reading from the provider until the client catches up (backpressure).
     max_client_backlog: int = 256 * 1024
@@ -136,6 +139,7 @@ _AT_LEAST_ONE = {
 }  # fmt: skip
 _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",
+    "drain_timeout",
 }  # fmt: skip
 _PORTS = {"ws_port", "http_port"}
 

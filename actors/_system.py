@@ -41,6 +41,10 @@ from .policy._health_view import HealthSnapshot, HealthTransition
 
 log = logging.getLogger(__name__)
 
+# Seconds the streams a drain ends get to close their upstream requests (each close is bounded
+# by its adapter too) and so to write their terminal event.
+END_TIMEOUT = 5.0
+
 
 @attrs.frozen(kw_only=True)
 class ProviderStatistics:
@@ -60,6 +64,17 @@ class BatonStatistics:
     router: RouterStatistics
     restarts: int
     load: LoadStatistics
+
+
+@attrs.frozen(kw_only=True)
+class DrainStatistics:
+    """What one ``Baton.drain`` did with the streams that were running when it began."""
+
+    running: int  # streams running when the drain began
+    finished: int  # of those, the ones that ended by themselves (done, an error, a cancel)
+    ended: int  # the ones the drain ended with ``shutting_down``
+    left: int  # still running when the drain stopped waiting (a session stuck in its cleanup)
+    duration: float  # seconds from the drain's start to its return
 
 
 class StreamHandle:
@@ -181,26 +196,58 @@ class Baton:
         self._supervisor.start_temporary(run)
         return StreamHandle(session)
 
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Stop taking streams, end the running ones with ``shutting_down``, wait for them.
+    async def drain(self, timeout: float) -> DrainStatistics:
+        """Stop taking streams, let the running ones finish, end the rest with ``shutting_down``.
 
-        Waits at most ``timeout`` seconds for the sessions to close their upstream requests;
-        transports keep running meanwhile, so each client receives its terminal event.
+        New streams are refused (``RequestError`` ``shutting_down``) from the call on. Running
+        streams get ``timeout`` seconds to end by themselves; then each one left ends with
+        ``shutting_down``, and the drain waits up to ``END_TIMEOUT`` seconds for their sessions
+        to close their upstream requests. ``end_streams`` from another task (a second signal)
+        cuts the first wait short. The transports must keep running until it returns, and then
+        send every stream's events up to its terminal one before they stop.
         """
         self.closing = True
-        for session in list(self._streams.values()):
-            session.shut_down()
+        began = trio.current_time()
+        before = self._finished.copy()
+        running = len(self._streams)
         with trio.move_on_after(timeout):
-            while self._streams:
-                self._all_ended = trio.Event()
-                await self._all_ended.wait()
+            await self._all_streams_ended()
+        self.end_streams()
+        with trio.move_on_after(END_TIMEOUT):
+            await self._all_streams_ended()
+        ended_since = self._finished - before
+        ended = ended_since["shutting_down"]
+        return DrainStatistics(
+            running=running, finished=sum(ended_since.values()) - ended, ended=ended,
+            left=len(self._streams), duration=trio.current_time() - began,
+        )  # fmt: skip
+
+    def end_streams(self) -> int:
+        """End every running stream with ``shutting_down`` and refuse new ones; never blocks.
+
+        Returns how many streams it ended. A stream that already has its terminal event is left
+        to close its upstream request undisturbed.
+        """
+        self.closing = True
+        ending = [s for s in self._streams.values() if not s.log.closed]
+        for session in ending:
+            session.shut_down()
+        return len(ending)
+
+    async def _all_streams_ended(self) -> None:
+        while self._streams:
+            self._all_ended = trio.Event()
+            await self._all_ended.wait()
 
     def ready(self) -> tuple[bool, str]:
         """Whether every route has a usable target, and if not, which route lacks one.
 
         Usable is the router's own test (``HealthSnapshot.usable``: the provider takes all
         traffic or a trial now), so a ready route is one the router can pick a target of now.
+        A draining Baton is not ready: it takes no new streams.
         """
+        if self.closing:
+            return False, "draining: Baton is shutting down and takes no new streams"
         for name, route in self.config.routes.items():
             if not any(self._usable(t.provider) for t in route.targets):
                 now = trio.current_time()
