@@ -6,6 +6,7 @@ A raw ASGI application (``build_app``) served by hypercorn's trio worker (``serv
     GET  /v1/models             the routes, as OpenAI models (also /v1/models/{id})
     GET  /healthz               200 while the process runs
     GET  /readyz                200 when every route has a usable target, else 503 with the reason
+                                (``"status": "draining"`` while Baton shuts down)
     GET  /status                providers' health and pools, routes, active streams (JSON)
     GET  /metrics               Prometheus text (with a ``MetricsEndpoint``)
 
@@ -69,6 +70,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Handler = Callable[[Scope, Receive, "_Responder"], Awaitable[None]]
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+GRACEFUL_TIMEOUT = 3.0  # seconds a stopping server gives open requests to send their last bytes
+# A draining Baton refuses new streams with 503 and these: retry soon (a load balancer sends
+# the retry to another instance), and OpenAI's SDKs may retry it themselves.
+SHUTTING_DOWN_HEADERS = ((b"retry-after", b"1"), (b"x-should-retry", b"true"))
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 _OK = orjson.dumps({"status": "ok"})
 _INTERNAL_ERROR = "Baton failed while answering; please retry."
@@ -173,6 +178,9 @@ class HTTPApp:
                 can_reset=False, transport="http",
             )  # fmt: skip
         except RequestError as exc:
+            if exc.code == "shutting_down":
+                await send.error(503, exc.code, exc.message, headers=SHUTTING_DOWN_HEADERS)
+                return
             if exc.code == "unknown_model":
                 raise APIError(404, "model_not_found", exc.message, param="model") from None
             code = "invalid_value" if exc.code == "bad_request" else exc.code
@@ -308,7 +316,10 @@ class HTTPApp:
 
     async def _readyz(self, scope: Scope, receive: Receive, send: _Responder) -> None:
         ready, reason = self.baton.ready()
-        if ready:
+        if self.baton.closing:
+            # Load balancers take the instance out of rotation while its streams finish.
+            await send.whole(503, orjson.dumps({"status": "draining", "reason": reason}))
+        elif ready:
             await send.whole(200, orjson.dumps({"status": "ready"}))
         else:
             await send.whole(503, orjson.dumps({"status": "not_ready", "reason": reason}))
@@ -395,10 +406,12 @@ async def _send_stream_error(send: _Responder, handle: StreamHandle, error: Stre
     status = stream_error_status(error)
     log.info("stream %s failed before any text: %s (HTTP %d)", handle.id, error.code, status)
     # OpenAI's SDKs retry 5xx and 429 unless told otherwise; say whether a retry can help.
-    headers = (
+    headers: tuple[tuple[bytes, bytes], ...] = (
         (b"x-request-id", handle.id.encode()),
         (b"x-should-retry", b"true" if error.retryable else b"false"),
     )
+    if error.code == "shutting_down":
+        headers += ((b"retry-after", b"1"),)
     await send.whole(status, stream_error_body(error), headers=headers)
 
 
@@ -501,19 +514,23 @@ async def serve_http(
     metrics: MetricsEndpoint | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    graceful_timeout: float = GRACEFUL_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the HTTP API on ``host:port`` with hypercorn until cancelled.
 
     Reports the bound port through ``task_status`` (``port=0`` picks a free one). When
-    ``shutdown_trigger`` returns, the server stops accepting, gives open requests hypercorn's
-    graceful timeout, and returns. Raises ``OSError`` if the address cannot be bound.
+    ``shutdown_trigger`` returns, the server stops accepting and closes idle connections;
+    open requests get ``graceful_timeout`` seconds to send the rest of their answers (end the
+    streams first: ``Baton.drain``) before they are cancelled; then it returns. Raises
+    ``OSError`` if the address cannot be bound.
     """
     app = build_app(baton, metrics=metrics, max_request_bytes=max_request_bytes)
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.backlog = LISTEN_BACKLOG
+    config.graceful_timeout = graceful_timeout
     # A Logger (not "-") so that hypercorn does not install handlers; the CLI configures logging.
     config.errorlog = logging.getLogger("hypercorn.error")
     # hypercorn types the app with its TypedDict events; ours takes plain mappings.

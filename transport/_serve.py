@@ -21,7 +21,15 @@ from pathlib import Path
 
 import trio
 
-from actors import BatonConfig, ConfigError, Provider, config_from_dict, open_baton
+from actors import (
+    Baton,
+    BatonConfig,
+    ConfigError,
+    DrainStatistics,
+    Provider,
+    config_from_dict,
+    open_baton,
+)
 
 from ._http import serve_http
 from ._metrics import MetricsEndpoint
@@ -30,7 +38,9 @@ from .providers import install_merging_chunked_reader, make_provider
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT = 5.0  # seconds running streams get to end cleanly on SIGINT/SIGTERM
+# Seconds the servers get, once a drain has ended every stream, to send each stream's last
+# events and close their connections: a client that stops reading cannot hold the exit longer.
+FLUSH_TIMEOUT = 3.0
 
 
 def load_config(path: str | os.PathLike[str]) -> BatonConfig:
@@ -75,9 +85,13 @@ async def run_baton(
 ) -> None:
     """Serve ``config`` until cancelled; reports ``(ws_port, http_port)`` once listening.
 
-    With ``handle_signals`` (the ``baton`` process), SIGINT or SIGTERM drains: new streams
-    are refused, running ones end with ``shutting_down`` and reach their clients, then the
-    servers stop. It installs the merging chunked reader into h11 first (process-wide; see
+    With ``handle_signals`` (the ``baton`` process), SIGINT or SIGTERM drains and returns:
+    new streams are refused and ``/readyz`` says ``draining``; running streams get
+    ``[server] drain_timeout`` seconds to finish, then the rest end with ``shutting_down``;
+    the servers send every stream's last events (for up to ``FLUSH_TIMEOUT`` seconds), close
+    their connections and stop. A second signal ends the running streams at once.
+
+    It installs the merging chunked reader into h11 first (process-wide; see
     ``install_merging_chunked_reader``): every upstream token is its own HTTP chunk.
     """
     install_merging_chunked_reader()
@@ -110,17 +124,26 @@ async def _serve_until_signal(
 ) -> None:
     """Run the actor system and both servers; with ``signals``, drain at the first signal."""
     server = config.server
+    # The servers stop only after the drain has ended every stream, and then they finish
+    # sending: cancelling them instead would cut the streams' last events off.
+    stop_serving = trio.Event()
+    drained: DrainStatistics | None = None
+    began = trio.current_time()
     async with (
         open_baton(config, providers, meter_provider=metrics.meter_provider) as baton,
         trio.open_nursery() as nursery,
     ):
         ws_port = await nursery.start(
-            functools.partial(serve_ws, baton, host=server.host, port=server.ws_port)
-        )
+            functools.partial(
+                serve_ws, baton, host=server.host, port=server.ws_port,
+                shutdown_trigger=stop_serving.wait, graceful_timeout=FLUSH_TIMEOUT,
+            )
+        )  # fmt: skip
         http_port = await nursery.start(
             functools.partial(
                 serve_http, baton, host=server.host, port=server.http_port,
                 metrics=metrics, max_request_bytes=server.max_request_bytes,
+                shutdown_trigger=stop_serving.wait, graceful_timeout=FLUSH_TIMEOUT,
             )
         )  # fmt: skip
         log.info(
@@ -128,13 +151,56 @@ async def _serve_until_signal(
             server.host, ws_port, server.host, http_port, ", ".join(config.routes),
         )  # fmt: skip
         task_status.started((ws_port, http_port))
-        if signals is not None:
+        if signals is None:
+            await trio.sleep_forever()  # until cancelled
+        else:
+            began = await _wait_for_signal(baton, signals, server.drain_timeout)
+            drained = await _drain(baton, signals, server.drain_timeout)
+            stop_serving.set()  # the servers return once their connections have closed
+    if drained is not None:
+        _log_drained(drained, trio.current_time() - began)
+
+
+async def _wait_for_signal(baton: Baton, signals: AsyncIterator[int], timeout: float) -> float:
+    """Wait for the first SIGINT or SIGTERM and say that the drain begins; returns the time."""
+    async for signum in signals:
+        log.info(
+            "received %s: draining; %d stream(s) running get up to %g s to finish; new streams "
+            "are refused and /readyz says draining",
+            signal.Signals(signum).name, baton.statistics().active_streams, timeout,
+        )  # fmt: skip
+        break
+    return trio.current_time()
+
+
+async def _drain(baton: Baton, signals: AsyncIterator[int], timeout: float) -> DrainStatistics:
+    """``baton.drain(timeout)``, cut short by a second signal."""
+    async with trio.open_nursery() as nursery:
+
+        async def end_streams_at_second_signal() -> None:
             async for signum in signals:
-                log.info("received %s; draining streams", signal.Signals(signum).name)
-                break
-            # Running streams end with 'shutting_down' while the servers can still send it.
-            await baton.drain(DRAIN_TIMEOUT)
-            nursery.cancel_scope.cancel()
+                ended = baton.end_streams()
+                log.warning(
+                    "received %s again: ending the %d running stream(s) now",
+                    signal.Signals(signum).name, ended,
+                )  # fmt: skip
+                return
+
+        nursery.start_soon(end_streams_at_second_signal)
+        drained = await baton.drain(timeout)
+        nursery.cancel_scope.cancel()
+    return drained
+
+
+def _log_drained(drained: DrainStatistics, duration: float) -> None:
+    """The drain's one closing line: how the streams that were running ended."""
+    level = logging.INFO if drained.ended == drained.left == 0 else logging.WARNING
+    log.log(
+        level,
+        "drained in %.1f s: of %d running stream(s), %d finished, %d ended with shutting_down, "
+        "%d still running at exit",
+        duration, drained.running, drained.finished, drained.ended, drained.left,
+    )  # fmt: skip
 
 
 class JSONFormatter(logging.Formatter):

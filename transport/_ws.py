@@ -29,13 +29,15 @@ Decisions of protocol v1:
   trio-websocket buffers a whole message before we see it.
 - At most ``max_streams`` streams of one connection run at once.
 - A client that disconnects cancels its streams, which closes their upstream requests.
+- When the server stops (``shutdown_trigger``), each connection sends its streams' events up
+  to their terminal ones, then closes with 1001 (going away).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,7 +77,9 @@ FINISHED_REMEMBERED = 1024  # ended stream ids per connection whose late cancel 
 HARD_LIMIT_FACTOR = 2
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to send its opening handshake
 CLOSE_TIMEOUT = 5.0  # seconds we wait for the closing handshake of a client that went quiet
-GOING_AWAY_TIMEOUT = 0.5  # seconds to send the close frame when the server stops
+GOING_AWAY_TIMEOUT = 0.5  # seconds to send the close frame when a connection is cancelled
+GRACEFUL_TIMEOUT = 3.0  # seconds a stopping server gives its connections to finish and close
+GOING_AWAY = "Baton is shutting down; please reconnect."
 
 _START_FIELDS = frozenset({"type", "ref", "model", "messages", "params"})
 _CANCEL_FIELDS = frozenset({"type", "stream"})
@@ -245,33 +249,65 @@ async def serve_ws(
     host: str = "127.0.0.1",
     port: int = 0,
     max_streams: int = MAX_STREAMS_PER_CONNECTION,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    graceful_timeout: float = GRACEFUL_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve protocol v1 for ``baton`` on ``host:port`` until cancelled.
 
     Reports the bound port through ``task_status`` (the first listener's, should ``host`` name
     several interfaces). Cancelling it closes every connection and cancels their streams.
+    When ``shutdown_trigger`` returns, it stops accepting connections; each connection sends
+    its streams' events up to their terminal ones (end the streams first: ``Baton.drain``),
+    then closes with 1001. Connections still open ``graceful_timeout`` seconds later are
+    cancelled (they too say 1001); then it returns.
     """
     max_frame = baton.config.server.max_request_bytes
+    stopping = trio.Event()
+    open_connections = 0
 
     async def handler(request: WebSocketRequest) -> None:
-        await _handle(request, baton, max_streams=max_streams, max_frame=max_frame)
+        nonlocal open_connections
+        open_connections += 1
+        try:
+            await _handle(
+                request, baton, max_streams=max_streams, max_frame=max_frame, stopping=stopping
+            )
+        finally:
+            open_connections -= 1
 
-    serve = partial(
-        serve_websocket, handler, host, port, None,
-        max_message_size=HARD_LIMIT_FACTOR * max_frame,
-        connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT,
-    )  # fmt: skip
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve)
-        endpoints = [e for e in server.listeners if not isinstance(e, str)]
-        log.info("WebSocket server listening on %s", ", ".join(f"{e.url}{PATH}" for e in endpoints))
-        task_status.started(endpoints[0].port)
+    async with trio.open_nursery() as connections:
+        serve = partial(
+            serve_websocket, handler, host, port, None, handler_nursery=connections,
+            max_message_size=HARD_LIMIT_FACTOR * max_frame,
+            connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT,
+        )  # fmt: skip
+        async with trio.open_nursery() as listening:
+            server = await listening.start(serve)
+            endpoints = [e for e in server.listeners if not isinstance(e, str)]
+            urls = ", ".join(f"{e.url}{PATH}" for e in endpoints)
+            log.info("WebSocket server listening on %s", urls)
+            task_status.started(endpoints[0].port)
+            if shutdown_trigger is None:
+                await trio.sleep_forever()
+            else:
+                await shutdown_trigger()
+            listening.cancel_scope.cancel()  # closes the listeners: new clients are refused
+        stopping.set()
+        log.debug("WebSocket server stopping: closing %d connection(s)", open_connections)
+        connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
+    if connections.cancel_scope.cancelled_caught:
+        log.warning(
+            "WebSocket server: connections were still sending %g s after it stopped; "
+            "they were closed (1001) without their last events",
+            graceful_timeout,
+        )
 
 
 async def _handle(
-    request: WebSocketRequest, baton: Baton, *, max_streams: int, max_frame: int
-) -> None:
+    request: WebSocketRequest, baton: Baton, *, max_streams: int, max_frame: int,
+    stopping: trio.Event,
+) -> None:  # fmt: skip
     """Serve one client connection, from the handshake to its close."""
     name = f"ws{next(_connection_ids)}"
     remote = request.remote
@@ -286,7 +322,10 @@ async def _handle(
             return
         ws = await request.accept()
         log.info("connection %s from %s opened", name, peer)
-        await _Connection(ws, baton, name, max_streams=max_streams, max_frame=max_frame).run()
+        connection = _Connection(
+            ws, baton, name, max_streams=max_streams, max_frame=max_frame, stopping=stopping
+        )
+        await connection.run()
         log.info("connection %s closed (%s)", name, ws.closed)
     except ConnectionClosed:
         log.info("connection %s closed during the handshake", name)
@@ -299,8 +338,9 @@ class _Connection:
     """One client's connection: reads its frames and runs one reader task per stream."""
 
     def __init__(
-        self, ws: WebSocketConnection, baton: Baton, name: str, *, max_streams: int, max_frame: int
-    ) -> None:
+        self, ws: WebSocketConnection, baton: Baton, name: str, *, max_streams: int,
+        max_frame: int, stopping: trio.Event,
+    ) -> None:  # fmt: skip
         self._ws = ws
         self._baton = baton
         self._name = name
@@ -309,6 +349,9 @@ class _Connection:
         self._active: dict[str, StreamHandle] = {}
         self._finished: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
         self._nursery: trio.Nursery | None = None
+        self._stopping = stopping  # set when the server stops
+        self._stream_ended = trio.Event()  # set, and replaced by a waiter, as a stream ends
+        self._going_away = False  # our close frame is sent; the client's reply is awaited
         # Stream readers send their frames themselves, one at a time under this lock, rather
         # than handing them to a writer task: that is one task fewer and no hand-off per batch,
         # a batch's frames leave back to back, trio.Lock is FIFO so streams take turns batch by
@@ -319,12 +362,16 @@ class _Connection:
     async def run(self) -> None:
         """Read frames until the client leaves; then cancel every stream still running.
 
-        Cancelling it (the server stopping) closes the connection with 1001 (going away).
+        When the server stops, it closes the connection with 1001 (going away) once every
+        stream sent its terminal event; cancelling it closes with 1001 at once.
         """
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._go_away_when_stopping)
                 await self._receive()
+                if self._going_away:
+                    return  # the nursery waits for the closing handshake
                 if self._active:
                     log.info(
                         "connection %s: client left; cancelling %d stream(s)",
@@ -338,7 +385,19 @@ class _Connection:
             # reader is cancelled with us, so the client's reply can never be read: say why
             # and hang up without waiting for it.
             with trio.move_on_after(GOING_AWAY_TIMEOUT, shield=True):
-                await self._ws.aclose(1001, "Baton is shutting down; please reconnect.")
+                await self._ws.aclose(1001, GOING_AWAY)
+
+    async def _go_away_when_stopping(self) -> None:
+        """When the server stops: let every stream send its terminal event, then close (1001)."""
+        await self._stopping.wait()
+        while self._active:
+            self._stream_ended = trio.Event()
+            await self._stream_ended.wait()
+        self._going_away = True
+        # The reader still runs, so the client's closing reply is read and the TCP connection
+        # ends cleanly; a client that never replies is hung up on after CLOSE_TIMEOUT.
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self._ws.aclose(1001, GOING_AWAY)
 
     async def _receive(self) -> None:
         ws = self._ws
@@ -381,7 +440,10 @@ class _Connection:
                 can_reset=True, transport="ws",
             )  # fmt: skip
         except RequestError as exc:
-            raise ClientFrameError(exc.code, exc.message, ref=start.ref) from None
+            retryable = exc.code == "shutting_down"  # a retry can reach another instance
+            raise ClientFrameError(
+                exc.code, exc.message, ref=start.ref, retryable=retryable
+            ) from None
         log.debug(
             "connection %s: stream %s started (ref %s)", self._name, handle.id, clip(start.ref)
         )
@@ -426,6 +488,7 @@ class _Connection:
                 # it could interrupt the session while it closes its upstream request.
                 handle.cancel()
             del self._active[stream_id]
+            self._stream_ended.set()
             self._finished[stream_id] = None
             if len(self._finished) > FINISHED_REMEMBERED:
                 del self._finished[next(iter(self._finished))]
