@@ -107,6 +107,7 @@ class ServerConfig:
     ws_port: int = 8765
     http_port: int = 8080
     max_request_bytes: int = 4 * 1024 * 1024
+    body_timeout: float = 30.0  # seconds for a whole HTTP request body; then 408 and closed
     event_log_cap: int = 4096  # events a stream keeps for resuming; older ones are dropped
     # Under load, the longest a stream with text waits between upstream reads, so that each
     # read carries more of the answer (see actors.policy._pace); 0 turns read pacing off.
@@ -132,6 +133,7 @@ _POSITIVE = {
     "cooldown", "max_cooldown", "stable_period", "probe_interval", "probe_interval_unhealthy",
     "probe_timeout", "slow_ttft", "pool_timeout", "connect_timeout", "first_token_timeout",
     "idle_timeout", "queue_timeout", "max_stream_duration",
+    "body_timeout",
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",

@@ -75,6 +75,7 @@ GRACEFUL_TIMEOUT = 3.0  # seconds a stopping server gives open requests to send 
 # the retry to another instance), and OpenAI's SDKs may retry it themselves.
 SHUTTING_DOWN_HEADERS = ((b"retry-after", b"1"), (b"x-should-retry", b"true"))
 JSON_HEADERS = ((b"content-type", b"application/json"),)
+_CLOSE = ((b"connection", b"close"),)
 _OK = orjson.dumps({"status": "ok"})
 _INTERNAL_ERROR = "Baton failed while answering; please retry."
 _INTERNAL_ERROR_EVENT = (
@@ -110,6 +111,7 @@ class HTTPApp:
         self.baton = baton
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.body_timeout = baton.config.server.body_timeout
         self._routes: dict[str, tuple[str, Handler]] = {
             "/v1/chat/completions": ("POST", self._chat),
             "/chat/completions": ("POST", self._chat),
@@ -159,7 +161,9 @@ class HTTPApp:
         except _ClientGone:
             log.debug("HTTP %s %s: the client left before the answer", method, clip(path))
         except APIError as exc:
-            await responder.error(exc.status, exc.code, exc.message, exc.param)
+            # A request whose body is not read whole cannot be followed by another one.
+            headers = _CLOSE if exc.status == 408 else ()
+            await responder.error(exc.status, exc.code, exc.message, exc.param, headers=headers)
         except Exception:
             log.exception("HTTP %s %s failed", method, clip(path))
             if not responder.started:
@@ -275,7 +279,11 @@ class HTTPApp:
                         return
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole request body; ``APIError`` 413 as soon as it passes ``max_request_bytes``."""
+        """The whole request body; ``APIError`` 413 as soon as it passes ``max_request_bytes``.
+
+        ``APIError`` 408 if it has not all arrived ``body_timeout`` seconds after the request
+        head: a client that sends nothing, or a byte at a time, cannot hold a connection.
+        """
         limit = self.max_request_bytes
         too_large = APIError(
             413, "request_too_large", f"The request body is larger than {limit} bytes."
@@ -285,17 +293,23 @@ class HTTPApp:
                 raise too_large
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        with trio.move_on_after(self.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        raise APIError(
+            408, "request_timeout",
+            f"The request body did not arrive within {self.body_timeout:g} s "
+            f"({size} bytes came); send the whole request at once.",
+        )  # fmt: skip
 
     # --- models, health, status, metrics -------------------------------------------------------
 
