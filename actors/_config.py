@@ -107,7 +107,12 @@ class ServerConfig:
     ws_port: int = 8765
     http_port: int = 8080
     max_request_bytes: int = 4 * 1024 * 1024
+    # Client connections each of the HTTP and the WebSocket server holds: more are refused (503).
+    max_connections: int = 4096
+    max_connections_per_client: int = 256  # from one client address
     body_timeout: float = 30.0  # seconds for a whole HTTP request body; then 408 and closed
+    keep_alive_timeout: float = 5.0  # an idle HTTP connection, or an unfinished request head
+    handshake_timeout: float = 10.0  # seconds for a WebSocket client's opening handshake
     event_log_cap: int = 4096  # events a stream keeps for resuming; older ones are dropped
     # Under load, the longest a stream with text waits between upstream reads, so that each
     # read carries more of the answer (see actors.policy._pace); 0 turns read pacing off.
@@ -133,11 +138,12 @@ _POSITIVE = {
     "cooldown", "max_cooldown", "stable_period", "probe_interval", "probe_interval_unhealthy",
     "probe_timeout", "slow_ttft", "pool_timeout", "connect_timeout", "first_token_timeout",
     "idle_timeout", "queue_timeout", "max_stream_duration",
-    "body_timeout",
+    "body_timeout", "keep_alive_timeout", "handshake_timeout",
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
     "max_request_bytes", "event_log_cap", "queue_size", "max_answer_bytes", "max_client_backlog",
+    "max_connections_per_client",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",

@@ -3,6 +3,11 @@
 from ._http import LISTEN_BACKLOG as LISTEN_BACKLOG
 from ._http import build_app as build_app
 from ._http import serve_http as serve_http
+from ._limits import ConnectionLimiter as ConnectionLimiter
+from ._limits import ConnectionLimits as ConnectionLimits
+from ._limits import ConnectionStatistics as ConnectionStatistics
+from ._limits import ConnectionVerdict as ConnectionVerdict
+from ._limits import connection_limits as connection_limits
 from ._metrics import MetricsEndpoint as MetricsEndpoint
 from ._serve import JSONFormatter as JSONFormatter
 from ._serve import build_providers as build_providers

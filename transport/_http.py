@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from actors import (
     Baton,
@@ -44,6 +43,8 @@ from actors import (
     clip,
 )
 
+from ._accept import serve_asgi
+from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._openai_codec import (
     DONE_EVENT,
@@ -76,6 +77,11 @@ GRACEFUL_TIMEOUT = 3.0  # seconds a stopping server gives open requests to send 
 SHUTTING_DOWN_HEADERS = ((b"retry-after", b"1"), (b"x-should-retry", b"true"))
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 _CLOSE = ((b"connection", b"close"),)
+_TOO_MANY = (
+    "Baton holds as many connections as it may (server.max_connections, or "
+    "server.max_connections_per_client from one address); retry in a moment, and reuse "
+    "connections (keep-alive) rather than opening many."
+)
 _OK = orjson.dumps({"status": "ok"})
 _INTERNAL_ERROR = "Baton failed while answering; please retry."
 _INTERNAL_ERROR_EVENT = (
@@ -136,6 +142,23 @@ class HTTPApp:
             await send(
                 {"type": "websocket.close", "code": 1008, "reason": "use Baton's WebSocket port"}
             )
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The application of a connection over the server's connection limits.
+
+        ``GET /healthz`` is answered as usual, so a health check works at the limit; any other
+        request gets 503 ``too_many_connections`` with ``Retry-After``. Either way the
+        connection is closed after the answer.
+        """
+        if scope["type"] != "http":
+            await self(scope, receive, send)
+            return
+        responder = _Responder(send)
+        if scope["path"] == "/healthz" and scope["method"] == "GET":
+            await responder.whole(200, _OK, headers=_CLOSE)
+        else:
+            headers = (*_CLOSE, (b"retry-after", b"1"))
+            await responder.error(503, "too_many_connections", _TOO_MANY, headers=headers)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -549,7 +572,12 @@ async def serve_http(
     config.errorlog = logging.getLogger("hypercorn.error")
     # hypercorn types the app with its TypedDict events; ours takes plain mappings.
     asgi: Any = app
-    serve = partial(hypercorn_serve, asgi, config, shutdown_trigger=shutdown_trigger, mode="asgi")
+    # An idle connection, or one whose request head has not all come, is closed after this.
+    config.keep_alive_timeout = baton.config.server.keep_alive_timeout
+    limiter = server_connection_limiter(baton.config, name="HTTP")
+    serve = partial(
+        serve_asgi, asgi, app.refuse, config, limiter, shutdown_trigger=shutdown_trigger
+    )
     started = False
     try:
         async with trio.open_nursery() as nursery:

@@ -35,6 +35,7 @@ Decisions of protocol v1:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -49,7 +50,6 @@ from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
-    serve_websocket,
 )
 
 from actors import (
@@ -69,18 +69,28 @@ from actors import (
     parse_params,
 )
 
+from ._accept import serve_websocket
+from ._limits import server_connection_limiter
+
 log = logging.getLogger(__name__)
 
 PATH = "/v1/stream"
 MAX_STREAMS_PER_CONNECTION = 100
 FINISHED_REMEMBERED = 1024  # ended stream ids per connection whose late cancel is ignored
 HARD_LIMIT_FACTOR = 2
-HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to send its opening handshake
 CLOSE_TIMEOUT = 5.0  # seconds we wait for the closing handshake of a client that went quiet
 GOING_AWAY_TIMEOUT = 0.5  # seconds to send the close frame when a connection is cancelled
 GRACEFUL_TIMEOUT = 3.0  # seconds a stopping server gives its connections to finish and close
 GOING_AWAY = "Baton is shutting down; please reconnect."
 
+# The body of a refused handshake, OpenAI-shaped like the HTTP API's errors.
+_TOO_MANY_CONNECTIONS = orjson.dumps({"error": {
+    "message": "Baton holds as many WebSocket connections as it may (server.max_connections, or "
+    "server.max_connections_per_client from one address); retry in a moment, and carry many "
+    "streams on one connection rather than opening many.",
+    "type": "server_error", "param": None, "code": "too_many_connections",
+}})  # fmt: skip
+_REFUSED_HEADERS = [(b"retry-after", b"1"), (b"content-type", b"application/json")]
 _START_FIELDS = frozenset({"type", "ref", "model", "messages", "params"})
 _CANCEL_FIELDS = frozenset({"type", "stream"})
 _connection_ids = itertools.count(1)
@@ -280,7 +290,8 @@ async def serve_ws(
         serve = partial(
             serve_websocket, handler, host, port, None, handler_nursery=connections,
             max_message_size=HARD_LIMIT_FACTOR * max_frame,
-            connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT,
+            limiter=server_connection_limiter(baton.config, name="WebSocket"), refuse=_refuse,
+            connect_timeout=baton.config.server.handshake_timeout, disconnect_timeout=CLOSE_TIMEOUT,
         )  # fmt: skip
         async with trio.open_nursery() as listening:
             server = await listening.start(serve)
@@ -332,6 +343,15 @@ async def _handle(
     except Exception:
         # A bug on one connection must not take the whole server (and every other client) down.
         log.exception("connection %s failed", name)
+
+
+async def _refuse(request: WebSocketRequest) -> None:
+    """Refuse the handshake of a connection over the server's limits: 503, retry later."""
+    remote = request.remote
+    peer = remote if isinstance(remote, str) else remote.address
+    log.debug("refused a connection from %s: too many connections", peer)
+    with contextlib.suppress(ConnectionClosed):
+        await request.reject(503, extra_headers=_REFUSED_HEADERS, body=_TOO_MANY_CONNECTIONS)
 
 
 class _Connection:
