@@ -272,10 +272,18 @@ async def test_a_spliced_continuation_waits_for_a_slow_client_and_joins_exactly(
     async with open_baton(cfg, providers) as baton:
         handle = baton.start_stream(route="default", messages=PROMPT)
         events: list[ClientEvent] = []
+        most_ahead = 0
         while not (events and isinstance(events[-1], (Done, StreamError))):
             events += await handle.take()
+            taken = len(client_text(events))
             await trio.sleep(15.0)
+            sent = sum(
+                len("".join(record.tokens_sent)) for p in "ab" for record in providers[p].log
+            )
+            most_ahead = max(most_ahead, sent - taken)
     assert isinstance(events[-1], Done) and client_text(events) == ANSWER
+    # The guard holds back the first words of b's continuation; b still waits for the client.
+    assert most_ahead <= 20 + 40
     assert [(f.reason, f.mode) for f in events if isinstance(f, Failover)] == [
         ("reset", "continue")
     ]
