@@ -126,8 +126,8 @@ class Attempt:
             original, delivered=delivered, form=self.form, instruct_prompt=self._cfg.instruct_prompt
         )
         self._guard = SpliceGuard(delivered) if delivered else None
-        # The answer so far in UTF-8 bytes: the text this attempt continues, then its own.
-        self._answer_bytes = len(delivered.encode())
+        # The answer's UTF-8 bytes before this attempt's own: the text it continues.
+        self._continued_bytes = len(delivered.encode())
         self.produced = False
         self.ttft: float | None = None
         self.deltas = 0
@@ -215,7 +215,8 @@ class Attempt:
         finish: Finish | None = None
         broke: UpstreamError | None = None
         backlog = self._sink.log
-        max_bytes = cfg.max_answer_bytes
+        # Bytes the answer may still grow by: a local, counted down per text, is cheapest.
+        room = cfg.max_answer_bytes - self._continued_bytes
         with (
             trio.CancelScope(deadline=began + cfg.max_stream_duration) as bounded,
             trio.CancelScope() as timer,
@@ -241,11 +242,9 @@ class Attempt:
                                 self.deltas += 1
                                 text: str = event.text  # type: ignore[union-attr]
                                 # isascii() is O(1): encoding is only for the rare other text.
-                                self._answer_bytes += (
-                                    len(text) if text.isascii() else len(text.encode())
-                                )
-                                if self._answer_bytes > max_bytes:
-                                    raise _too_large(max_bytes)
+                                room -= len(text) if text.isascii() else len(text.encode())
+                                if room < 0:
+                                    raise _too_large(cfg.max_answer_bytes)
                                 if not self._take(text):
                                     return AttemptOutcome(kind="diverged")
                                 if backlog.full:
