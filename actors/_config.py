@@ -123,6 +123,10 @@ class ServerConfig:
     # Characters of answer text a client may leave unread (the stream log's backlog) before
     # its stream stops reading from the provider until the client catches up (backpressure).
     max_client_backlog: int = 256 * 1024
+    # PEM files of the certificate (chain) and its private key: both servers then speak TLS
+    # (HTTPS, WSS) on their ports. Read at start-up (transport), so a bad file stops it there.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -274,6 +278,14 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
                 where(key), "unknown section (known sections: server, providers, routes)"
             )
     server = _build(ServerConfig, where("server"), data.get("server", {}), {}, {})
+    if (server.tls_cert is None) != (server.tls_key is None):
+        given, missing = (
+            ("tls_key", "tls_cert") if server.tls_cert is None else ("tls_cert", "tls_key")
+        )
+        raise ConfigError(
+            where(f"server.{missing}"),
+            f"is required with server.{given}: give both PEM files, the certificate and its key",
+        )
     raw_providers = data.get("providers", {})
     if not isinstance(raw_providers, Mapping):
         raise ConfigError(where("providers"), "must be a table of [providers.NAME] tables")

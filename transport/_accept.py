@@ -13,11 +13,17 @@ verdict, to the library's own per-connection machinery:
   with one fix: a frame wsproto cannot accept (a text frame that is not UTF-8, a protocol
   error) gets a close frame with wsproto's code (1007, 1002) before the connection is closed,
   where trio-websocket hangs up without one. That overrides a private method; pinned likewise.
+
+With ``[server] tls_cert`` and ``tls_key`` both servers wrap each admitted connection in a
+``trio.SSLStream`` (``server_ssl_context``): HTTPS and WSS on the same ports. The TLS handshake
+counts against the server's ``handshake_timeout``; hypercorn learns the scheme (``https``) from
+the stream it is given.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -31,6 +37,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 from trio_websocket import (
     ConnectionClosed,
+    Endpoint,
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
@@ -38,10 +45,48 @@ from trio_websocket import (
 from wsproto.connection import ConnectionState as WSState
 from wsproto.events import CloseConnection
 
+from actors import ConfigError, ServerConfig
+
 from ._limits import ConnectionLimiter, ConnectionVerdict
 
 # What a text frame that is not UTF-8 is told when the connection closes (1007).
 INVALID_UTF8_REASON = "Text frames must be valid UTF-8 (protocol v1 frames are JSON text)."
+
+
+def server_ssl_context(server: ServerConfig, *, where: str = "") -> ssl.SSLContext | None:
+    """The TLS context of ``[server] tls_cert`` and ``tls_key`` (None without them).
+
+    Server side, TLS 1.2 or later, ALPN ``http/1.1``. Raises ``ConfigError`` naming the key
+    and the file when a file cannot be read or is not a PEM certificate or private key that
+    belong together; ``where`` is prefixed to the key (the config file's name).
+    """
+    if server.tls_cert is None or server.tls_key is None:
+        return None
+    prefix = f"{where}: " if where else ""
+    for key, path in (("tls_cert", server.tls_cert), ("tls_key", server.tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"{prefix}server.{key}",
+                f"cannot read {path!r} ({exc.strerror or exc}); give the path of a PEM file "
+                "Baton's user can read",
+            ) from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(server.tls_cert, server.tls_key)
+    except ssl.SSLError as exc:
+        # OpenSSL's reasons name what is wrong (no PEM start line, key values mismatch), never
+        # the key's contents.
+        raise ConfigError(
+            f"{prefix}server.tls_cert",
+            f"{server.tls_cert!r} and server.tls_key {server.tls_key!r} are not a PEM "
+            f"certificate and its unencrypted private key ({exc.reason or exc})",
+        ) from None
+    return context
 
 
 def client_address(stream: trio.SocketStream) -> str | None:
@@ -76,6 +121,7 @@ async def serve_asgi(
     config: HypercornConfig,
     limiter: ConnectionLimiter,
     *,
+    server: ServerConfig | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -84,16 +130,21 @@ async def serve_asgi(
     ``refusal_app`` serves the connections ``limiter`` refuses. Reports the bound addresses
     (``http://HOST:PORT``) through ``task_status``; raises ``OSError`` if one cannot be bound.
     When ``shutdown_trigger`` returns, it stops accepting, tells open connections to close after
-    their current request, gives them ``config.graceful_timeout``, and returns. Only plain
-    HTTP (no TLS) and no lifespan events: Baton is started and stopped by its caller.
+    their current request, gives them ``config.graceful_timeout``, and returns. With
+    ``server``'s TLS files, HTTPS (``https://HOST:PORT``), each handshake within its
+    ``handshake_timeout``. No lifespan events: Baton is started and stopped by its caller.
     """
+    tls = None if server is None else server_ssl_context(server)
+    if tls is not None and server is not None:
+        config.ssl_handshake_timeout = server.handshake_timeout
+    scheme = "http" if tls is None else "https"
     sockets = config.create_sockets()
     listeners = []
     binds = []
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)
         listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+        binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
     context = WorkerContext(None)
     apps = {
         "admitted": wrap_app(app, config.wsgi_max_body_size, "asgi"),
@@ -103,8 +154,11 @@ async def serve_asgi(
     async def serve(stream: trio.SocketStream, verdict: ConnectionVerdict) -> None:
         # A fresh, empty ASGI ``state`` per connection: there is no lifespan to fill it.
         state = ConnectionState({})
-        # TCPServer is typed for an SSL stream; it tells the two apart at run time.
+        # TCPServer is typed for an SSL stream; it tells the two apart at run time (and the
+        # ASGI scheme with them), and does the TLS handshake within ssl_handshake_timeout.
         tcp: Any = stream
+        if tls is not None:
+            tcp = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
         await TCPServer(apps[verdict], config, context, state, tcp).run()
 
     handler = partial(_serve_connection, limiter, serve)
@@ -149,11 +203,24 @@ class _LimitedWebSocketServer(WebSocketServer):
         refuse: Callable[[WebSocketRequest], Awaitable[None]],
         listeners: list[trio.SocketListener],
         limiter: ConnectionLimiter,
+        tls: ssl.SSLContext | None,
         **options: Any,
     ) -> None:
         super().__init__(handler, listeners, **options)
         self._refuse = refuse
         self._limiter = limiter
+        self._tls = tls
+
+    @property
+    def listeners(self) -> list[Endpoint | str]:
+        """The listeners' endpoints; ``wss://`` URLs when this server wraps streams in TLS."""
+        endpoints = super().listeners
+        if self._tls is None:
+            return endpoints
+        return [
+            Endpoint(str(e.address), e.port, True) if isinstance(e, Endpoint) else e
+            for e in endpoints
+        ]
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         assert isinstance(stream, trio.SocketStream)
@@ -161,9 +228,21 @@ class _LimitedWebSocketServer(WebSocketServer):
 
     async def _serve(self, stream: trio.SocketStream, verdict: ConnectionVerdict) -> None:
         # As WebSocketServer._handle_connection, with the connection class and the verdict.
+        # One deadline covers the TLS handshake and the opening handshake.
+        deadline = trio.current_time() + self._connect_timeout
+        connected: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
+        if self._tls is not None:
+            connected = trio.SSLStream(stream, self._tls, server_side=True, https_compatible=True)
+            with trio.move_on_at(deadline):
+                try:
+                    await connected.do_handshake()
+                except trio.BrokenResourceError:
+                    return  # not TLS, or a handshake the client gave up
+            if trio.current_time() >= deadline:
+                return
         async with trio.open_nursery() as nursery:
             connection = _ServerConnection(
-                stream,
+                connected,
                 wsproto.WSConnection(wsproto.ConnectionType.SERVER),
                 message_queue_size=self._message_queue_size,
                 max_message_size=self._max_message_size,
@@ -171,7 +250,7 @@ class _LimitedWebSocketServer(WebSocketServer):
             )
             nursery.start_soon(connection._reader_task)
             request: WebSocketRequest | None = None
-            with trio.move_on_after(self._connect_timeout):
+            with trio.move_on_at(deadline):
                 request = await connection._get_request()
             if request is None:  # no complete opening handshake in time
                 nursery.cancel_scope.cancel()
@@ -190,7 +269,7 @@ async def serve_websocket(
     handler: Callable[[WebSocketRequest], Awaitable[None]],
     host: str,
     port: int,
-    ssl_context: None,
+    ssl_context: ssl.SSLContext | None,
     *,
     limiter: ConnectionLimiter,
     refuse: Callable[[WebSocketRequest], Awaitable[None]],
@@ -200,16 +279,16 @@ async def serve_websocket(
     disconnect_timeout: float,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """``trio_websocket.serve_websocket`` (plain TCP only: ``ssl_context`` is None), limited.
+    """``trio_websocket.serve_websocket``, limited; WSS with an ``ssl_context``.
 
     ``handler`` gets each admitted connection's opening handshake and ``refuse`` each refused
-    one's (it should reject it); a handshake not complete within ``connect_timeout`` seconds
-    closes the connection. Reports the ``WebSocketServer`` (its ``listeners``) through
-    ``task_status`` and runs until cancelled.
+    one's (it should reject it); a handshake (TLS and WebSocket together) not complete within
+    ``connect_timeout`` seconds closes the connection. Reports the ``WebSocketServer`` (its
+    ``listeners``) through ``task_status`` and runs until cancelled.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = _LimitedWebSocketServer(
-        handler, refuse, listeners, limiter, handler_nursery=handler_nursery,
+        handler, refuse, listeners, limiter, ssl_context, handler_nursery=handler_nursery,
         max_message_size=max_message_size, connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
     )  # fmt: skip

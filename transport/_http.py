@@ -576,8 +576,8 @@ async def serve_http(
     config.keep_alive_timeout = baton.config.server.keep_alive_timeout
     limiter = server_connection_limiter(baton.config, name="HTTP")
     serve = partial(
-        serve_asgi, asgi, app.refuse, config, limiter, shutdown_trigger=shutdown_trigger
-    )
+        serve_asgi, asgi, app.refuse, config, limiter, server=baton.config.server,
+        shutdown_trigger=shutdown_trigger)  # fmt: skip
     started = False
     try:
         async with trio.open_nursery() as nursery:

@@ -31,6 +31,7 @@ from actors import (
     open_baton,
 )
 
+from ._accept import server_ssl_context
 from ._http import serve_http
 from ._metrics import MetricsEndpoint
 from ._ws import serve_ws
@@ -56,7 +57,9 @@ def load_config(path: str | os.PathLike[str]) -> BatonConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, f"is not valid TOML: {exc}") from None
-    return config_from_dict(data, source=where)
+    config = config_from_dict(data, source=where)
+    server_ssl_context(config.server, where=where)  # TLS files: unreadable or bad stops here
+    return config
 
 
 def build_providers(
@@ -94,6 +97,8 @@ async def run_baton(
     It installs the merging chunked reader into h11 first (process-wide; see
     ``install_merging_chunked_reader``): every upstream token is its own HTTP chunk.
     """
+    # A bad TLS file stops start-up here, with one ConfigError.
+    server_ssl_context(config.server)
     install_merging_chunked_reader()
     metrics = MetricsEndpoint()
     # Listen for signals before the servers start, so a signal sent while they start drains

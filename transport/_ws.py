@@ -69,7 +69,7 @@ from actors import (
     parse_params,
 )
 
-from ._accept import serve_websocket
+from ._accept import serve_websocket, server_ssl_context
 from ._limits import server_connection_limiter
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,8 @@ async def serve_ws(
 
     async with trio.open_nursery() as connections:
         serve = partial(
-            serve_websocket, handler, host, port, None, handler_nursery=connections,
+            serve_websocket, handler, host, port, server_ssl_context(baton.config.server),
+            handler_nursery=connections,
             max_message_size=HARD_LIMIT_FACTOR * max_frame,
             limiter=server_connection_limiter(baton.config, name="WebSocket"), refuse=_refuse,
             connect_timeout=baton.config.server.handshake_timeout, disconnect_timeout=CLOSE_TIMEOUT,
