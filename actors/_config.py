@@ -127,6 +127,8 @@ class ServerConfig:
     # (HTTPS, WSS) on their ports. Read at start-up (transport), so a bad file stops it there.
     tls_cert: str | None = None
     tls_key: str | None = None
+    # The environment variable holding the bearer key that /status and /metrics then require.
+    admin_key_env: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -44,6 +44,7 @@ from actors import (
 )
 
 from ._accept import serve_asgi
+from ._admin import admin_only
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._openai_codec import (
@@ -125,8 +126,8 @@ class HTTPApp:
             "/models": ("GET", self._models),
             "/healthz": ("GET", self._healthz),
             "/readyz": ("GET", self._readyz),
-            "/status": ("GET", self._status),
-            "/metrics": ("GET", self._metrics),
+            "/status": ("GET", admin_only(baton.config.server, self._status)),
+            "/metrics": ("GET", admin_only(baton.config.server, self._metrics)),
         }
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ from actors import (
 )
 
 from ._accept import server_ssl_context
+from ._admin import admin_key
 from ._http import serve_http
 from ._metrics import MetricsEndpoint
 from ._ws import serve_ws
@@ -97,8 +98,9 @@ async def run_baton(
     It installs the merging chunked reader into h11 first (process-wide; see
     ``install_merging_chunked_reader``): every upstream token is its own HTTP chunk.
     """
-    # A bad TLS file stops start-up here, with one ConfigError.
+    # A bad TLS file or a missing operator key stops start-up here, with one ConfigError.
     server_ssl_context(config.server)
+    admin_key(config.server)
     install_merging_chunked_reader()
     metrics = MetricsEndpoint()
     # Listen for signals before the servers start, so a signal sent while they start drains
