@@ -77,7 +77,9 @@ def server_ssl_context(server: ServerConfig, *, where: str = "") -> ssl.SSLConte
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     try:
-        context.load_cert_chain(server.tls_cert, server.tls_key)
+        # An encrypted key gets an empty password, which fails, instead of OpenSSL's prompt on
+        # the terminal, which would hang a server started by a service manager.
+        context.load_cert_chain(server.tls_cert, server.tls_key, password=lambda: b"")
     except ssl.SSLError as exc:
         # OpenSSL's reasons name what is wrong (no PEM start line, key values mismatch), never
         # the key's contents.

@@ -21,11 +21,13 @@ import openai
 import pytest
 import trio
 import trustme
+from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
 
 from actors import ConfigError, Message, config_from_dict
 from scenarios import FakeProvider, answer_tokens
 from transport import load_config, run_baton
+from transport._accept import server_ssl_context
 
 PROMPT = [{"role": "user", "content": "Tell me about the harbour."}]
 ANSWER = "".join(answer_tokens([Message(role="user", content=PROMPT[0]["content"])]))
@@ -168,6 +170,23 @@ def test_a_file_that_is_no_certificate_names_the_key_and_the_file(
         load_config(path)
     message = str(caught.value)
     assert "server.tls_cert" in message and str(junk) in message and "PEM" in message
+
+
+def test_an_encrypted_key_is_a_config_error_not_a_password_prompt(
+    tmp_path: Path, pem_files: tuple[str, str]
+) -> None:
+    key = serialization.load_pem_private_key(Path(pem_files[1]).read_bytes(), None)
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret-passphrase"),
+        )
+    )
+    config = config_from_dict(tls_config(pem_files[0], str(encrypted)))
+    with pytest.raises(ConfigError, match="unencrypted private key"):
+        server_ssl_context(config.server)
 
 
 def test_a_certificate_without_its_key_is_a_config_error() -> None:
