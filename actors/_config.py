@@ -123,6 +123,9 @@ class ServerConfig:
     # Characters of answer text a client may leave unread (the stream log's backlog) before
     # its stream stops reading from the provider until the client catches up (backpressure).
     max_client_backlog: int = 256 * 1024
+    # Browser origins (``scheme://host[:port]``) whose pages may use Baton; requests without
+    # an Origin header (non-browser clients) and Baton's own HTTP origin are always allowed.
+    allowed_origins: tuple[str, ...] = ()
     # PEM files of the certificate (chain) and its private key: both servers then speak TLS
     # (HTTPS, WSS) on their ports. Read at start-up (transport), so a bad file stops it there.
     tls_cert: str | None = None
@@ -264,6 +267,28 @@ def _hedge_after(where: str, value: Any) -> float | str | None:
     raise ConfigError(where, 'must be a number of seconds greater than 0, or "auto"')
 
 
+def _origins(where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(where, 'must be a list of origins, e.g. ["https://app.example.com"]')
+    origins = []
+    for i, item in enumerate(value):
+        parts = item.split("://", 1) if isinstance(item, str) else []
+        if (
+            len(parts) != 2
+            or parts[0].lower() not in ("http", "https")
+            or not parts[1]
+            or any(c in parts[1] for c in "/?#@ *")
+        ):
+            raise ConfigError(
+                f"{where}[{i}]",
+                f'must be an origin such as "https://app.example.com" or '
+                f'"http://localhost:5173" (scheme, host and port only, no path or wildcard), '
+                f"not {item!r}",
+            )
+        origins.append(item.lower())
+    return tuple(origins)
+
+
 def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfig:
     """Validate plain data and build a ``BatonConfig``.
 
@@ -279,7 +304,9 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
             raise ConfigError(
                 where(key), "unknown section (known sections: server, providers, routes)"
             )
-    server = _build(ServerConfig, where("server"), data.get("server", {}), {}, {})
+    server = _build(
+        ServerConfig, where("server"), data.get("server", {}), {}, {"allowed_origins": _origins}
+    )
     if (server.tls_cert is None) != (server.tls_key is None):
         given, missing = (
             ("tls_key", "tls_cert") if server.tls_cert is None else ("tls_cert", "tls_key")

@@ -59,6 +59,7 @@ from ._openai_codec import (
     stream_error_body,
     stream_error_status,
 )
+from ._origin import ORIGIN_REFUSED, OriginPolicy, preflight_headers, require_json
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class HTTPApp:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.body_timeout = baton.config.server.body_timeout
+        self.origins = OriginPolicy(baton.config.server)
         self._routes: dict[str, tuple[str, Handler]] = {
             "/v1/chat/completions": ("POST", self._chat),
             "/chat/completions": ("POST", self._chat),
@@ -164,12 +166,18 @@ class HTTPApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        responder = _Responder(send)
+        cors = self.origins.http_headers(scope)  # None: a browser origin that is not allowed
+        responder = _Responder(send, cors or ())
         try:
             entry = self._routes.get(path)
             if entry is None and path.startswith(("/v1/models/", "/models/")):
                 entry = ("GET", self._model)
-            if entry is None:
+            if cors is None:
+                await responder.error(403, "origin_not_allowed", ORIGIN_REFUSED)
+            elif method == "OPTIONS" and cors:  # an allowed origin's CORS preflight
+                preflight = preflight_headers(scope)
+                await responder.whole(204, b"", headers=preflight, content_type=False)
+            elif entry is None:
                 await responder.error(
                     404, "not_found", f"Unknown path {clip(path)}; see /v1/chat/completions."
                 )
@@ -199,6 +207,7 @@ class HTTPApp:
     # --- chat completions ----------------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        require_json(scope)
         request = parse_chat_request(await self._read_body(scope, receive))
         try:
             handle = self.baton.start_stream(
@@ -490,15 +499,16 @@ class _Responder:
     A send that fails because the client is gone raises ``_ClientGone``.
     """
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, extra: Any = ()) -> None:
         self._send = send
+        self._extra = tuple(extra)  # headers every response carries (CORS)
         self.started = False
         self.finished = False
 
     async def start(self, status: int, headers: Any) -> None:
         self.started = True
         await self._call(
-            {"type": "http.response.start", "status": status, "headers": list(headers)}
+            {"type": "http.response.start", "status": status, "headers": [*headers, *self._extra]}
         )
 
     async def body(self, data: bytes, *, more: bool) -> None:

@@ -71,6 +71,7 @@ from actors import (
 
 from ._accept import serve_websocket, server_ssl_context
 from ._limits import server_connection_limiter
+from ._origin import ORIGIN_REFUSED_BODY, OriginPolicy, header
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ _TOO_MANY_CONNECTIONS = orjson.dumps({"error": {
     "type": "server_error", "param": None, "code": "too_many_connections",
 }})  # fmt: skip
 _REFUSED_HEADERS = [(b"retry-after", b"1"), (b"content-type", b"application/json")]
+_JSON = [(b"content-type", b"application/json")]
 _START_FIELDS = frozenset({"type", "ref", "model", "messages", "params"})
 _CANCEL_FIELDS = frozenset({"type", "stream"})
 _connection_ids = itertools.count(1)
@@ -325,6 +327,11 @@ async def _handle(
     remote = request.remote
     peer = remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
     try:
+        origin = header(request.headers, b"origin")
+        if not OriginPolicy(baton.config.server).allows(origin):
+            log.info("connection %s from %s: refused origin %s", name, peer, clip(origin))
+            await request.reject(403, extra_headers=_JSON, body=ORIGIN_REFUSED_BODY)
+            return
         path = urlsplit(request.path).path
         if path != PATH:
             log.info("connection %s from %s: rejected unknown path %s", name, peer, clip(path))

@@ -38,6 +38,7 @@ PROMPT = [{"role": "user", "content": "Tell me about the harbour."}]
 ANSWER = "".join(answer_tokens([Message(role="user", content=PROMPT[0]["content"])]))
 DRIP = FaultSchedule.always(Behaviour("drip", token_delay=0.02))  # 128 tokens: about 2.5 s
 BOUND = 5.0  # seconds any one exchange may take before the test fails
+JSON_TYPE = ("content-type", "application/json")
 
 
 def baton_config(**server: Any) -> dict[str, Any]:
@@ -164,7 +165,7 @@ async def test_a_chunked_body_that_never_ends_is_answered_408_and_closed() -> No
         client = HTTPClient(await connect(servers.http_port))
         head = h11.Request(
             method="POST", target="/v1/chat/completions",
-            headers=[("host", "baton"), ("transfer-encoding", "chunked")],
+            headers=[("host", "baton"), ("transfer-encoding", "chunked"), JSON_TYPE],
         )  # fmt: skip
         await client.send(head, h11.Data(data=b'{"model": "r", '))  # and never the rest
         began = trio.current_time()
@@ -183,7 +184,7 @@ async def test_a_body_trickling_one_byte_at_a_time_is_answered_408_and_closed() 
         client = HTTPClient(await connect(servers.http_port))
         head = h11.Request(
             method="POST", target="/v1/chat/completions",
-            headers=[("host", "baton"), ("content-length", str(len(body)))],
+            headers=[("host", "baton"), ("content-length", str(len(body))), JSON_TYPE],
         )  # fmt: skip
         await client.send(head)
         sent = 0

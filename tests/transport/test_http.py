@@ -516,7 +516,11 @@ async def test_bodies_over_the_limit_are_a_413_with_or_without_content_length() 
             yield b'"}]}'
 
         async with client_for_tests() as client:
-            response = await client.post(server.url + "/v1/chat/completions", content=chunked())
+            response = await client.post(
+                server.url + "/v1/chat/completions",
+                content=chunked(),
+                headers={"content-type": "application/json"},
+            )
         assert "content-length" not in response.request.headers
         assert_error(response, 413, "request_too_large")
         # Just under the limit is fine.
