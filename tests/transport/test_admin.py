@@ -9,17 +9,25 @@ body, also when the provider refuses it (401) or cannot be reached.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import trio
+import trustme
 
 from actors import ConfigError, config_from_dict, open_baton
 from scenarios import FakeProvider
 from transport import MetricsEndpoint, build_app, build_providers, run_baton
 
+from .test_drain import BATON, free_port
 from .test_http import PROMPT, client_for_tests, one_target, running
 
 ADMIN_ENV = "BATON_TEST_ADMIN_KEY"
@@ -201,3 +209,73 @@ async def test_a_provider_key_appears_in_no_log_status_metrics_or_error_body(
     for text in seen:
         assert SECRET not in text
     assert SECRET[3:] not in caplog.text + "".join(seen)  # not even without its prefix
+
+
+async def test_baton_serve_over_tls_keeps_the_keys_out_of_its_output(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    http, ws = free_port(), free_port()
+    heads: list[bytes] = []
+    output = tmp_path / "baton.log"
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_refusing_provider, heads)
+        config = tmp_path / "baton.toml"
+        config.write_text(
+            f'[server]\nhttp_port = {http}\nws_port = {ws}\ntls_cert = "{cert_path}"\n'
+            f'tls_key = "{key_path}"\nadmin_key_env = "{ADMIN_ENV}"\n'
+            '[providers.refusing]\nkind = "openai"\n'
+            f'base_url = "http://127.0.0.1:{port}/v1"\napi_key_env = "PROVIDER_KEY"\n'
+            '[providers.unreachable]\nkind = "anthropic"\n'
+            f'base_url = "http://127.0.0.1:{closed_port()}"\napi_key_env = "PROVIDER_KEY"\n'
+            "[routes.default]\nqueue_timeout = 0.5\ntargets = [\n"
+            '  { provider = "refusing", model = "m" },\n'
+            '  { provider = "unreachable", model = "m" },\n]\n'
+        )
+        environ = {**os.environ, ADMIN_ENV: ADMIN_KEY, "PROVIDER_KEY": SECRET}
+        command = [*BATON, "serve", "--config", str(config), "--log-level", "DEBUG"]
+        with output.open("wb") as out:
+            process = await trio.lowlevel.open_process(
+                command, stdout=out, stderr=subprocess.STDOUT, env=environ
+            )
+        seen: list[str] = []
+        try:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            base = f"https://127.0.0.1:{http}"
+            async with httpx.AsyncClient(verify=context, timeout=10) as client:
+                with trio.fail_after(30):
+                    while True:
+                        try:
+                            if (await client.get(f"{base}/healthz")).status_code == 200:
+                                break
+                        except httpx.TransportError:
+                            assert process.returncode is None, output.read_text()
+                        await trio.sleep(0.05)
+                for stream in (True, False):
+                    body = {"model": "default", "messages": PROMPT, "stream": stream}
+                    response = await client.post(f"{base}/v1/chat/completions", json=body)
+                    assert response.status_code >= 400
+                    seen.append(response.text)
+                bearer = {"authorization": f"Bearer {ADMIN_KEY}"}
+                for path in ("/status", "/metrics"):
+                    response = await client.get(f"{base}{path}", headers=bearer)
+                    assert response.status_code == 200
+                    seen.append(response.text)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                assert await process.wait() == 0
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+        nursery.cancel_scope.cancel()
+    log = output.read_text(errors="replace")
+    assert any(SECRET.encode() in head for head in heads)  # the key was used
+    assert "Baton listening" in log and "DEBUG" in log
+    for text in (log, *seen):
+        assert SECRET not in text and SECRET[3:] not in text
+        assert ADMIN_KEY not in text

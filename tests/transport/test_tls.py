@@ -13,6 +13,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,13 @@ import pytest
 import trio
 import trustme
 from cryptography.hazmat.primitives import serialization
+from hypercorn.config import Config as HypercornConfig
 from websockets.asyncio.client import connect
 
 from actors import ConfigError, Message, config_from_dict
 from scenarios import FakeProvider, answer_tokens
-from transport import load_config, run_baton
-from transport._accept import server_ssl_context
+from transport import ConnectionLimiter, ConnectionLimits, load_config, run_baton
+from transport._accept import serve_asgi, server_ssl_context
 
 PROMPT = [{"role": "user", "content": "Tell me about the harbour."}]
 ANSWER = "".join(answer_tokens([Message(role="user", content=PROMPT[0]["content"])]))
@@ -95,6 +97,31 @@ async def test_the_openai_sdk_streams_a_chat_completion_over_https(
     async with serving(tls_config(*pem_files)) as (_, http_port):
         text, finish = await trio.to_thread.run_sync(stream, http_port, abandon_on_cancel=True)
     assert (text, finish) == (ANSWER, "stop")
+
+
+async def test_the_application_is_told_the_scheme_is_https(
+    ca: trustme.CA, pem_files: tuple[str, str]
+) -> None:
+    schemes: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        schemes.append(scope["scheme"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = config_from_dict(tls_config(*pem_files)).server
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    limiter = ConnectionLimiter(
+        ConnectionLimits(max_connections=4, max_connections_per_client=4, max_refusing=4)
+    )
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve_asgi, app, app, config, limiter, server=server))
+        assert binds[0].startswith("https://")
+        async with httpx.AsyncClient(verify=client_context(ca), timeout=5) as client:
+            response = await client.get(f"{binds[0]}/")
+        nursery.cancel_scope.cancel()
+    assert (response.status_code, schemes) == (200, ["https"])
 
 
 async def test_plain_http_to_the_tls_port_gets_no_answer(pem_files: tuple[str, str]) -> None:
