@@ -132,6 +132,10 @@ class ServerConfig:
     tls_key: str | None = None
     # The environment variable holding the bearer key that /status and /metrics then require.
     admin_key_env: str | None = None
+    # With admin_port, /status and /metrics are served only on this separate listener (with
+    # /healthz and /readyz), on admin_host (default: host); the API ports answer them 404.
+    admin_host: str | None = None
+    admin_port: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -158,7 +162,7 @@ _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",
     "drain_timeout",
 }  # fmt: skip
-_PORTS = {"ws_port", "http_port"}
+_PORTS = {"ws_port", "http_port", "admin_port"}
 
 
 def _type_name(value: object) -> str:

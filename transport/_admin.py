@@ -5,6 +5,9 @@ With ``admin_key_env`` set, those endpoints answer only a request carrying
 any other gets 401 with an OpenAI-shaped body and ``WWW-Authenticate: Bearer``. ``/healthz`` and
 ``/readyz`` stay open for load balancers. The key is read from the environment once, at start-up,
 compared in constant time, and never written to a log, an error or a metric.
+
+With ``admin_port`` the four are served on a listener of their own (``operator_app``), and the
+HTTP API's port answers ``/status`` and ``/metrics`` 404.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any, Protocol
 
 from actors import ConfigError, ServerConfig
 
+from ._openai_codec import error_body
+
 log = logging.getLogger(__name__)
 
 _UNAUTHORIZED = (
@@ -24,6 +29,11 @@ _UNAUTHORIZED = (
     "(the key is in the environment variable named by [server] admin_key_env)."
 )
 _CHALLENGE = ((b"www-authenticate", b'Bearer realm="baton-admin"'),)
+_ELSEWHERE = "{path} is served on the operator listener ([server] admin_port), not here."
+_OPERATOR_ONLY = "The operator listener serves only /status, /metrics, /healthz and /readyz."
+# The paths the operator listener serves; the ASGI scope key that says a request came in there.
+OPERATOR_PATHS = frozenset({"/status", "/metrics", "/healthz", "/readyz"})
+OPERATOR_SCOPE_KEY = "baton.operator"
 
 
 class ErrorSender(Protocol):
@@ -72,19 +82,46 @@ def bearer_matches(key: bytes, headers: Any) -> bool:
 def admin_only(server: ServerConfig, handler: Handler) -> Handler:
     """``handler`` (an HTTP API handler) behind the operator key of ``server``.
 
-    Without ``admin_key_env`` it is ``handler`` itself; with it, a request without the key gets
-    401 ``invalid_api_key``. Reads the key now (``admin_key``), so it raises ``ConfigError``
-    as that does.
+    Without ``admin_key_env`` and ``admin_port`` it is ``handler`` itself. With the key, a
+    request without it gets 401 ``invalid_api_key``; with ``admin_port``, a request that did
+    not come through ``operator_app`` gets 404. Reads the key now (``admin_key``), so it raises
+    ``ConfigError`` as that does.
     """
     key = admin_key(server)
-    if key is None:
+    separate = server.admin_port is not None
+    if key is None and not separate:
         return handler
 
     async def guarded(scope: Any, receive: Any, send: ErrorSender) -> None:
-        if bearer_matches(key, scope["headers"]):
-            await handler(scope, receive, send)
+        if separate and not scope.get(OPERATOR_SCOPE_KEY):
+            await send.error(404, "not_found", _ELSEWHERE.format(path=scope["path"]))
             return
-        log.info("HTTP GET %s refused: no valid operator key", scope["path"])
-        await send.error(401, "invalid_api_key", _UNAUTHORIZED, headers=_CHALLENGE)
+        if key is not None and not bearer_matches(key, scope["headers"]):
+            log.info("HTTP GET %s refused: no valid operator key", scope["path"])
+            await send.error(401, "invalid_api_key", _UNAUTHORIZED, headers=_CHALLENGE)
+            return
+        await handler(scope, receive, send)
 
     return guarded
+
+
+def operator_app(app: Any) -> Any:
+    """The ASGI application of the operator listener (``admin_port``) over the HTTP API ``app``.
+
+    It serves ``OPERATOR_PATHS`` through ``app`` (marking the scope, so ``admin_only`` lets
+    ``/status`` and ``/metrics`` through) and answers every other path 404.
+    """
+
+    async def serve(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            if scope["path"] not in OPERATOR_PATHS:
+                body = error_body(404, "not_found", _OPERATOR_ONLY)
+                headers = [(b"content-type", b"application/json"),
+                           (b"content-length", str(len(body)).encode())]  # fmt: skip
+                await send({"type": "http.response.start", "status": 404, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            scope = {**scope, OPERATOR_SCOPE_KEY: True}
+        await app(scope, receive, send)
+
+    return serve

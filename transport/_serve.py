@@ -16,10 +16,11 @@ import os
 import signal
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import trio
+from hypercorn.config import Config as HypercornConfig
 
 from actors import (
     Baton,
@@ -31,9 +32,10 @@ from actors import (
     open_baton,
 )
 
-from ._accept import server_ssl_context
-from ._admin import admin_key
-from ._http import serve_http
+from ._accept import serve_asgi, server_ssl_context
+from ._admin import admin_key, operator_app
+from ._http import LISTEN_BACKLOG, build_app, serve_http
+from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._ws import serve_ws
 from .providers import install_merging_chunked_reader, make_provider
@@ -153,9 +155,16 @@ async def _serve_until_signal(
                 shutdown_trigger=stop_serving.wait, graceful_timeout=FLUSH_TIMEOUT,
             )
         )  # fmt: skip
+        if server.admin_port is not None:
+            await nursery.start(
+                functools.partial(
+                    serve_operator, baton, metrics, shutdown_trigger=stop_serving.wait
+                )
+            )
+        ws, http = ("wss", "https") if server.tls_cert is not None else ("ws", "http")
         log.info(
-            "Baton listening: ws://%s:%d/v1/stream and http://%s:%d/v1 (routes: %s)",
-            server.host, ws_port, server.host, http_port, ", ".join(config.routes),
+            "Baton listening: %s://%s:%d/v1/stream and %s://%s:%d/v1 (routes: %s)",
+            ws, server.host, ws_port, http, server.host, http_port, ", ".join(config.routes),
         )  # fmt: skip
         task_status.started((ws_port, http_port))
         if signals is None:
@@ -166,6 +175,43 @@ async def _serve_until_signal(
             stop_serving.set()  # the servers return once their connections have closed
     if drained is not None:
         _log_drained(drained, trio.current_time() - began)
+
+
+async def serve_operator(
+    baton: Baton,
+    metrics: MetricsEndpoint,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/status``, ``/metrics``, ``/healthz`` and ``/readyz`` on ``[server] admin_port``.
+
+    On ``admin_host`` (default: ``host``), with the servers' TLS and the operator key; stops
+    as ``serve_http`` does when ``shutdown_trigger`` returns. Raises ``OSError`` if the address
+    cannot be bound.
+    """
+    server = baton.config.server
+    host = server.admin_host or server.host
+    app = build_app(baton, metrics=metrics)
+    config = HypercornConfig()
+    config.bind = [
+        f"[{host}]:{server.admin_port}" if ":" in host else f"{host}:{server.admin_port}"
+    ]
+    config.accesslog = None
+    config.backlog = LISTEN_BACKLOG
+    config.graceful_timeout = FLUSH_TIMEOUT
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = server.keep_alive_timeout
+    limiter = server_connection_limiter(baton.config, name="operator")
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            functools.partial(
+                serve_asgi, operator_app(app), operator_app(app.refuse), config, limiter,
+                server=server, shutdown_trigger=shutdown_trigger,
+            )
+        )  # fmt: skip
+        log.info("operator endpoints (/status, /metrics) listening on %s", ", ".join(binds))
+        task_status.started()
 
 
 async def _wait_for_signal(baton: Baton, signals: AsyncIterator[int], timeout: float) -> float:

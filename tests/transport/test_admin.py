@@ -33,6 +33,7 @@ from .test_http import PROMPT, client_for_tests, one_target, running
 ADMIN_ENV = "BATON_TEST_ADMIN_KEY"
 ADMIN_KEY = "adm-0123456789abcdef"
 SECRET = "sk-SECRETPROVIDERKEY123"
+ADMIN_PATHS = ("/status", "/metrics")
 
 
 def with_admin_key(config: dict[str, Any]) -> dict[str, Any]:
@@ -279,3 +280,36 @@ async def test_baton_serve_over_tls_keeps_the_keys_out_of_its_output(tmp_path: P
     for text in (log, *seen):
         assert SECRET not in text and SECRET[3:] not in text
         assert ADMIN_KEY not in text
+
+
+async def test_with_admin_port_the_operator_endpoints_have_a_listener_of_their_own(
+    admin_key: str,
+) -> None:
+    admin_port = free_port()
+    config = with_admin_key(one_target())
+    config["server"] |= {"ws_port": 0, "http_port": 0, "admin_port": admin_port}
+    bearer = {"authorization": f"Bearer {admin_key}"}
+    operator = f"http://127.0.0.1:{admin_port}"
+    async with trio.open_nursery() as nursery:
+        _, http_port = await nursery.start(
+            lambda task_status: run_baton(
+                config_from_dict(config), {"a": FakeProvider("a")}, task_status=task_status
+            )
+        )
+        api = f"http://127.0.0.1:{http_port}"
+        async with client_for_tests() as client:
+            on_api = {p: await client.get(f"{api}{p}", headers=bearer) for p in ADMIN_PATHS}
+            healthz = await client.get(f"{api}/healthz")
+            refused = await client.get(f"{operator}/status")
+            served = {p: await client.get(f"{operator}{p}", headers=bearer) for p in ADMIN_PATHS}
+            checks = [await client.get(f"{operator}{p}") for p in ("/healthz", "/readyz")]
+            models = await client.get(f"{operator}/v1/models", headers=bearer)
+        nursery.cancel_scope.cancel()
+    assert {p: r.status_code for p, r in on_api.items()} == {p: 404 for p in ADMIN_PATHS}
+    assert "admin_port" in on_api["/status"].json()["error"]["message"]
+    assert healthz.status_code == 200
+    assert refused.status_code == 401
+    assert {p: r.status_code for p, r in served.items()} == {p: 200 for p in ADMIN_PATHS}
+    assert "proxy_provider_healthy" in served["/metrics"].text
+    assert [r.status_code for r in checks] == [200, 200]
+    assert models.status_code == 404
