@@ -173,7 +173,10 @@ async def sse_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
     text, ttft, finished, error = "", None, False, None
     try:
         with trio.fail_after(STREAM_DEADLINE):
-            async with client.stream("POST", url, content=orjson.dumps(body)) as response:
+            headers = {"content-type": "application/json"}
+            async with client.stream(
+                "POST", url, content=orjson.dumps(body), headers=headers
+            ) as response:
                 if response.status_code != 200:
                     await response.aread()
                     error = f"HTTP {response.status_code}"

@@ -14,12 +14,19 @@ an error event inside the stream                  ``STREAM_ERROR``
 anything else the provider should not have sent   ``PROTOCOL``
 ================================================  ==========================================
 
-Every message passes through ``redact`` with the provider's key: some providers echo (part of)
-the key back in a 401 body, and a key must never reach a log line or a client.
+A ``Failure``'s message reaches clients (in ``upstream_rejected`` and
+``all_providers_unavailable`` errors), so it holds only what is safe to show: the provider's own
+``error.message`` when it sent a structured error (bounded to ``CLIENT_MESSAGE_CHARS``), else a
+sentence of Baton's (``HTTP 500 Internal Server Error``, ``could not connect to provider a``).
+Whatever else the provider said (an HTML page, a stack trace, a database URL) and the
+exception's text (which names hosts and ports) go to the log only. Everything passes through
+``redact`` with the provider's key (some providers echo it back in a 401 body) and with the
+credentials of any ``scheme://user:password@`` URL removed: neither may reach a log or a client.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -32,8 +39,12 @@ import orjson
 
 from actors import Failure, FailureKind
 
-#: Messages longer than this are cut; a provider's prose is for people, not for the policy.
+#: Log lines quoting a provider are cut here; a provider's prose is for people, not the policy.
 MAX_MESSAGE_CHARS = 500
+#: The longest provider message a client is shown.
+CLIENT_MESSAGE_CHARS = 300
+
+logger = logging.getLogger(__name__)
 
 #: The HTTP status an error type implies, for errors that arrive inside a 200 stream.
 #: Keys are OpenAI codes and types, Anthropic types, and a few OpenAI-compatible servers' names.
@@ -60,14 +71,17 @@ STATUS_BY_ERROR_TYPE: Mapping[str, int] = {
 
 _REDACTED = "[redacted]"
 _SPACES = re.compile(r"\s+")
+# The user information of a URL (``postgres://admin:hunter2@db``): a password, a token.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#@]+@")
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Return ``text`` with every occurrence of ``secret`` replaced, and cut to a sane length."""
+def redact(text: str, secret: str | None, *, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Return ``text`` without ``secret`` and URL credentials, cut to ``limit`` characters."""
     if secret and secret in text:
         text = text.replace(secret, _REDACTED)
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
+    text = _URL_CREDENTIALS.sub(r"\1" + _REDACTED + "@", text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
     return text
 
 
@@ -79,21 +93,32 @@ def _describe_exception(exc: BaseException) -> str:
 
 
 def failure_from_exception(
-    exc: httpx.HTTPError, *, started: bool, secret: str | None = None
+    exc: httpx.HTTPError, *, started: bool, secret: str | None = None, provider: str = "?"
 ) -> Failure:
-    """Classify an httpx exception; ``started`` is true once the response head arrived."""
-    message = redact(_describe_exception(exc), secret)
+    """Classify an httpx exception; ``started`` is true once the response head arrived.
+
+    The message names the provider and the exception's type; its text (which names the
+    upstream host and port) is logged, redacted, not put in the message.
+    """
+    logger.info("provider %s: %s", provider, redact(_describe_exception(exc), secret))
+    name = type(exc).__name__
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return Failure(kind=FailureKind.CONNECT, message=message)
-    if isinstance(exc, httpx.TimeoutException):
+        kind = FailureKind.CONNECT
+    elif isinstance(exc, httpx.TimeoutException):
         # Pool and write timeouts; read timeouts are off (the session times reads with trio).
-        return Failure(kind=FailureKind.TIMEOUT, message=message)
-    if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
+        kind = FailureKind.TIMEOUT
+    elif isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
         # A RemoteProtocolError is how httpx reports "server disconnected without a response"
         # and "peer closed connection without sending complete message body".
         kind = FailureKind.RESET if started else FailureKind.CONNECT
-        return Failure(kind=kind, message=message)
-    return Failure(kind=FailureKind.PROTOCOL, message=message)
+    else:
+        kind = FailureKind.PROTOCOL
+    message = {
+        FailureKind.CONNECT: f"could not connect to provider {provider} ({name})",
+        FailureKind.TIMEOUT: f"provider {provider} timed out ({name})",
+        FailureKind.RESET: f"the connection to provider {provider} broke ({name})",
+    }.get(kind, f"the request to provider {provider} failed ({name})")
+    return Failure(kind=kind, message=message)
 
 
 def parse_retry_after(headers: httpx.Headers, *, now: datetime | None = None) -> float | None:
@@ -176,7 +201,11 @@ def failure_from_stream_error(payload: Any, *, secret: str | None = None) -> Fai
     code, message, status = found
     return Failure(
         kind=FailureKind.STREAM_ERROR,
-        message=redact(message or "the provider reported an error in the stream", secret),
+        message=redact(
+            message or "the provider reported an error in the stream",
+            secret,
+            limit=CLIENT_MESSAGE_CHARS,
+        ),
         status=status,
         code=code,
     )
@@ -190,22 +219,35 @@ def failure_from_status(
     *,
     secret: str | None = None,
     now: datetime | None = None,
+    provider: str = "?",
 ) -> Failure:
-    """Turn an HTTP error response (status, head and the first bytes of body) into a failure."""
+    """Turn an HTTP error response (status, head and the first bytes of body) into a failure.
+
+    The message is the provider's ``error.message`` if the body is a structured error object,
+    else ``HTTP <status> <reason>``; the start of any other body is logged, redacted.
+    """
     code = message = None
     try:
-        found = parse_error_object(orjson.loads(body)) if body else None
+        payload = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
-        found = None
+        payload = None
+    found = parse_error_object(payload)
     if found is not None:
         code, message, _ = found
+        if not isinstance(payload, dict) or not isinstance(payload.get("error", payload), dict):
+            message = None  # {"error": "text"}: whatever text a server put there
+    head = f"HTTP {status} {reason[:40]}".strip()
     if message is None:
-        # Not JSON (an HTML page from a proxy, plain text): show its start, squeezed.
+        # Not a structured error (an HTML page from a proxy, a stack trace): for the log only.
         text = _SPACES.sub(" ", body[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")).strip()
-        message = f"HTTP {status} {reason}".strip() + (f": {text}" if text else "")
+        if text:
+            logger.info("provider %s: %s: %s", provider, head, redact(text, secret))
+            message = f"{head} (the provider's answer was not a structured error; see Baton's log)"
+        else:
+            message = head
     return Failure(
         kind=FailureKind.STATUS,
-        message=redact(message, secret),
+        message=redact(message, secret, limit=CLIENT_MESSAGE_CHARS),
         status=status,
         code=code,
         retry_after=parse_retry_after(headers, now=now),

@@ -202,7 +202,7 @@ async def open_response(
     try:
         response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
-        failure = failure_from_exception(exc, started=False, secret=secret)
+        failure = failure_from_exception(exc, started=False, secret=secret, provider=provider)
         logger.info("provider %s: no response: %s", provider, failure.describe())
         raise UpstreamError(failure) from exc
     try:
@@ -218,8 +218,9 @@ async def open_response(
         elif status >= 400:
             body = await read_bounded(response)
             failure = failure_from_status(
-                status, response.reason_phrase, response.headers, body, secret=secret
-            )
+                status, response.reason_phrase, response.headers, body, secret=secret,
+                provider=provider,
+            )  # fmt: skip
         elif status >= 300 or status < 200:
             failure = Failure(
                 kind=FailureKind.PROTOCOL,
@@ -331,7 +332,9 @@ class UpstreamEvents:
             return
         except httpx.HTTPError as exc:
             self._finished = True
-            failure = failure_from_exception(exc, started=True, secret=self._secret)
+            failure = failure_from_exception(
+                exc, started=True, secret=self._secret, provider=self._provider
+            )
             logger.info("provider %s: stream broke: %s", self._provider, failure.describe())
             raise UpstreamError(failure) from exc
         except BaseException:

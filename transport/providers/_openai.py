@@ -135,9 +135,11 @@ class OpenAIChunkParser:
             try:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
-                if event.event == "error":  # a server's plain-text error event
+                if event.event == "error":  # a server's plain-text error event: log it only
+                    logger.info("upstream plain-text error event: %s", redact(data, self._secret))
+                    message = "the provider sent an error event that was not a structured error"
                     raise UpstreamError(
-                        Failure(kind=FailureKind.STREAM_ERROR, message=redact(data, self._secret))
+                        Failure(kind=FailureKind.STREAM_ERROR, message=message)
                     ) from None
                 out.append(Malformed(raw=data[:MALFORMED_RAW_CHARS]))
                 continue
