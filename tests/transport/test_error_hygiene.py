@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from actors import config_from_dict, open_baton
 from transport import serve_http, serve_ws
 from transport.providers import OpenAIProvider
+from transport.providers._errors import redact
 
 LEAK = b"FATAL: pool error for postgres://admin:hunter2@db.internal:5432/x\n  at db.connect()"
 SECRETS = ("hunter2", "db.internal")
@@ -176,3 +177,17 @@ async def test_a_connect_error_does_not_name_the_upstream_host_and_port(
     for view in views:
         assert "could not connect to provider a" in view
         assert where not in view and str(servers.upstream_port) not in view
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "gone"),
+    [
+        ("dsn postgres://admin:hunter2@db:5432/x", "postgres://[redacted]@db:5432/x", "hunter2"),
+        ("see https://tok3n@git.example/r", "https://[redacted]@git.example/r", "tok3n"),
+        ("the key sk-live-123 is wrong", "the key [redacted] is wrong", "sk-live-123"),
+        ("mail ops@example.com, https://example.com/a@b", "ops@example.com", "[redacted]"),
+    ],
+)
+def test_redact_removes_the_key_and_url_credentials(text: str, kept: str, gone: str) -> None:
+    redacted = redact(text, "sk-live-123")
+    assert kept in redacted and gone not in redacted
