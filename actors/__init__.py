@@ -6,6 +6,7 @@ provider, router, one session per stream) over any ``Provider`` implementations.
 
 from ._attempt import AttemptStatistics as AttemptStatistics
 from ._config import BatonConfig as BatonConfig
+from ._config import ClientConfig as ClientConfig
 from ._config import HealthConfig as HealthConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import RouteConfig as RouteConfig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Literal, get_args
 
 import attrs
@@ -139,10 +140,31 @@ class ServerConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ClientConfig:
+    """One client allowed to use Baton; ``name`` is its key under ``[clients]``.
+
+    Its key is read from the environment variable ``key_env`` at start-up, or only its
+    SHA-256 (hex) is written here as ``key_sha256``. ``routes``: the routes it may use (None:
+    all). ``max_streams`` and ``requests_per_minute`` limit it alone (None: no limit).
+    ``priority`` is its weight for fair admission (parsed; not yet used for scheduling).
+    """
+
+    name: str
+    key_env: str | None = None
+    key_sha256: str | None = None
+    routes: tuple[str, ...] | None = None
+    max_streams: int | None = None
+    requests_per_minute: int | None = None
+    priority: int = 1
+
+
+@attrs.frozen(kw_only=True)
 class BatonConfig:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     providers: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     routes: Mapping[str, RouteConfig] = attrs.field(factory=dict)
+    # Empty: no client keys; anyone who reaches the ports may use every route.
+    clients: Mapping[str, ClientConfig] = attrs.field(factory=dict)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -156,7 +178,7 @@ _POSITIVE = {
 _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
     "max_request_bytes", "event_log_cap", "queue_size", "max_answer_bytes", "max_client_backlog",
-    "max_connections_per_client",
+    "max_connections_per_client", "max_streams", "requests_per_minute", "priority",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",
@@ -304,9 +326,9 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
         return f"{prefix}{key}"
 
     for key in data:
-        if key not in ("server", "providers", "routes"):
+        if key not in ("server", "providers", "routes", "clients"):
             raise ConfigError(
-                where(key), "unknown section (known sections: server, providers, routes)"
+                where(key), "unknown section (known sections: server, providers, routes, clients)"
             )
     server = _build(
         ServerConfig, where("server"), data.get("server", {}), {}, {"allowed_origins": _origins}
@@ -366,4 +388,43 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
         routes[name] = route
     if not routes:
         raise ConfigError(where("routes"), "at least one route is required, e.g. [routes.default]")
-    return BatonConfig(server=server, providers=providers, routes=routes)
+    clients = _clients(where("clients"), data.get("clients", {}), routes)
+    return BatonConfig(server=server, providers=providers, routes=routes, clients=clients)
+
+
+def _clients(where: str, data: Any, routes: Mapping[str, RouteConfig]) -> dict[str, ClientConfig]:
+    """The ``[clients.NAME]`` tables: exactly one key source each, only known routes."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, "must be a table of [clients.NAME] tables")
+    clients: dict[str, ClientConfig] = {}
+    for name, table in data.items():
+        cwhere = f"{where}.{name}"
+        client: ClientConfig = _build(
+            ClientConfig, cwhere, table, {"name": name}, {"routes": partial(_route_names, routes)}
+        )
+        if (client.key_env is None) == (client.key_sha256 is None):
+            raise ConfigError(
+                cwhere, 'needs exactly one of key_env = "VAR" or key_sha256 = "<64 hex digits>"'
+            )
+        digest = client.key_sha256
+        if digest is not None and (len(digest) != 64 or not _is_hex(digest)):
+            raise ConfigError(
+                f"{cwhere}.key_sha256",
+                "must be 64 hex digits, the SHA-256 of the key (printf %s KEY | sha256sum)",
+            )
+        clients[name] = client
+    return clients
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _route_names(routes: Mapping[str, RouteConfig], where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(where, 'must be a list of route names, e.g. ["default"]')
+    for i, name in enumerate(value):
+        if name not in routes:
+            known = ", ".join(sorted(routes))
+            raise ConfigError(f"{where}[{i}]", f"names unknown route {name!r} (routes: {known})")
+    return tuple(value)

@@ -27,6 +27,7 @@ RequestErrorCode = Literal[
     "unknown_stream",  # a cancel named no stream of this connection
     "too_large",  # the request is larger than server.max_request_bytes
     "too_many_streams",  # the connection already runs its most streams (retryable)
+    "rate_limit_exceeded",  # the client's requests_per_minute are used up (retryable)
     "shutting_down",  # Baton is stopping and takes no new streams (retryable)
 ]
 

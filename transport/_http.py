@@ -45,6 +45,7 @@ from actors import (
 
 from ._accept import serve_asgi
 from ._admin import admin_only
+from ._auth import ClientAuth, Refused
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._openai_codec import (
@@ -115,8 +116,10 @@ class HTTPApp:
         *,
         metrics: MetricsEndpoint | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        auth: ClientAuth | None = None,
     ) -> None:
         self.baton = baton
+        self.auth = auth or ClientAuth.from_config(baton.config)  # shared with WS: pass it
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.body_timeout = baton.config.server.body_timeout
@@ -126,6 +129,7 @@ class HTTPApp:
             "/chat/completions": ("POST", self._chat),
             "/v1/models": ("GET", self._models),
             "/models": ("GET", self._models),
+            "/v1/tokens": ("POST", self._tokens),
             "/healthz": ("GET", self._healthz),
             "/readyz": ("GET", self._readyz),
             "/status": ("GET", admin_only(baton.config.server, self._status)),
@@ -189,9 +193,12 @@ class HTTPApp:
                     headers=((b"allow", entry[0].encode()),),
                 )
             else:
+                scope["baton.client"] = self.auth.http_door(path, scope["headers"])
                 await entry[1](scope, receive, responder)
         except _ClientGone:
             log.debug("HTTP %s %s: the client left before the answer", method, clip(path))
+        except Refused as exc:
+            await responder.error(exc.status, exc.code, exc.message, headers=exc.headers())
         except APIError as exc:
             # A request whose body is not read whole cannot be followed by another one.
             headers = _CLOSE if exc.status == 408 else ()
@@ -209,6 +216,13 @@ class HTTPApp:
     async def _chat(self, scope: Scope, receive: Receive, send: _Responder) -> None:
         require_json(scope)
         request = parse_chat_request(await self._read_body(scope, receive))
+        client = self.auth.admit(scope["baton.client"], request.route)
+        try:
+            await self._answer(request, receive, send)
+        finally:
+            self.auth.release(client)
+
+    async def _answer(self, request: ChatRequest, receive: Receive, send: _Responder) -> None:
         try:
             handle = self.baton.start_stream(
                 route=request.route, messages=request.messages, params=request.params,
@@ -347,16 +361,20 @@ class HTTPApp:
     # --- models, health, status, metrics -------------------------------------------------------
 
     async def _models(self, scope: Scope, receive: Receive, send: _Responder) -> None:
-        data = [_model_object(name) for name in self.baton.config.routes]
+        routes = self.auth.routes(scope["baton.client"], self.baton.config.routes)
+        data = [_model_object(name) for name in routes]
         await send.whole(200, orjson.dumps({"object": "list", "data": data}))
 
     async def _model(self, scope: Scope, receive: Receive, send: _Responder) -> None:
         name = scope["path"].split("/models/", 1)[1]
-        if name not in self.baton.config.routes:
+        if name not in self.auth.routes(scope["baton.client"], self.baton.config.routes):
             raise APIError(
                 404, "model_not_found", f"The model {clip(name)} does not exist.", param="model"
             )
         await send.whole(200, orjson.dumps(_model_object(name)))
+
+    async def _tokens(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+        await send.whole(200, self.auth.issue_token(scope["baton.client"]))
 
     async def _healthz(self, scope: Scope, receive: Receive, send: _Responder) -> None:
         await send.whole(200, _OK)
@@ -372,7 +390,10 @@ class HTTPApp:
             await send.whole(503, orjson.dumps({"status": "not_ready", "reason": reason}))
 
     async def _status(self, scope: Scope, receive: Receive, send: _Responder) -> None:
-        await send.whole(200, orjson.dumps(status_document(self.baton)))
+        document = status_document(self.baton)
+        if self.auth.enabled:
+            document["clients"] = self.auth.status()
+        await send.whole(200, orjson.dumps(document))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: _Responder) -> None:
         if self.metrics is None:
@@ -549,9 +570,10 @@ def build_app(
     *,
     metrics: MetricsEndpoint | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    auth: ClientAuth | None = None,
 ) -> HTTPApp:
     """The ASGI application of the HTTP API over ``baton``, for any ASGI server or test."""
-    return HTTPApp(baton, metrics=metrics, max_request_bytes=max_request_bytes)
+    return HTTPApp(baton, metrics=metrics, max_request_bytes=max_request_bytes, auth=auth)
 
 
 async def serve_http(
@@ -563,6 +585,7 @@ async def serve_http(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = GRACEFUL_TIMEOUT,
+    auth: ClientAuth | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the HTTP API on ``host:port`` with hypercorn until cancelled.
@@ -573,7 +596,7 @@ async def serve_http(
     streams first: ``Baton.drain``) before they are cancelled; then it returns. Raises
     ``OSError`` if the address cannot be bound.
     """
-    app = build_app(baton, metrics=metrics, max_request_bytes=max_request_bytes)
+    app = build_app(baton, metrics=metrics, max_request_bytes=max_request_bytes, auth=auth)
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

@@ -34,6 +34,7 @@ from actors import (
 
 from ._accept import serve_asgi, server_ssl_context
 from ._admin import admin_key, operator_app
+from ._auth import client_auth
 from ._http import LISTEN_BACKLOG, build_app, serve_http
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
@@ -133,6 +134,7 @@ async def _serve_until_signal(
 ) -> None:
     """Run the actor system and both servers; with ``signals``, drain at the first signal."""
     server = config.server
+    auth = client_auth(config)  # one for both servers: limits and tokens span them
     # The servers stop only after the drain has ended every stream, and then they finish
     # sending: cancelling them instead would cut the streams' last events off.
     stop_serving = trio.Event()
@@ -144,14 +146,14 @@ async def _serve_until_signal(
     ):
         ws_port = await nursery.start(
             functools.partial(
-                serve_ws, baton, host=server.host, port=server.ws_port,
+                serve_ws, baton, host=server.host, port=server.ws_port, auth=auth,
                 shutdown_trigger=stop_serving.wait, graceful_timeout=FLUSH_TIMEOUT,
             )
         )  # fmt: skip
         http_port = await nursery.start(
             functools.partial(
                 serve_http, baton, host=server.host, port=server.http_port,
-                metrics=metrics, max_request_bytes=server.max_request_bytes,
+                metrics=metrics, max_request_bytes=server.max_request_bytes, auth=auth,
                 shutdown_trigger=stop_serving.wait, graceful_timeout=FLUSH_TIMEOUT,
             )
         )  # fmt: skip

@@ -70,6 +70,7 @@ from actors import (
 )
 
 from ._accept import serve_websocket, server_ssl_context
+from ._auth import Client, ClientAuth, Refused
 from ._limits import server_connection_limiter
 from ._origin import ORIGIN_REFUSED_BODY, OriginPolicy, header
 
@@ -93,6 +94,7 @@ _TOO_MANY_CONNECTIONS = orjson.dumps({"error": {
 }})  # fmt: skip
 _REFUSED_HEADERS = [(b"retry-after", b"1"), (b"content-type", b"application/json")]
 _JSON = [(b"content-type", b"application/json")]
+_JSON_HEADERS = ((b"content-type", b"application/json"),)
 _START_FIELDS = frozenset({"type", "ref", "model", "messages", "params"})
 _CANCEL_FIELDS = frozenset({"type", "stream"})
 _connection_ids = itertools.count(1)
@@ -263,6 +265,7 @@ async def serve_ws(
     max_streams: int = MAX_STREAMS_PER_CONNECTION,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = GRACEFUL_TIMEOUT,
+    auth: ClientAuth | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve protocol v1 for ``baton`` on ``host:port`` until cancelled.
@@ -275,6 +278,7 @@ async def serve_ws(
     cancelled (they too say 1001); then it returns.
     """
     max_frame = baton.config.server.max_request_bytes
+    door = auth or ClientAuth.from_config(baton.config)  # shared with HTTP: pass it
     stopping = trio.Event()
     open_connections = 0
 
@@ -283,8 +287,9 @@ async def serve_ws(
         open_connections += 1
         try:
             await _handle(
-                request, baton, max_streams=max_streams, max_frame=max_frame, stopping=stopping
-            )
+                request, baton, max_streams=max_streams, max_frame=max_frame, stopping=stopping,
+                auth=door,
+            )  # fmt: skip
         finally:
             open_connections -= 1
 
@@ -320,7 +325,7 @@ async def serve_ws(
 
 async def _handle(
     request: WebSocketRequest, baton: Baton, *, max_streams: int, max_frame: int,
-    stopping: trio.Event,
+    stopping: trio.Event, auth: ClientAuth,
 ) -> None:  # fmt: skip
     """Serve one client connection, from the handshake to its close."""
     name = f"ws{next(_connection_ids)}"
@@ -339,11 +344,21 @@ async def _handle(
                 404, body=f"Not found; protocol v1 is served at {PATH}.\n".encode()
             )
             return
-        ws = await request.accept()
-        log.info("connection %s from %s opened", name, peer)
+        try:
+            client, subprotocol = auth.handshake(
+                request.path, request.headers, request.proposed_subprotocols
+            )
+        except Refused as exc:
+            log.info("connection %s from %s: refused (%s)", name, peer, exc.code)
+            # A new list: trio-websocket appends Content-Length to the one it is given.
+            await request.reject(exc.status, extra_headers=[*_JSON_HEADERS], body=exc.body())
+            return
+        ws = await request.accept(subprotocol=subprotocol)
+        log.info("connection %s from %s opened (client %s)", name, peer, client.name)
         connection = _Connection(
-            ws, baton, name, max_streams=max_streams, max_frame=max_frame, stopping=stopping
-        )
+            ws, baton, name, max_streams=max_streams, max_frame=max_frame, stopping=stopping,
+            client=client, auth=auth,
+        )  # fmt: skip
         await connection.run()
         log.info("connection %s closed (%s)", name, ws.closed)
     except ConnectionClosed:
@@ -367,9 +382,11 @@ class _Connection:
 
     def __init__(
         self, ws: WebSocketConnection, baton: Baton, name: str, *, max_streams: int,
-        max_frame: int, stopping: trio.Event,
+        max_frame: int, stopping: trio.Event, client: Client, auth: ClientAuth,
     ) -> None:  # fmt: skip
         self._ws = ws
+        self._client = client
+        self._auth = auth
         self._baton = baton
         self._name = name
         self._max_streams = max_streams
@@ -463,11 +480,18 @@ class _Connection:
                 ref=start.ref, retryable=True,
             )  # fmt: skip
         try:
+            self._auth.admit(self._client, start.route)
+        except Refused as exc:
+            raise ClientFrameError(
+                exc.ws_code, exc.message, ref=start.ref, retryable=exc.status == 429
+            ) from None
+        try:
             handle = self._baton.start_stream(
                 route=start.route, messages=start.messages, params=start.params, ref=start.ref,
                 can_reset=True, transport="ws",
             )  # fmt: skip
         except RequestError as exc:
+            self._auth.release(self._client)
             retryable = exc.code == "shutting_down"  # a retry can reach another instance
             raise ClientFrameError(
                 exc.code, exc.message, ref=start.ref, retryable=retryable
@@ -516,6 +540,7 @@ class _Connection:
                 # it could interrupt the session while it closes its upstream request.
                 handle.cancel()
             del self._active[stream_id]
+            self._auth.release(self._client)
             self._stream_ended.set()
             self._finished[stream_id] = None
             if len(self._finished) > FINISHED_REMEMBERED:
