@@ -34,7 +34,7 @@ from actors import (
 
 from ._accept import serve_asgi, server_ssl_context
 from ._admin import admin_key, operator_app
-from ._auth import client_auth
+from ._auth import ClientAuth, client_auth
 from ._http import LISTEN_BACKLOG, build_app, serve_http
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
@@ -160,7 +160,7 @@ async def _serve_until_signal(
         if server.admin_port is not None:
             await nursery.start(
                 functools.partial(
-                    serve_operator, baton, metrics, shutdown_trigger=stop_serving.wait
+                    serve_operator, baton, metrics, auth=auth, shutdown_trigger=stop_serving.wait
                 )
             )
         ws, http = ("wss", "https") if server.tls_cert is not None else ("ws", "http")
@@ -184,6 +184,7 @@ async def serve_operator(
     metrics: MetricsEndpoint,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    auth: ClientAuth | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/status``, ``/metrics``, ``/healthz`` and ``/readyz`` on ``[server] admin_port``.
@@ -194,7 +195,7 @@ async def serve_operator(
     """
     server = baton.config.server
     host = server.admin_host or server.host
-    app = build_app(baton, metrics=metrics)
+    app = build_app(baton, metrics=metrics, auth=auth)  # auth: /status shows its clients
     config = HypercornConfig()
     config.bind = [
         f"[{host}]:{server.admin_port}" if ":" in host else f"{host}:{server.admin_port}"

@@ -23,9 +23,9 @@ import trio
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from actors import config_from_dict, open_baton
+from actors import ConfigError, config_from_dict, open_baton
 from scenarios import Behaviour, FakeProvider, FaultSchedule
-from transport import ClientAuth, MetricsEndpoint, Refused, serve_http, serve_ws
+from transport import ClientAuth, MetricsEndpoint, Refused, client_auth, serve_http, serve_ws
 
 ALICE = "sk-alice-SECRETKEY-7f3a9c41d2"
 BOB = "sk-bob-SECRETKEY-0d2e81b5aa"
@@ -309,6 +309,33 @@ async def test_requests_per_minute_frees_up_as_the_minute_slides(
     await trio.sleep(40.0)
     auth.release(auth.admit(alice, "default"))
     assert auth.statistics()["alice"].refused == 1
+
+
+# --- start-up -------------------------------------------------------------------------------
+
+
+def test_an_unset_key_env_stops_start_up_naming_the_variable() -> None:
+    with pytest.raises(ConfigError) as error:
+        ClientAuth.from_config(config_from_dict(config()), environ={}, source="baton.toml")
+    assert "baton.toml: clients.alice.key_env" in str(error.value)
+    assert "ALICE_KEY" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "clients", "warned"),
+    [("0.0.0.0", False, True), ("127.0.0.1", False, False), ("::1", False, False),
+     ("localhost", False, False), ("0.0.0.0", True, False)],
+)  # fmt: skip
+def test_serving_beyond_loopback_without_clients_warns_once(
+    caplog: pytest.LogCaptureFixture, host: str, clients: bool, warned: bool
+) -> None:
+    data = config()
+    data["server"] = {"host": host}
+    if not clients:
+        del data["clients"]
+    client_auth(config_from_dict(data), environ={"ALICE_KEY": ALICE})
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.name for r in warnings] == (["transport._auth"] if warned else [])
 
 
 # --- secrets --------------------------------------------------------------------------------
