@@ -20,7 +20,6 @@ answer as complete. Failovers are invisible except for the chunks' ``model``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
@@ -35,7 +34,6 @@ from actors import (
     Delta,
     Done,
     Failover,
-    ProviderStatistics,
     RequestError,
     Started,
     StreamError,
@@ -46,6 +44,7 @@ from actors import (
 from ._accept import serve_asgi
 from ._admin import admin_only
 from ._auth import ClientAuth, Refused
+from ._http_status import status_document
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._openai_codec import (
@@ -400,69 +399,6 @@ class HTTPApp:
             raise APIError(404, "not_found", "Metrics are not enabled on this server.")
         headers = ((b"content-type", self.metrics.content_type.encode()),)
         await send.whole(200, self.metrics.render(), headers=headers, content_type=False)
-
-
-def status_document(baton: Baton) -> dict[str, Any]:
-    """``GET /status``: every provider's health and pool, the routes, the active streams.
-
-    Times are seconds from now (``next_try_in``) or ago (``state_for``), so the document reads
-    the same whatever clock the process runs on. A provider's ``usable`` and ``traffic`` are
-    the router's own answer (``HealthSnapshot``), as are ``ready`` and ``/readyz``.
-    """
-    stats = baton.statistics()
-    now = trio.current_time()
-    providers = {name: _provider_status(p, now) for name, p in stats.providers.items()}
-    routes = {
-        name: {
-            "targets": [
-                {"provider": t.provider, "model": t.model, "weight": t.weight} for t in targets
-            ]
-        }
-        for name, targets in stats.routes.items()
-    }
-    ready, reason = baton.ready()
-    return {
-        "ready": ready,
-        "reason": reason,
-        "active_streams": stats.active_streams,
-        "restarts": stats.restarts,
-        # Seconds: how late the event loop runs tasks, and the pause it puts between the
-        # upstream reads of each stream because of that (0 when Baton keeps up).
-        "load": {
-            "event_loop_lag": _seconds(stats.load.event_loop_lag),
-            "read_delay": _seconds(stats.load.read_delay),
-        },
-        "providers": providers,
-        "routes": routes,
-    }
-
-
-def _provider_status(provider: ProviderStatistics, now: float) -> dict[str, Any]:
-    health, pool = provider.health, provider.pool
-    document: dict[str, Any] = {
-        "kind": provider.kind,
-        # No snapshot yet: the health actor has not started; the router treats it as usable.
-        "state": "unknown", "usable": True, "traffic": "all", "consecutive_failures": 0,
-        "next_try_in": None, "state_for": None, "ttft_ewma": None, "probe": None,
-        "last_probe": None,
-    }  # fmt: skip
-    if health is not None:
-        next_try = None if health.next_try_at is None else _seconds(health.next_try_at - now)
-        document.update(
-            state=health.status, usable=health.usable, traffic=health.traffic,
-            consecutive_failures=health.consecutive_failures, next_try_in=next_try,
-            state_for=_seconds(now - health.since), ttft_ewma=health.ttft_ewma,
-            probe=health.probe, last_probe=health.last_probe,
-        )  # fmt: skip
-    document["pool"] = {
-        "in_use": pool.in_use, "waiting": pool.waiting, "max": pool.max_connections,
-        "total_acquired": pool.total_acquired, "total_timeouts": pool.total_timeouts,
-    }  # fmt: skip
-    return document
-
-
-def _seconds(value: float) -> float | None:
-    return round(max(0.0, value), 3) if math.isfinite(value) else None
 
 
 def _model_object(route: str) -> dict[str, Any]:
