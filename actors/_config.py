@@ -145,7 +145,8 @@ class ClientConfig:
 
     Its key is read from the environment variable ``key_env`` at start-up, or only its
     SHA-256 (hex) is written here as ``key_sha256``. ``routes``: the routes it may use (None:
-    all). ``max_streams`` and ``requests_per_minute`` limit it alone (None: no limit).
+    all). ``max_streams``, ``requests_per_minute`` and ``tokens_per_minute`` (completion
+    tokens) limit it alone (None: no limit).
     ``priority`` is its weight for fair admission (parsed; not yet used for scheduling).
     """
 
@@ -155,6 +156,7 @@ class ClientConfig:
     routes: tuple[str, ...] | None = None
     max_streams: int | None = None
     requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
     priority: int = 1
 
 
@@ -178,7 +180,8 @@ _POSITIVE = {
 _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",
     "max_request_bytes", "event_log_cap", "queue_size", "max_answer_bytes", "max_client_backlog",
-    "max_connections_per_client", "max_streams", "requests_per_minute", "priority",
+    "max_connections_per_client", "max_streams", "requests_per_minute", "tokens_per_minute",
+    "priority",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",

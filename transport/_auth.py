@@ -10,6 +10,11 @@ the subprotocols ``baton.v1`` + ``baton.key.KEY``), or, on a WebSocket, with a t
 ``POST /v1/tokens`` (``?token=``): valid for one connection, ``TOKEN_TTL`` seconds, signed
 with HMAC-SHA256 under a secret drawn at start-up, so tokens do not survive a restart.
 
+A client's ``tokens_per_minute`` counts the completion tokens its streams sent in the last
+minute (``TokenWindow``), as they stream (``TokenMeter``): an estimate per text delta
+(``estimate_tokens``), replaced at ``done`` by the provider's count when it reports one. Over
+it, new requests are refused until enough tokens leave the window; running streams go on.
+
 Keys are compared as SHA-256 digests with ``hmac.compare_digest``; only digests are kept.
 Neither keys nor tokens are ever logged or echoed: errors and logs name the client.
 """
@@ -25,7 +30,7 @@ import math
 import os
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,14 +38,26 @@ import attrs
 import orjson
 import trio
 
-from actors import BatonConfig, BatonError, ClientConfig, ConfigError, RequestErrorCode, clip
+from actors import (
+    BatonConfig,
+    BatonError,
+    ClientConfig,
+    ClientEvent,
+    ConfigError,
+    Delta,
+    Done,
+    Failover,
+    RequestErrorCode,
+    clip,
+)
 
 from ._openai_codec import error_body
 
 log = logging.getLogger(__name__)
 
 TOKEN_TTL = 60.0  # seconds a token from POST /v1/tokens may be used to open a connection
-RATE_WINDOW = 60.0  # requests_per_minute counts the requests of the last this many seconds
+RATE_WINDOW = 60.0  # requests_ and tokens_per_minute count those of the last this many seconds
+CHARS_PER_TOKEN = 4  # a streaming delta's estimated tokens, until the provider's count at done
 SUBPROTOCOL = "baton.v1"
 KEY_SUBPROTOCOL = "baton.key."
 CLIENT_API_PATHS = ("/v1/", "/chat/", "/models")
@@ -84,10 +101,12 @@ class Refused(BatonError):
 
 @attrs.frozen(kw_only=True)
 class ClientStatistics:
-    """One client's streams now and requests in the last minute, refusals since start-up."""
+    """One client's streams now, requests and completion tokens in the last minute, refusals
+    since start-up."""
 
     active_streams: int
     recent_requests: int
+    recent_tokens: int
     refused: int
 
 
@@ -115,6 +134,98 @@ class RateWindow:
         return None
 
 
+def estimate_tokens(text: str) -> int:
+    """The completion tokens a delta's text is counted as while it streams (at least 1)."""
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+@attrs.define
+class Spent:
+    """Completion tokens counted into a ``TokenWindow`` at ``at`` (``settle`` may rescale)."""
+
+    at: float
+    tokens: float
+
+
+class TokenWindow:
+    """A sliding one-minute window of completion tokens: a pure policy driven by ``now``."""
+
+    def __init__(self, limit: int, window: float = RATE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._spent: deque[Spent] = deque()
+
+    def __repr__(self) -> str:
+        return f"<TokenWindow {len(self._spent)} entries, limit {self.limit} per {self.window:g}s>"
+
+    def count(self, now: float) -> float:
+        """The tokens counted in the window that ends at ``now``."""
+        while self._spent and self._spent[0].at <= now - self.window:
+            self._spent.popleft()
+        return sum(s.tokens for s in self._spent)
+
+    def add(self, now: float, tokens: float) -> Spent:
+        """Count ``tokens`` at ``now``; the entry, for ``settle``."""
+        spent = Spent(at=now, tokens=tokens)
+        self._spent.append(spent)
+        return spent
+
+    def settle(self, estimates: Sequence[Spent], exact: int, now: float) -> None:
+        """Replace ``estimates`` (one stream's, from ``add``) by the provider's ``exact`` count.
+
+        The exact count is spread over the estimates in proportion, so it leaves the window as
+        the text it counts streamed; with no estimate it is counted at ``now``.
+        """
+        estimated = sum(s.tokens for s in estimates)
+        if estimated <= 0:
+            if exact > 0:
+                self.add(now, exact)
+            return
+        for spent in estimates:
+            spent.tokens *= exact / estimated
+
+    def wait(self, now: float) -> float | None:
+        """``None`` under the limit; else the seconds until enough tokens leave to be under it."""
+        over = self.count(now) - self.limit
+        if over < 0:
+            return None
+        for spent in self._spent:
+            over -= spent.tokens
+            if over < 0:
+                return spent.at + self.window - now
+        return self.window  # unreachable with non-negative entries; a safe bound
+
+
+class TokenMeter:
+    """Counts one stream's completion tokens into its client's ``TokenWindow`` as they stream.
+
+    ``see`` each batch of the stream's events: a ``Delta`` adds its estimate; a ``Done`` with
+    the provider's usage replaces the estimates of the attempt that finished (its usage counts
+    only its own text, so a ``Failover`` starts a new attempt's estimates).
+    """
+
+    def __init__(self, window: TokenWindow | None) -> None:
+        self._window = window
+        self._attempt: list[Spent] = []
+
+    def __repr__(self) -> str:
+        return f"<TokenMeter {self._window!r}>"
+
+    def see(self, batch: Iterable[ClientEvent]) -> None:
+        """Count a batch of the stream's events (nothing for a client without the limit)."""
+        if self._window is None:
+            return
+        now = trio.current_time()
+        for event in batch:
+            match event:
+                case Delta(text=text):
+                    self._attempt.append(self._window.add(now, estimate_tokens(text)))
+                case Failover():
+                    self._attempt = []
+                case Done(usage=usage) if usage is not None:
+                    self._window.settle(self._attempt, usage.completion_tokens, now)
+
+
 class _Client:
     """One configured client's digest, routes and counters."""
 
@@ -127,6 +238,8 @@ class _Client:
         self.refused = 0
         limit = config.requests_per_minute
         self.rate = None if limit is None else RateWindow(limit)
+        budget = config.tokens_per_minute
+        self.tokens = None if budget is None else TokenWindow(budget)
 
     def __repr__(self) -> str:
         return f"<client {self.name!r}>"
@@ -310,6 +423,16 @@ class ClientAuth:
                 f"Client {entry.name} already runs {entry.active} streams, its max_streams; "
                 "wait for one to end.", retry_after=1.0, ws_code="too_many_streams",
             )  # fmt: skip
+        if entry.tokens is not None:  # before the request is counted: a refusal is not one
+            wait = entry.tokens.wait(trio.current_time())
+            if wait is not None:
+                entry.refused += 1
+                raise Refused(
+                    429, "rate_limit_exceeded",
+                    f"Client {entry.name} used its {entry.tokens.limit} completion tokens of the "
+                    f"last minute (tokens_per_minute); retry in {math.ceil(wait)} s.",
+                    retry_after=wait, ws_code="rate_limit_exceeded",
+                )  # fmt: skip
         if entry.rate is not None:
             wait = entry.rate.take(trio.current_time())
             if wait is not None:
@@ -323,6 +446,10 @@ class ClientAuth:
         entry.active += 1
         return client
 
+    def meter(self, client: Client) -> TokenMeter:
+        """The ``TokenMeter`` of a new stream of ``client`` (it counts nothing without a limit)."""
+        return TokenMeter(None if client._entry is None else client._entry.tokens)
+
     def release(self, client: Client) -> None:
         """A stream ``admit`` counted has ended."""
         if client._entry is not None:
@@ -335,6 +462,7 @@ class ClientAuth:
             name: ClientStatistics(
                 active_streams=c.active,
                 recent_requests=0 if c.rate is None else c.rate.count(now),
+                recent_tokens=0 if c.tokens is None else round(c.tokens.count(now)),
                 refused=c.refused,
             )
             for name, c in self._clients.items()

@@ -43,7 +43,7 @@ from actors import (
 
 from ._accept import serve_asgi
 from ._admin import admin_only
-from ._auth import ClientAuth, Refused
+from ._auth import Client, ClientAuth, Refused, TokenMeter
 from ._http_status import status_document
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
@@ -217,11 +217,13 @@ class HTTPApp:
         request = parse_chat_request(await self._read_body(scope, receive))
         client = self.auth.admit(scope["baton.client"], request.route)
         try:
-            await self._answer(request, receive, send)
+            await self._answer(request, client, receive, send)
         finally:
             self.auth.release(client)
 
-    async def _answer(self, request: ChatRequest, receive: Receive, send: _Responder) -> None:
+    async def _answer(
+        self, request: ChatRequest, client: Client, receive: Receive, send: _Responder
+    ) -> None:
         try:
             handle = self.baton.start_stream(
                 route=request.route, messages=request.messages, params=request.params,
@@ -241,7 +243,7 @@ class HTTPApp:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, handle, send)
-                await answer(handle, request, send)
+                await answer(handle, request, send, self.auth.meter(client))
                 finished = True
                 nursery.cancel_scope.cancel()
         except* _ClientGone:
@@ -251,7 +253,9 @@ class HTTPApp:
                 # The client left, a send failed, or the server is stopping: free the upstream.
                 handle.cancel()
 
-    async def _stream(self, handle: StreamHandle, request: ChatRequest, send: _Responder) -> None:
+    async def _stream(
+        self, handle: StreamHandle, request: ChatRequest, send: _Responder, meter: TokenMeter
+    ) -> None:
         """Relay the stream as SSE chunks, one ``send`` per batch, until its end is sent."""
         # Wall-clock seconds for the wire format's ``created``, not for any timing decision.
         encoder = ChunkEncoder(
@@ -264,6 +268,7 @@ class HTTPApp:
                 batch = await handle.take()
             except trio.EndOfChannel:
                 return
+            meter.see(batch)  # tokens_per_minute
             out: list[bytes] = []
             ended = False
             for event in batch:
@@ -299,7 +304,9 @@ class HTTPApp:
             if ended:
                 return
 
-    async def _complete(self, handle: StreamHandle, request: ChatRequest, send: _Responder) -> None:
+    async def _complete(
+        self, handle: StreamHandle, request: ChatRequest, send: _Responder, meter: TokenMeter
+    ) -> None:
         """Collect the stream into one ``chat.completion`` (or an error) and send it."""
         texts: list[str] = []
         while True:
@@ -307,6 +314,7 @@ class HTTPApp:
                 batch = await handle.take()
             except trio.EndOfChannel:
                 return
+            meter.see(batch)  # tokens_per_minute
             for event in batch:
                 match event:
                     case Delta(text=text):

@@ -335,8 +335,7 @@ async def _handle(
         origin = header(request.headers, b"origin")
         if not OriginPolicy(baton.config.server).allows(origin):
             log.info("connection %s from %s: refused origin %s", name, peer, clip(origin))
-            # A new list each time: trio-websocket appends Content-Length to the one it is given.
-            await request.reject(403, extra_headers=[*_JSON], body=ORIGIN_REFUSED_BODY)
+            await request.reject(403, extra_headers=_JSON, body=ORIGIN_REFUSED_BODY)
             return
         path = urlsplit(request.path).path
         if path != PATH:
@@ -375,9 +374,7 @@ async def _refuse(request: WebSocketRequest) -> None:
     peer = remote if isinstance(remote, str) else remote.address
     log.debug("refused a connection from %s: too many connections", peer)
     with contextlib.suppress(ConnectionClosed):
-        await request.reject(
-            503, extra_headers=[*_REFUSED_HEADERS], body=_TOO_MANY_CONNECTIONS
-        )  # a new list: see _handle
+        await request.reject(503, extra_headers=_REFUSED_HEADERS, body=_TOO_MANY_CONNECTIONS)
 
 
 class _Connection:
@@ -526,12 +523,14 @@ class _Connection:
     async def _pump(self, handle: StreamHandle, ref: str | None) -> None:
         """Send one stream's events to the client, batch by batch, up to its terminal event."""
         stream_id = handle.id
+        meter = self._auth.meter(self._client)
         try:
             while True:
                 try:
                     batch = await handle.take()
                 except trio.EndOfChannel:
                     return
+                meter.see(batch)  # tokens_per_minute
                 await self._send([encode_event(event, ref=ref) for event in batch])
         except ConnectionClosed:
             log.info("stream %s: connection %s closed; cancelling it", stream_id, self._name)

@@ -31,6 +31,7 @@ def test_clients_are_parsed_with_their_routes_and_limits() -> None:
                     "routes": ["default"],
                     "max_streams": 2,
                     "requests_per_minute": 60,
+                    "tokens_per_minute": 5000,
                     "priority": 3,
                 },
                 "bob": {"key_sha256": DIGEST},
@@ -39,7 +40,7 @@ def test_clients_are_parsed_with_their_routes_and_limits() -> None:
     )
     assert config.clients["alice"] == ClientConfig(
         name="alice", key_env="ALICE_KEY", routes=("default",), max_streams=2,
-        requests_per_minute=60, priority=3,
+        requests_per_minute=60, tokens_per_minute=5000, priority=3,
     )  # fmt: skip
     assert config.clients["bob"].routes is None and config.clients["bob"].max_streams is None
 
@@ -59,6 +60,8 @@ def test_no_clients_means_none() -> None:
         ({"key_env": "K", "routes": "default"}, "clients.c.routes", "list of route names"),
         ({"key_env": "K", "max_streams": 0}, "clients.c.max_streams", "at least 1"),
         ({"key_env": "K", "requests_per_minute": 0}, "clients.c.requests_per_minute", "at least"),
+        ({"key_env": "K", "tokens_per_minute": 0}, "clients.c.tokens_per_minute", "at least"),
+        ({"key_env": "K", "tokens_per_minute": 1.5}, "clients.c.tokens_per_minute", "integer"),
         ({"key_env": "K", "key": "sk-x"}, "clients.c.key", "unknown key"),
     ],
 )
