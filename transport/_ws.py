@@ -335,7 +335,8 @@ async def _handle(
         origin = header(request.headers, b"origin")
         if not OriginPolicy(baton.config.server).allows(origin):
             log.info("connection %s from %s: refused origin %s", name, peer, clip(origin))
-            await request.reject(403, extra_headers=_JSON, body=ORIGIN_REFUSED_BODY)
+            # A new list each time: trio-websocket appends Content-Length to the one it is given.
+            await request.reject(403, extra_headers=[*_JSON], body=ORIGIN_REFUSED_BODY)
             return
         path = urlsplit(request.path).path
         if path != PATH:
@@ -374,7 +375,9 @@ async def _refuse(request: WebSocketRequest) -> None:
     peer = remote if isinstance(remote, str) else remote.address
     log.debug("refused a connection from %s: too many connections", peer)
     with contextlib.suppress(ConnectionClosed):
-        await request.reject(503, extra_headers=_REFUSED_HEADERS, body=_TOO_MANY_CONNECTIONS)
+        await request.reject(
+            503, extra_headers=[*_REFUSED_HEADERS], body=_TOO_MANY_CONNECTIONS
+        )  # a new list: see _handle
 
 
 class _Connection:
