@@ -30,6 +30,7 @@ from ._streamlog import StreamLog
 from ._vocab import AttemptEnd, ContinuationForm
 from .policy._continuation import continuation_form, continuation_request
 from .policy._failover import reason_code
+from .policy._fair import ANONYMOUS, ClientTag
 from .policy._report import report_for
 from .policy._splice import Diverged, Forward, Hold, SpliceGuard
 
@@ -111,8 +112,10 @@ class Attempt:
         prefill_rejected: bool,
         sink: StreamSink,
         claim: Callable[[], bool] | None = None,
+        client: ClientTag = ANONYMOUS,
     ) -> None:
         self._ctx = ctx
+        self._client = client
         self._target = target
         self._cfg = ctx.provider_configs[target.provider]
         self._health = ctx.health[target.provider]
@@ -186,7 +189,8 @@ class Attempt:
         """Stream the attempt to its end; never raises for upstream failures."""
         target, cfg, ctx = self._target, self._cfg, self._ctx
         try:
-            async with ctx.pool.slot(target.provider, timeout=cfg.pool_timeout) as waited:
+            slot = ctx.pool.slot(target.provider, timeout=cfg.pool_timeout, client=self._client)
+            async with slot as waited:
                 ctx.telemetry.pool_wait.record(waited, {"provider": target.provider})
                 outcome = await self._stream()
         except PoolTimeout:

@@ -147,7 +147,7 @@ class ClientConfig:
     SHA-256 (hex) is written here as ``key_sha256``. ``routes``: the routes it may use (None:
     all). ``max_streams``, ``requests_per_minute`` and ``tokens_per_minute`` (completion
     tokens) limit it alone (None: no limit).
-    ``priority`` is its weight for fair admission (parsed; not yet used for scheduling).
+    ``priority`` is its weight for fair admission to contended upstream slots.
     """
 
     name: str

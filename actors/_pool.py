@@ -1,8 +1,11 @@
-"""PoolActor: the bounded upstream capacity of every provider, handed out in FIFO order.
+"""PoolActor: the bounded upstream capacity of every provider, handed out fairly between clients.
 
-Callers take a slot with ``async with pool.slot(provider, timeout=...)``; when a provider is
-at ``max_connections``, callers wait in arrival order until a slot frees or their timeout
-passes (``PoolTimeout``), never silently dropped. The decisions live in ``PoolState``
+Callers take a slot with ``async with pool.slot(provider, timeout=..., client=...)``; when a
+provider is at ``max_connections``, callers wait until a slot frees or their timeout passes
+(``PoolTimeout``), never silently dropped. A freed slot goes to the client whose turn it is
+(``policy.next_client``: round-robin between the clients that wait, weighted by priority) and
+within a client to its oldest waiter; without clients everyone is the anonymous client, so
+that is arrival order. The decisions live in ``PoolState``
 (synchronous, like httpcore's pool); the actor loop only applies messages to it. While the
 actor is idle, a caller applies its own acquire or release on its own turn instead (see
 ``PoolActor.slot``), sparing the task switches of a message and a grant.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -20,6 +23,7 @@ import attrs
 import trio
 
 from ._errors import BatonError
+from .policy._fair import ANONYMOUS, ClientTag, FairState, Head, next_client
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class Acquire:
     provider: str
     token: object
     reply: trio.MemorySendChannel[bool]
+    client: ClientTag = ANONYMOUS
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +67,8 @@ class ProviderPoolStatistics:
     total_acquired_nowait: int  # of those, granted on the caller's turn: free, nobody waiting
     total_waited: float  # seconds callers spent waiting, summed
     total_timeouts: int
+    waiting_by_client: Mapping[str | None, int]  # clients with waiters (None: anonymous)
+    granted_by_client: Mapping[str | None, int]  # slots granted to waiters (not nowait), by client
 
 
 @attrs.frozen(kw_only=True)
@@ -73,7 +80,10 @@ class _ProviderPool:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.holders: set[object] = set()
-        self.waiters: deque[Acquire] = deque()
+        self.waiters: dict[str | None, deque[tuple[int, Acquire]]] = {}  # by client, FIFO
+        self.arrivals = 0  # numbers the waiters in arrival order
+        self.fair = FairState()
+        self.granted_by_client: Counter[str | None] = Counter()
         self.total_acquired = 0
         self.total_acquired_nowait = 0
         self.total_waited = 0.0
@@ -81,7 +91,7 @@ class _ProviderPool:
 
 
 class PoolState:
-    """The synchronous core: who holds a slot, who waits, in what order."""
+    """The synchronous core: who holds a slot, who waits, who is served next."""
 
     def __init__(self, limits: Mapping[str, int]) -> None:
         self._pools = {name: _ProviderPool(limit) for name, limit in limits.items()}
@@ -89,19 +99,27 @@ class PoolState:
     def apply(self, msg: PoolMsg) -> None:
         pool = self._pools[msg.provider]
         match msg:
-            case Acquire():
-                pool.waiters.append(msg)
+            case Acquire(client=client):
+                pool.waiters.setdefault(client.name, deque()).append((pool.arrivals, msg))
+                pool.arrivals += 1
             case Release(token=token, waited=waited):
                 pool.total_waited += waited
                 if token in pool.holders:
                     pool.holders.discard(token)
                 else:
-                    for waiter in pool.waiters:
-                        if waiter.token is token:
-                            pool.waiters.remove(waiter)
-                            pool.total_timeouts += 1
-                            break
+                    self._leave_line(pool, token)
         self._grant(pool)
+
+    @staticmethod
+    def _leave_line(pool: _ProviderPool, token: object) -> None:
+        for name, line in pool.waiters.items():
+            for entry in line:
+                if entry[1].token is token:
+                    line.remove(entry)
+                    if not line:
+                        del pool.waiters[name]
+                    pool.total_timeouts += 1
+                    return
 
     def acquire_nowait(self, provider: str, token: object) -> bool:
         """Grant ``token`` a slot at once if one is free and nobody waits for one."""
@@ -115,13 +133,22 @@ class PoolState:
 
     def _grant(self, pool: _ProviderPool) -> None:
         while pool.waiters and len(pool.holders) < pool.limit:
-            waiter = pool.waiters.popleft()
+            heads = {
+                name: Head(arrived=line[0][0], priority=line[0][1].client.priority)
+                for name, line in pool.waiters.items()
+            }
+            name, pool.fair = next_client(heads, pool.fair)
+            line = pool.waiters[name]
+            _, waiter = line.popleft()
+            if not line:
+                del pool.waiters[name]
             try:
                 waiter.reply.send_nowait(True)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue  # the caller is gone; its Release will find nothing to free
             pool.holders.add(waiter.token)
             pool.total_acquired += 1
+            pool.granted_by_client[name] += 1
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
@@ -129,11 +156,13 @@ class PoolState:
                 name: ProviderPoolStatistics(
                     max_connections=p.limit,
                     in_use=len(p.holders),
-                    waiting=len(p.waiters),
+                    waiting=sum(len(line) for line in p.waiters.values()),
                     total_acquired=p.total_acquired,
                     total_acquired_nowait=p.total_acquired_nowait,
                     total_waited=p.total_waited,
                     total_timeouts=p.total_timeouts,
+                    waiting_by_client={name: len(line) for name, line in p.waiters.items()},
+                    granted_by_client=dict(p.granted_by_client),
                 )
                 for name, p in self._pools.items()
             }
@@ -163,11 +192,14 @@ class PoolActor:
         return self._state.statistics()
 
     @asynccontextmanager
-    async def slot(self, provider: str, *, timeout: float) -> AsyncIterator[float]:
+    async def slot(
+        self, provider: str, *, timeout: float, client: ClientTag = ANONYMOUS
+    ) -> AsyncIterator[float]:
         """Hold one upstream slot of ``provider`` for the body; yields the seconds waited.
 
-        Waits in FIFO order; raises ``PoolTimeout`` after ``timeout`` seconds. Cancellation
-        while waiting or holding gives the slot back.
+        Waits for its ``client``'s turn, behind that client's earlier waiters; raises
+        ``PoolTimeout`` after ``timeout`` seconds. Cancellation while waiting or holding gives
+        the slot back.
 
         While the actor is idle (parked on an empty mailbox), a free slot nobody waits for is
         granted on the caller's own turn, and a slot is given back the same way: that is what
@@ -180,7 +212,7 @@ class PoolActor:
         if self._idle() and self._state.acquire_nowait(provider, token):
             waited = 0.0
         else:
-            waited = await self._wait_in_line(provider, token, timeout)
+            waited = await self._wait_in_line(provider, token, timeout, client)
         try:
             yield waited
         finally:
@@ -190,12 +222,16 @@ class PoolActor:
         mailbox = self._receive.statistics()
         return mailbox.current_buffer_used == 0 and mailbox.tasks_waiting_receive == 1
 
-    async def _wait_in_line(self, provider: str, token: object, timeout: float) -> float:
+    async def _wait_in_line(
+        self, provider: str, token: object, timeout: float, client: ClientTag
+    ) -> float:
         """Ask the actor for a slot and wait for it; leaves the line on a timeout or cancel."""
         reply_send, reply_receive = trio.open_memory_channel[bool](GRANT_BUFFER)
         started = trio.current_time()
         try:
-            self._send.send_nowait(Acquire(provider=provider, token=token, reply=reply_send))
+            self._send.send_nowait(
+                Acquire(provider=provider, token=token, reply=reply_send, client=client)
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise PoolTimeout(f"the upstream pool is shut down; no slot of {provider}") from None
         waited = 0.0

@@ -29,6 +29,7 @@ from ._router import Picked, PickResult, Unavailable
 from ._streamlog import StreamLog
 from ._vocab import StreamEnd, StreamErrorCode
 from .policy._failover import FailOver, Reject, Retry, decide, explain
+from .policy._fair import ANONYMOUS, ClientTag
 from .policy._health_view import HealthSnapshot
 from .policy._report import report_for
 from .policy._route import candidates
@@ -76,6 +77,7 @@ class StreamSession:
         can_reset: bool,
         transport: str,
         context: SessionContext,
+        client: ClientTag = ANONYMOUS,
     ) -> None:
         self.log = stream_log
         self.id = stream_log.stream_id
@@ -86,6 +88,7 @@ class StreamSession:
         self._can_reset = can_reset
         self._transport = transport
         self._ctx = context
+        self._client = client  # whose stream: its turn in the pool's fair admission
         self.cancel_scope = trio.CancelScope()
         self._shutting_down = False
         self._delivered: list[str] = []
@@ -401,7 +404,7 @@ class StreamSession:
         attempt = Attempt(
             self._ctx, target, messages=self._messages, params=self._params,
             delivered="".join(self._delivered), prefill_rejected=prefill_rejected,
-            sink=self, claim=claim,
+            sink=self, claim=claim, client=self._client,
         )  # fmt: skip
         try:
             outcome = await attempt.run()

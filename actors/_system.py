@@ -37,6 +37,7 @@ from ._supervisor import Supervisor
 from ._telemetry import Telemetry
 from ._vocab import StreamEnd
 from .policy._breaker import STATUSES
+from .policy._fair import ANONYMOUS, ClientTag
 from .policy._health_view import HealthSnapshot, HealthTransition
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,17 @@ class Baton:
         ref: str | None = None,
         can_reset: bool = True,
         transport: str = "embedded",
+        client: str | None = None,
+        priority: int | None = None,
     ) -> StreamHandle:
         """Start a stream on ``route`` and return its handle; never blocks.
 
         Raises ``RequestError`` (``unknown_model``, ``bad_request``) for a request that cannot
         start. ``can_reset``: the client can take a ``failover`` with ``mode: reset``; without
         it a continuation that cannot be joined ends the stream with ``stream_diverged``.
+        ``client``: whose stream (a ``[clients]`` name; None: anonymous) for fair admission to
+        upstream slots; ``priority`` is its weight there (None: the client's configured
+        ``priority``, else 1).
         """
         route_config = self.config.routes.get(route)
         if route_config is None:
@@ -176,6 +182,7 @@ class Baton:
         session = StreamSession(
             stream_log=stream_log, route=route_config, messages=messages, params=params or {},
             ref=ref, can_reset=can_reset, transport=transport, context=self._ctx,
+            client=self._client_tag(client, priority),
         )  # fmt: skip
         self._streams[stream_id] = session
         self._ctx.load.stream_started()
@@ -195,6 +202,14 @@ class Baton:
 
         self._supervisor.start_temporary(run)
         return StreamHandle(session)
+
+    def _client_tag(self, client: str | None, priority: int | None) -> ClientTag:
+        if priority is None:
+            configured = self.config.clients.get(client) if client is not None else None
+            priority = configured.priority if configured is not None else 1
+        if client is None and priority == 1:
+            return ANONYMOUS
+        return ClientTag(name=client, priority=priority)
 
     async def drain(self, timeout: float) -> DrainStatistics:
         """Stop taking streams, let the running ones finish, end the rest with ``shutting_down``.

@@ -227,7 +227,7 @@ class HTTPApp:
         try:
             handle = self.baton.start_stream(
                 route=request.route, messages=request.messages, params=request.params,
-                can_reset=False, transport="http",
+                can_reset=False, transport="http", client=client.name,
             )  # fmt: skip
         except RequestError as exc:
             if exc.code == "shutting_down":

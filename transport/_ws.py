@@ -491,7 +491,7 @@ class _Connection:
         try:
             handle = self._baton.start_stream(
                 route=start.route, messages=start.messages, params=start.params, ref=start.ref,
-                can_reset=True, transport="ws",
+                can_reset=True, transport="ws", client=self._client.name,
             )  # fmt: skip
         except RequestError as exc:
             self._auth.release(self._client)
