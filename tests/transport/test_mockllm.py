@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,44 +42,43 @@ settings:
 # Baton always streams from upstream, and mockllm 0.0.8 looks a streamed answer up twice (the
 # second time with the first answer as the prompt): every streamed answer is unknown_response.
 ANSWER = "I am a mock server and I answer everything the same way."
-START_TIMEOUT = 15.0  # seconds uvicorn gets to start listening
+START_TIMEOUT = 15.0  # seconds uvicorn gets to start answering
 PROBE_INTERVAL = 0.05
 INTERVALS = 30  # probe intervals Baton runs before the checks: 10x the failure threshold
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def mockllm_url(tmp_path: Path) -> Iterator[str]:
-    """Start ``mockllm`` under uvicorn on a free port; its base URL (``.../v1``)."""
+    """Start ``mockllm`` under uvicorn on a socket this test opened; its base URL (``.../v1``).
+
+    The socket listens before uvicorn starts (uvicorn serves it by ``--fd``), so connections
+    wait in its backlog instead of failing: readiness is one request with a long timeout, not
+    a polling loop.
+    """
     responses = tmp_path / "responses.yml"
     responses.write_text(RESPONSES)
-    port = _free_port()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
     log = (tmp_path / "mockllm.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "mockllm.server:app"]
-        + ["--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "mockllm.server:app", "--fd", str(listener.fileno())],
         env={**os.environ, "MOCKLLM_RESPONSES_FILE": str(responses)},
         stdout=log,
         stderr=subprocess.STDOUT,
+        pass_fds=(listener.fileno(),),
     )
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mockllm exited with {process.returncode}; see {log.name}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"mockllm did not listen within {START_TIMEOUT:g} s")
-                time.sleep(0.05)  # real time: a process starting, outside any trio clock
+        try:
+            # mockllm has no /v1/models: its 404 says the app is up (the point of this file).
+            answer = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=START_TIMEOUT)
+        except httpx.HTTPError as exc:
+            code = process.poll()
+            raise RuntimeError(
+                f"mockllm did not answer (exit code {code}); see {log.name}"
+            ) from exc
+        assert answer.status_code == 404, answer.text
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
@@ -89,6 +87,7 @@ def mockllm_url(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        listener.close()
         log.close()
 
 
