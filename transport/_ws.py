@@ -355,7 +355,8 @@ async def _handle(
             await request.reject(exc.status, extra_headers=[*_JSON_HEADERS], body=exc.body())
             return
         ws = await request.accept(subprotocol=subprotocol)
-        log.info("connection %s from %s opened (client %s)", name, peer, client.name)
+        who = f" (client {client.name})" if client.name is not None else ""
+        log.info("connection %s from %s opened%s", name, peer, who)
         connection = _Connection(
             ws, baton, name, max_streams=max_streams, max_frame=max_frame, stopping=stopping,
             client=client, auth=auth,
