@@ -10,11 +10,11 @@ import random
 from collections.abc import Mapping
 
 import attrs
-import trio
 
 from ._config import ProviderConfig
 from ._health import HealthActor, HealthBoard
 from ._load import LoadMonitor
+from ._outage import OutageQueue
 from ._pool import PoolActor
 from ._provider import Provider
 from ._router import RouterActor
@@ -33,5 +33,5 @@ class SessionContext:
     telemetry: Telemetry
     random: random.Random
     board: HealthBoard
-    queues: Mapping[str, trio.CapacityLimiter]  # per route: requests waiting out an outage
+    queues: Mapping[str, OutageQueue]  # per route: requests waiting out an outage
     load: LoadMonitor

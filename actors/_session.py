@@ -372,14 +372,24 @@ class StreamSession:
     async def _queue_for_recovery(self, picked: PickResult) -> PickResult | None:
         """Wait (bounded) for a target of the route to recover; None: the stream ended."""
         route = self._route
-        limiter = self._ctx.queues[route.name]
-        try:
-            limiter.acquire_on_behalf_of_nowait(self)
-        except trio.WouldBlock:
+        queue = self._ctx.queues[route.name]
+        client = self._client
+        refusal = queue.enter_nowait(client)
+        if refusal == "queue_full":
             self._error(
                 "overloaded",
-                f"Route {route.name!r} has no usable provider and {limiter.total_tokens:g} "
+                f"Route {route.name!r} has no usable provider and {queue.size} "
                 "requests are already waiting for one; retry later.",
+                retryable=True,
+            )
+            return None
+        if refusal == "share_full":
+            self._error(
+                "overloaded",
+                f"Route {route.name!r} has no usable provider and client {client.name!r} "
+                f"already has its share of the outage queue waiting for one "
+                f"({queue.share(client)} of its {queue.size} places, by priority); "
+                "retry later.",
                 retryable=True,
             )
             return None
@@ -389,7 +399,7 @@ class StreamSession:
                     await self._ctx.board.wait_changed()
                     picked = await self._ctx.router.pick(route.name)
         finally:
-            limiter.release_on_behalf_of(self)
+            queue.leave(client)
         return picked
 
     def _phase(self) -> Phase:

@@ -28,6 +28,7 @@ from ._errors import ConfigError, RequestError, clip
 from ._health import HealthActor, HealthBoard
 from ._load import LoadMonitor, LoadStatistics
 from ._messages import ClientEvent, Message
+from ._outage import OutageQueue, OutageQueueStatistics
 from ._pool import PoolActor, ProviderPoolStatistics
 from ._provider import Provider
 from ._router import RouterActor, RouterStatistics
@@ -64,6 +65,7 @@ class BatonStatistics:
     failovers: int  # failovers of the streams that have ended, summed
     router: RouterStatistics
     restarts: int
+    outage_queues: Mapping[str, OutageQueueStatistics]  # per route
     load: LoadStatistics
 
 
@@ -301,6 +303,7 @@ class Baton:
             routes={name: route.targets for name, route in self.config.routes.items()},
             active_streams=len(self._streams),
             finished=dict(self._finished),
+            outage_queues={name: q.statistics() for name, q in self._ctx.queues.items()},
             failovers=self._failovers,
             router=self._ctx.router.statistics(),
             restarts=self._supervisor.statistics().restarts,
@@ -344,7 +347,17 @@ async def open_baton(
     }
     router = RouterActor(config.routes, board, seed=seed)
     load = LoadMonitor(config.server.max_read_delay)
-    queues = {name: trio.CapacityLimiter(r.queue_size) for name, r in config.routes.items()}
+    queues = {
+        name: OutageQueue(
+            r.queue_size,
+            {
+                c.name: c.priority
+                for c in config.clients.values()
+                if c.routes is None or name in c.routes
+            },
+        )
+        for name, r in config.routes.items()
+    }
     context = SessionContext(
         router=router, pool=pool, health=health, providers=providers,
         provider_configs=config.providers, telemetry=telemetry, random=random.Random(seed),

@@ -13,11 +13,13 @@ import pytest
 import trio
 
 from actors import Delta, Done, StreamError, config_from_dict, open_baton
+from actors._outage import OutageQueue
 from actors._pool import PoolActor
-from actors.policy._fair import ClientTag, FairState, Head, next_client
-from scenarios import Behaviour, FakeProvider, FaultSchedule
+from actors.policy._fair import ANONYMOUS, ClientTag, FairState, Head, next_client
+from actors.policy._queue_share import queue_share
+from scenarios import Behaviour, FakeProvider, FaultSchedule, Rule
 
-from .conftest import PROMPT
+from .conftest import PROMPT, run_stream
 
 # --- the pure scheduler ------------------------------------------------------------------------
 
@@ -237,3 +239,87 @@ async def test_streams_without_a_client_are_one_anonymous_client_served_in_order
             await trio.sleep(0.01)
             assert baton.statistics().providers["a"].pool.waiting_by_client == {None: 4}
     assert done_order == [0, 1, 2, 3, 4, 5]
+
+
+# --- the outage queue --------------------------------------------------------------------------
+
+
+def test_a_clients_share_of_the_outage_queue_follows_its_priority():
+    assert queue_share(queue_size=4, priority=1, total_priority=2) == 2
+    assert queue_share(queue_size=10, priority=2, total_priority=3) == 6
+    assert queue_share(queue_size=10, priority=1, total_priority=3) == 3
+    assert queue_share(queue_size=3, priority=1, total_priority=5) == 1  # at least one place
+    assert queue_share(queue_size=3, priority=9, total_priority=9) == 3  # never past the queue
+    assert queue_share(queue_size=5, priority=1, total_priority=0) == 5  # nobody to share with
+
+
+def test_the_outage_queue_refuses_a_full_share_and_a_full_queue():
+    queue = OutageQueue(4, {"a": 1, "b": 1})
+    a, b = ClientTag(name="a"), ClientTag(name="b")
+    assert [queue.enter_nowait(a) for _ in range(3)] == [None, None, "share_full"]
+    assert [queue.enter_nowait(b) for _ in range(3)] == [None, None, "share_full"]
+    assert queue.enter_nowait(ANONYMOUS) == "queue_full"
+    queue.leave(a)
+    assert queue.enter_nowait(a) is None
+    assert queue.statistics().waiting_by_client == {"a": 2, "b": 2}
+
+
+def test_without_a_client_the_outage_queue_is_first_come_first_served():
+    queue = OutageQueue(3, {"a": 1, "b": 1})
+    assert [queue.enter_nowait(ANONYMOUS) for _ in range(4)] == [None, None, None, "queue_full"]
+    alone = OutageQueue(3, {})
+    named = ClientTag(name="x", priority=1)
+    assert [alone.enter_nowait(named) for _ in range(4)] == [None, None, None, "queue_full"]
+    assert queue.share(ANONYMOUS) == alone.share(ANONYMOUS) == 3
+
+
+async def test_one_client_cannot_take_another_clients_places_in_the_outage_queue(autojump_clock):
+    """Before the fair share, A's four streams filled the queue of four and B got overloaded."""
+    outage = Rule(Behaviour("status", status=401), end=20.0)
+    provider = FakeProvider("a", FaultSchedule((outage,)))
+    cfg = config_from_dict(
+        {
+            "providers": {
+                "a": {
+                    "kind": "openai",
+                    "base_url": "http://a.invalid/v1",
+                    # every waiter's first request back is one of the trial requests
+                    "health": {"half_open_requests": 3},
+                }
+            },
+            "routes": {
+                "default": {
+                    "targets": [{"provider": "a", "model": "model-a"}],
+                    "queue_size": 4,
+                    "queue_timeout": 60.0,
+                }
+            },
+            "clients": {name: {"key_sha256": "00" * 32, "priority": 1} for name in ("a", "b")},
+        }
+    )
+    ends: dict[str, list[object]] = {"a": [], "b": []}
+    async with open_baton(cfg, {"a": provider}) as baton:
+
+        async def stream(client: str) -> None:
+            handle = baton.start_stream(route="default", messages=PROMPT, client=client)
+            async for event in handle:
+                if isinstance(event, Done | StreamError):
+                    ends[client].append(event)
+
+        tripped = await run_stream(baton)  # the 401 marks the provider unhealthy
+        assert tripped.terminal.code == "all_providers_unavailable"
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(stream, "a")
+                await trio.sleep(0.01)
+            assert baton.statistics().outage_queues["default"].waiting_by_client == {"a": 2}
+            nursery.start_soon(stream, "b")
+            await trio.sleep(0.01)
+            queue = baton.statistics().outage_queues["default"]
+            assert queue.waiting_by_client == {"a": 2, "b": 1}
+    refused = [e for e in ends["a"] if isinstance(e, StreamError)]
+    assert [e.code for e in refused] == ["overloaded", "overloaded"]
+    assert all("client 'a' already has its share" in e.message for e in refused)
+    assert [type(e) for e in ends["a"]] == [StreamError, StreamError, Done, Done]
+    assert [type(e) for e in ends["b"]] == [Done]
+    assert baton.statistics().outage_queues["default"].waiting == 0
