@@ -545,13 +545,17 @@ class StreamSession:
         outcome = "done" if isinstance(terminal, Done) else getattr(terminal, "code", "unknown")
         duration = trio.current_time() - self._started_at
         attrs_ = {"route": self._route.name, "provider": provider, "model": model}
+        if self._client.name is not None:
+            attrs_["client"] = self._client.name  # with client keys: whose stream, by name
         tel = self._ctx.telemetry
         tel.requests.add(1, {**attrs_, "outcome": outcome})
         tel.request_duration.record(duration, attrs_)
         ttft = None if self._first_text_at is None else self._first_text_at - self._started_at
+        client = "" if self._client.name is None else f" client={self._client.name}"
         log.info(
-            "stream %s finished: route=%s providers=%s outcome=%s ttft=%s duration=%.3f deltas=%d",
-            self.id, self._route.name, ",".join(a.provider for a in self._attempts) or "-",
+            "stream %s finished:%s route=%s providers=%s outcome=%s ttft=%s duration=%.3f "
+            "deltas=%d",
+            self.id, client, self._route.name, ",".join(a.provider for a in self._attempts) or "-",
             outcome, "-" if ttft is None else f"{ttft:.3f}", duration, self._delivered_deltas,
         )  # fmt: skip
 

@@ -376,6 +376,7 @@ async def test_no_key_or_token_appears_in_logs_status_metrics_or_errors(
     clients = ("websockets.client", "httpx", "httpcore", "openai")
     logs = [r.getMessage() for r in caplog.records if not r.name.startswith(clients)]
     assert any("client alice" in line for line in logs)  # logs name the client
+    assert 'client="alice"' in metrics.text  # and so do the metrics of its streams
     seen = "\n".join([*bodies, *logs, status.text, metrics.text])
     assert "invalid_api_key" in seen and "alice" in seen  # the captures hold what they should
     for secret in (ALICE, BOB, NOT_A_KEY, "SECRETKEY", token):
