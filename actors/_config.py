@@ -114,6 +114,9 @@ class ServerConfig:
     body_timeout: float = 30.0  # seconds for a whole HTTP request body; then 408 and closed
     keep_alive_timeout: float = 5.0  # an idle HTTP connection, or an unfinished request head
     handshake_timeout: float = 10.0  # seconds for a WebSocket client's opening handshake
+    # A WebSocket connection with no stream running and no frame from its client for this
+    # long is closed (1000), so an idle client cannot hold a connection for ever.
+    ws_idle_timeout: float = 300.0
     event_log_cap: int = 4096  # events a stream keeps for resuming; older ones are dropped
     # Under load, the longest a stream with text waits between upstream reads, so that each
     # read carries more of the answer (see actors.policy._pace); 0 turns read pacing off.
@@ -175,7 +178,7 @@ _POSITIVE = {
     "cooldown", "max_cooldown", "stable_period", "probe_interval", "probe_interval_unhealthy",
     "probe_timeout", "slow_ttft", "pool_timeout", "connect_timeout", "first_token_timeout",
     "idle_timeout", "queue_timeout", "max_stream_duration",
-    "body_timeout", "keep_alive_timeout", "handshake_timeout",
+    "body_timeout", "keep_alive_timeout", "handshake_timeout", "ws_idle_timeout",
 }  # fmt: skip
 _AT_LEAST_ONE = {
     "failure_threshold", "half_open_requests", "max_connections", "max_attempts", "weight",

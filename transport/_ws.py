@@ -84,6 +84,7 @@ CLOSE_TIMEOUT = 5.0  # seconds we wait for the closing handshake of a client tha
 GOING_AWAY_TIMEOUT = 0.5  # seconds to send the close frame when a connection is cancelled
 GRACEFUL_TIMEOUT = 3.0  # seconds a stopping server gives its connections to finish and close
 GOING_AWAY = "Baton is shutting down; please reconnect."
+IDLE_CLOSE = "No stream and no frame for server.ws_idle_timeout seconds; reconnect when needed."
 
 # The body of a refused handshake, OpenAI-shaped like the HTTP API's errors.
 _TOO_MANY_CONNECTIONS = orjson.dumps({"error": {
@@ -407,6 +408,8 @@ class _Connection:
         # batch, and a slow client blocks the sender (backpressure: the stream's log merges
         # deltas meanwhile) and surfaces ConnectionClosed in the task whose stream it was.
         self._send_lock = trio.Lock()
+        self._idle_timeout = baton.config.server.ws_idle_timeout
+        self._last_activity = trio.current_time()  # a frame from the client or a stream's end
 
     async def run(self) -> None:
         """Read frames until the client leaves; then cancel every stream still running.
@@ -452,9 +455,18 @@ class _Connection:
         ws = self._ws
         while True:
             try:
-                frame = await ws.get_message()
+                with trio.move_on_at(self._last_activity + self._idle_timeout) as idle:
+                    frame = await ws.get_message()
             except ConnectionClosed:
                 return
+            if idle.cancelled_caught:
+                if self._active:
+                    self._last_activity = trio.current_time()  # running streams are activity
+                    continue
+                log.info("connection %s: idle for %g s; closing it", self._name, self._idle_timeout)
+                await self._ws.aclose(1000, IDLE_CLOSE)
+                return
+            self._last_activity = trio.current_time()
             try:
                 if len(frame) > self._max_frame:
                     raise ClientFrameError(
@@ -548,6 +560,7 @@ class _Connection:
             del self._active[stream_id]
             self._auth.release(self._client)
             self._stream_ended.set()
+            self._last_activity = trio.current_time()
             self._finished[stream_id] = None
             if len(self._finished) > FINISHED_REMEMBERED:
                 del self._finished[next(iter(self._finished))]
