@@ -200,7 +200,7 @@ def _transient_midstream(failure: Failure) -> bool:
     such as ``overloaded_error``); never a client error.
     """
     if failure.kind in (FailureKind.STATUS, FailureKind.STREAM_ERROR) and failure.status:
-        return failure.status in TRANSIENT_STATUSES or failure.status >= 500
+        return failure.status >= 500  # TRANSIENT_STATUSES are all among them
     return failure.kind in (
         FailureKind.RESET, FailureKind.EOF, FailureKind.TIMEOUT, FailureKind.STREAM_ERROR
     )  # fmt: skip
