@@ -24,10 +24,23 @@ import trio
 from ._config import Target
 from ._context import SessionContext
 from ._errors import Failure, FailureKind, UpstreamError
-from ._messages import Finish, Malformed, Message, TextDelta, UpstreamRequest, Usage, UsageReport
+from ._features import answer_format
+from ._messages import (
+    Finish,
+    FunctionCall,
+    Malformed,
+    Message,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    UpstreamRequest,
+    Usage,
+    UsageReport,
+)
 from ._pool import PoolTimeout
 from ._streamlog import StreamLog
-from ._vocab import AttemptEnd, ContinuationForm
+from ._tools import ToolCallBuffer
+from ._vocab import AttemptEnd, ContinuationForm, ToolStreaming
 from .policy._continuation import continuation_form, continuation_request
 from .policy._failover import reason_code
 from .policy._fair import ANONYMOUS, ClientTag
@@ -78,9 +91,19 @@ class StreamSink(Protocol):
 
     log: StreamLog
 
-    def deliver(self, target: Target, text: str) -> None: ...
+    def deliver(
+        self, target: Target, text: str, logprobs: tuple[Any, ...] | None = None
+    ) -> None: ...
+
+    def reason(self, target: Target, text: str) -> None: ...
+
+    def tool_part(self, target: Target, part: ToolCallDelta) -> None: ...
+
+    def tool_calls(self, target: Target, calls: Sequence[tuple[int, FunctionCall]]) -> None: ...
 
     def diverged(self, target: Target, text: str) -> bool: ...
+
+    def answer_problem(self) -> str | None: ...
 
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None: ...
 
@@ -113,6 +136,7 @@ class Attempt:
         sink: StreamSink,
         claim: Callable[[], bool] | None = None,
         client: ClientTag = ANONYMOUS,
+        tool_streaming: ToolStreaming = "atomic",
     ) -> None:
         self._ctx = ctx
         self._client = client
@@ -122,8 +146,11 @@ class Attempt:
         self._sink = sink
         self._claim = claim
         self.form = continuation_form(
-            self._cfg, delivered=delivered, prefill_rejected=prefill_rejected
-        )
+            self._cfg, delivered=delivered, prefill_rejected=prefill_rejected,
+            json_answer=answer_format(params) != "text",
+        )  # fmt: skip
+        # Atomic tool calls are held here until the response finishes; live ones pass on.
+        self._tools = ToolCallBuffer() if tool_streaming == "atomic" else None
         original = UpstreamRequest(model=target.model, messages=tuple(messages), params=params)
         self._request = continuation_request(
             original, delivered=delivered, form=self.form, instruct_prompt=self._cfg.instruct_prompt
@@ -237,20 +264,29 @@ class Attempt:
                             if kind is TextDelta:
                                 now = trio.current_time()
                                 self._last_progress = now
-                                if not self.produced:
-                                    if self._claim is not None and not self._claim():
-                                        self._end("lost", "hedge")
-                                        return AttemptOutcome(kind="lost")
-                                    self.produced = True
-                                    self.ttft = now - began
+                                if not self.produced and not self._first_output(now, began):
+                                    return AttemptOutcome(kind="lost")
                                 self.deltas += 1
                                 text: str = event.text  # type: ignore[union-attr]
                                 # isascii() is O(1): encoding is only for the rare other text.
                                 room -= len(text) if text.isascii() else len(text.encode())
                                 if room < 0:
                                     raise _too_large(cfg.max_answer_bytes)
-                                if not self._take(text):
+                                if not self._take(text, event.logprobs):  # type: ignore[union-attr]
                                     return AttemptOutcome(kind="diverged")
+                                if backlog.full:
+                                    await self._wait_for_client(backlog)
+                            elif kind is ReasoningDelta or kind is ToolCallDelta:
+                                assert isinstance(event, (ReasoningDelta, ToolCallDelta))
+                                now = trio.current_time()
+                                self._last_progress = now
+                                if not self.produced and not self._first_output(now, began):
+                                    return AttemptOutcome(kind="lost")
+                                piece = event.text if kind is ReasoningDelta else event.arguments  # type: ignore[union-attr]
+                                room -= len(piece.encode())
+                                if room < 0:
+                                    raise _too_large(cfg.max_answer_bytes)
+                                self._other_output(event)
                                 if backlog.full:
                                     await self._wait_for_client(backlog)
                             elif kind is Finish:
@@ -288,9 +324,37 @@ class Attempt:
             )
         if self._guard is not None and not self._apply(self._guard.finish()):
             return AttemptOutcome(kind="diverged")
+        calls = self._tools.complete() if self._tools is not None else ()
+        if self._continued_bytes:
+            problem = self._sink.answer_problem()
+            if problem is not None:
+                raise UpstreamError(Failure(kind=FailureKind.INVALID_JSON, message=problem))
+        if calls:
+            self._sink.tool_calls(self._target, calls)
         self._end("done", None)
         self._sink.done(self._target, finish, self.usage)
         return AttemptOutcome(kind="done")
+
+    def _first_output(self, now: float, began: float) -> bool:
+        """Mark the attempt's first output (text, reasoning or a tool call); False: it lost
+        its hedge race and must end."""
+        if self._claim is not None and not self._claim():
+            self._end("lost", "hedge")
+            return False
+        self.produced = True
+        self.ttft = now - began
+        return True
+
+    def _other_output(self, event: ReasoningDelta | ToolCallDelta) -> None:
+        """Reasoning goes to the client at once; a tool call fragment is held (atomic) or
+        passed on (live)."""
+        if isinstance(event, ReasoningDelta):
+            if event.text:
+                self._sink.reason(self._target, event.text)
+        elif self._tools is not None:
+            self._tools.add(event)
+        else:
+            self._sink.tool_part(self._target, event)
 
     async def _wait_for_client(self, backlog: StreamLog) -> None:
         """Read nothing more from the provider until the client has taken its backlog.
@@ -346,11 +410,14 @@ class Attempt:
                 return
             await trio.sleep_until(expires)
 
-    def _take(self, text: str) -> bool:
-        """Pass text through the splice guard to the client; False: the stream ended."""
+    def _take(self, text: str, logprobs: tuple[Any, ...] | None = None) -> bool:
+        """Pass text through the splice guard to the client; False: the stream ended.
+
+        The log probabilities of text the guard held back are not kept: the guard may trim it.
+        """
         guard = self._guard
         if guard is None:
-            self._sink.deliver(self._target, text)
+            self._sink.deliver(self._target, text, logprobs)
             return True
         step = guard.feed(text)
         if type(step) is Hold:

@@ -16,6 +16,7 @@ import attrs
 
 from ._errors import ConfigError
 from ._provider import ProbeKind
+from ._vocab import Capability, ToolStreaming
 
 ContinuationMode = Literal["auto", "prefill", "instruct", "replay"]
 Strategy = Literal["priority", "weighted", "least_latency"]
@@ -68,6 +69,9 @@ class ProviderConfig:
     prefill: bool | None = None  # None: true for anthropic, false for openai-compatible
     instruct_prompt: str = DEFAULT_INSTRUCT_PROMPT
     anthropic_version: str = "2023-06-01"
+    # What this server can do, where it differs from its kind's API (KIND_CAPABILITIES), e.g.
+    # ``supports = {logprobs = false}`` for an OpenAI-compatible server without log probabilities.
+    supports: Mapping[Capability, bool] = attrs.field(factory=dict)
     health: HealthConfig = attrs.field(factory=HealthConfig)
 
     @property
@@ -76,6 +80,22 @@ class ProviderConfig:
         if self.prefill is not None:
             return self.prefill
         return self.kind == "anthropic"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this provider can serve: its kind's capabilities with ``supports`` applied."""
+        base = set(KIND_CAPABILITIES[self.kind])
+        for capability, supported in self.supports.items():
+            (base.add if supported else base.discard)(capability)
+        return frozenset(base)
+
+
+#: What each kind of API serves. Anthropic's Messages API has no log probabilities and takes
+#: no audio input; everything else has a translation (``transport.providers._anthropic``).
+KIND_CAPABILITIES: Mapping[ProviderKind, frozenset[Capability]] = {
+    "openai": frozenset(get_args(Capability)),
+    "anthropic": frozenset(get_args(Capability)) - {"logprobs", "audio"},
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -100,6 +120,7 @@ class RouteConfig:
     min_retry_concurrency: int = 3  # ... or at least this many, however few requests there are
     queue_timeout: float = 10.0
     queue_size: int = 1000
+    tool_streaming: ToolStreaming = "atomic"
 
 
 @attrs.frozen(kw_only=True)
@@ -250,6 +271,7 @@ _LITERAL_ALIASES: dict[str, tuple[str, ...]] = {
     "Strategy": get_args(Strategy),
     "ProbeKind": get_args(ProbeKind),
     "ProviderKind": get_args(ProviderKind),
+    "ToolStreaming": get_args(ToolStreaming),
 }
 
 
@@ -278,6 +300,20 @@ def _health(where: str, data: Any) -> HealthConfig:
     if health.max_cooldown < health.cooldown:
         raise ConfigError(f"{where}.max_cooldown", "must not be smaller than cooldown")
     return health
+
+
+def _supports(where: str, data: Any) -> dict[str, bool]:
+    choices = get_args(Capability)
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, "must be a table such as { logprobs = false, vision = true }")
+    for key, value in data.items():
+        if key not in choices:
+            raise ConfigError(
+                f"{where}.{key}", f"is not a capability (known: {', '.join(choices)})"
+            )
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}", f"must be true or false, not {_type_name(value)}")
+    return dict(data)
 
 
 def _targets(where: str, data: Any) -> tuple[Target, ...]:
@@ -357,7 +393,10 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "") -> BatonConfi
             for required in ("kind", "base_url"):
                 if required not in table:
                     raise ConfigError(f"{pwhere}.{required}", "is required")
-        provider = _build(ProviderConfig, pwhere, table, {"name": name}, {"health": _health})
+        provider = _build(
+            ProviderConfig, pwhere, table, {"name": name},
+            {"health": _health, "supports": _supports},
+        )  # fmt: skip
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"{pwhere}.base_url",

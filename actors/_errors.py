@@ -60,6 +60,9 @@ class FailureKind(enum.Enum):
     PROTOCOL = "protocol"  # something else the provider should not have sent
     ANSWER_TOO_LARGE = "answer_too_large"  # the answer passed the provider's max_answer_bytes
     STREAM_TOO_LONG = "stream_too_long"  # the attempt outlived the provider's max_stream_duration
+    # A JSON answer (response_format) that a continuation spliced does not parse (or match its
+    # strict schema): the joined text is unusable, so the answer starts afresh.
+    INVALID_JSON = "invalid_json"
 
 
 @attrs.frozen(kw_only=True)

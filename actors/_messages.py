@@ -1,9 +1,16 @@
 """The data that flows through Baton: requests, upstream events and client events.
 
+Requests are in OpenAI's Chat Completions terms, whatever the provider: a ``Message`` carries
+text or content parts (``text``, ``image_url``, ``input_audio``, ``file``), an assistant's
+``tool_calls`` or a tool result's ``tool_call_id``; everything else the client asked for
+(``tools``, ``response_format``, ``reasoning_effort``, fields Baton does not know) is in
+``UpstreamRequest.params`` under OpenAI's names, for the adapters to send or translate.
+
 Upstream events are what a provider adapter yields for one attempt (``TextDelta``,
-``Finish``, ``Malformed``). Client events are what a stream session emits, numbered by
-``seq`` from 0 without gaps (``Started``, ``Delta``, ``Failover``, ``Done``,
-``StreamError``); exactly one terminal event (``Done`` or ``StreamError``) ends a stream.
+``ReasoningDelta``, ``ToolCallDelta``, ``Finish``, ``Malformed``). Client events are what a
+stream session emits, numbered by ``seq`` from 0 without gaps (``Started``, ``Delta``,
+``Reasoning``, ``ToolCall``, ``ToolCallPart``, ``Failover``, ``Done``, ``StreamError``);
+exactly one terminal event (``Done`` or ``StreamError``) ends a stream.
 """
 
 from __future__ import annotations
@@ -15,15 +22,49 @@ import attrs
 
 from ._vocab import StreamErrorCode
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+#: One content part in OpenAI's shape, checked by ``parse_messages``: ``{"type": "text",
+#: "text": ...}``, ``{"type": "image_url", "image_url": {"url": ..., "detail": ...}}``,
+#: ``{"type": "input_audio", "input_audio": {"data": ..., "format": ...}}``, ``{"type": "file",
+#: "file": {...}}`` or an assistant's ``{"type": "refusal", "refusal": ...}``.
+ContentPart = Mapping[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class FunctionCall:
+    """One complete tool call: ``arguments`` is the JSON text of the arguments, as OpenAI sends
+    it (an object; ``"{}"`` for none)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @attrs.frozen(kw_only=True)
 class Message:
-    """One chat message."""
+    """One chat message.
+
+    ``content`` is text, content parts, or None (an assistant message that only calls tools).
+    ``tool_calls`` are an assistant's calls; ``tool_call_id`` names the call a ``tool``
+    message answers.
+    """
 
     role: Role
-    content: str
+    content: str | tuple[ContentPart, ...] | None
+    tool_calls: tuple[FunctionCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text: its content, or its text parts joined; "" for none."""
+        content = self.content
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        return "".join(p["text"] for p in content if p.get("type") == "text")
 
 
 @attrs.frozen(kw_only=True)
@@ -39,6 +80,13 @@ class Usage:
     total_tokens: int = attrs.field(
         default=attrs.Factory(lambda u: u.prompt_tokens + u.completion_tokens, takes_self=True)
     )
+    # The details a provider reported, None where it reported nothing: prompt tokens read from
+    # its cache (OpenAI's ``prompt_tokens_details.cached_tokens``, Anthropic's
+    # ``cache_read_input_tokens``), written to it (Anthropic's ``cache_creation_input_tokens``),
+    # and completion tokens spent reasoning (``completion_tokens_details.reasoning_tokens``).
+    cached_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -46,8 +94,11 @@ class UpstreamRequest:
     """What one attempt asks a provider for.
 
     ``prefill`` is true when the last message is an assistant message whose text the provider
-    should continue (not answer again). ``params`` holds the client's generation parameters
-    (``max_tokens``, ``temperature``, ...) in OpenAI's names; adapters translate them.
+    should continue (not answer again). ``params`` holds every other field the client sent, in
+    OpenAI's names: generation parameters (``max_tokens``, ``temperature``, ...), ``tools``,
+    ``tool_choice``, ``response_format``, ``reasoning_effort``, ``logprobs`` and fields Baton
+    does not know. An OpenAI-kind adapter sends them as they are; others translate what they
+    can and drop the rest.
     """
 
     model: str
@@ -61,9 +112,30 @@ class UpstreamRequest:
 
 @attrs.frozen
 class TextDelta:
-    """A piece of answer text."""
+    """A piece of answer text; ``logprobs`` are its tokens' entries (OpenAI's
+    ``choices[0].logprobs.content``) when the client asked for them."""
 
     text: str
+    logprobs: tuple[Any, ...] | None = None
+
+
+@attrs.frozen
+class ReasoningDelta:
+    """A piece of the model's reasoning (``delta.reasoning_content``, Anthropic ``thinking``):
+    shown to the client beside the answer, never part of its text."""
+
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class ToolCallDelta:
+    """A fragment of tool call ``index`` of this response: the first names ``id`` and ``name``,
+    the rest add to ``arguments`` (JSON text, arriving in pieces)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -89,7 +161,7 @@ class Malformed:
     raw: str
 
 
-UpstreamEvent = TextDelta | Finish | UsageReport | Malformed
+UpstreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finish | UsageReport | Malformed
 
 
 # --- client events (one stream, numbered) ----------------------------------------------------
@@ -110,6 +182,42 @@ class Delta:
     stream: str
     seq: int
     text: str
+    logprobs: tuple[Any, ...] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Reasoning:
+    """Reasoning text of the model (never part of the answer's text)."""
+
+    stream: str
+    seq: int
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class ToolCall:
+    """One complete tool call of the answer, sent once its response finished and its
+    ``arguments`` parsed as JSON (``tool_streaming = "atomic"``, the default)."""
+
+    stream: str
+    seq: int
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen(kw_only=True)
+class ToolCallPart:
+    """A fragment of a tool call as the provider sent it (``tool_streaming = "live"``): the
+    first of a call names ``id`` and ``name``; ``arguments`` add up to the call's JSON."""
+
+    stream: str
+    seq: int
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
 
 
 @attrs.frozen(kw_only=True)
@@ -164,7 +272,7 @@ class StreamError:
     upstream_code: str | None = None
 
 
-ClientEvent = Started | Delta | Failover | Done | StreamError
+ClientEvent = Started | Delta | Reasoning | ToolCall | ToolCallPart | Failover | Done | StreamError
 
 
 def is_terminal(event: ClientEvent) -> bool:

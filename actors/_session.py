@@ -23,8 +23,22 @@ from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
 from ._config import RouteConfig, Target
 from ._context import SessionContext
 from ._errors import Failure, FailureKind
+from ._features import answer_format, check_json, lacking, needs
 from ._hedge import Claim, HedgeRace, hedge_delay, pick_hedge, wants_hedge
-from ._messages import Done, Failover, Finish, Message, Started, StreamError, Usage
+from ._messages import (
+    Done,
+    Failover,
+    Finish,
+    FunctionCall,
+    Message,
+    Reasoning,
+    Started,
+    StreamError,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallPart,
+    Usage,
+)
 from ._router import Picked, PickResult, Unavailable
 from ._streamlog import StreamLog
 from ._vocab import StreamEnd, StreamErrorCode
@@ -57,6 +71,7 @@ class _Tries:
     failures: list[str] = attrs.field(factory=list)  # one line per failure, for the final error
     starts: dict[int, list[float]] = attrs.field(factory=dict)  # per target: when attempts began
     prefill_rejected: set[int] = attrs.field(factory=set)  # targets to ask in instruct form
+    unable: frozenset[int] = frozenset()  # targets that cannot serve what the request needs
 
     def start(self, index: int, now: float) -> None:
         self.count += 1
@@ -101,6 +116,11 @@ class StreamSession:
         self._delivered_deltas = 0
         self._started_at = 0.0
         self._first_text_at: float | None = None
+        self._answer_format = answer_format(self._params)
+        self._tool_parts_sent = False  # live tool call fragments the client holds
+        # Targets that cannot serve this request (tools to a server without them, ...): out
+        # from the start, and named if the stream ends without an answer.
+        self._unable = lacking(route, context.provider_configs, needs(self._messages, self._params))
 
     def __repr__(self) -> str:
         return f"<StreamSession {self.id} route={self._route.name}>"
@@ -160,7 +180,13 @@ class StreamSession:
         Every attempt after the stream's first is a retry: it holds a place in the route's
         retry budget while it runs (``_start_retry``, ``_end_retry``).
         """
-        route, tries = self._route, _Tries()
+        route = self._route
+        tries = _Tries(excluded=set(self._unable), unable=frozenset(self._unable))
+        for index, lacks in self._unable.items():
+            target = route.targets[index]
+            tries.failures.append(
+                f"{target.provider} ({target.model}): cannot serve {', '.join(sorted(lacks))}"
+            )
         while True:
             if tries.count >= route.max_attempts:
                 return self._exhausted(tries.failures, f"gave up after {tries.count} attempts")
@@ -272,7 +298,7 @@ class StreamSession:
             isinstance(picked, Unavailable)
             and picked.reason == "none_usable"
             and tries.count == 0
-            and not tries.excluded
+            and tries.excluded == tries.unable
         ):
             picked = await self._queue_for_recovery(picked)
             if picked is None:
@@ -352,22 +378,40 @@ class StreamSession:
             return None
         if self._pending is None:
             self._pending = (decision.reason, self._phase())
-        if failure.kind is FailureKind.ANSWER_TOO_LARGE and self._delivered:
-            # An answer at its size limit cannot be continued (the request would carry all of
-            # it): the next target answers afresh, if the client can drop what it holds.
+        why = self._cannot_continue(target, failure)
+        if why is not None:
+            # The next target answers afresh, if the client can drop what it holds.
             if not self._can_reset:
-                self._error(
-                    "stream_diverged",
-                    f"{target.provider}'s answer grew past its limit ({failure.message}) and "
-                    "was ended; an answer that long cannot be continued, so the partial "
-                    "answer is incomplete. Retry the request.",
-                    retryable=True,
-                )
+                self._error("stream_diverged", why, retryable=True)
                 return None
             self._restarting = True
             self._delivered.clear()
             self._delivered_deltas = 0
+            self._tool_parts_sent = False
         return decision
+
+    def _cannot_continue(self, target: Target, failure: Failure) -> str | None:
+        """Why what the client holds of the answer cannot be continued; None: it can."""
+        if failure.kind is FailureKind.ANSWER_TOO_LARGE and self._delivered:
+            # The continuation request would carry all of it.
+            return (
+                f"{target.provider}'s answer grew past its limit ({failure.message}) and "
+                "was ended; an answer that long cannot be continued, so the partial "
+                "answer is incomplete. Retry the request."
+            )
+        if failure.kind is FailureKind.INVALID_JSON:
+            return (
+                f"The answer broke off, and joined to {target.provider}'s continuation it is "
+                f"not the JSON the request asks for ({failure.message}); the partial answer "
+                "is incomplete. Retry the request."
+            )
+        if self._tool_parts_sent:
+            return (
+                f"{target.provider} broke off inside a tool call that was streaming live "
+                '(the route has tool_streaming = "live"), which cannot be continued; the '
+                "partial tool call is incomplete. Retry the request."
+            )
+        return None
 
     async def _queue_for_recovery(self, picked: PickResult) -> PickResult | None:
         """Wait (bounded) for a target of the route to recover; None: the stream ended."""
@@ -415,6 +459,7 @@ class StreamSession:
             self._ctx, target, messages=self._messages, params=self._params,
             delivered="".join(self._delivered), prefill_rejected=prefill_rejected,
             sink=self, claim=claim, client=self._client,
+            tool_streaming=self._route.tool_streaming,
         )  # fmt: skip
         try:
             outcome = await attempt.run()
@@ -459,10 +504,14 @@ class StreamSession:
         )  # fmt: skip
         self._serving = target
 
-    def deliver(self, target: Target, text: str) -> None:
+    def _output(self, target: Target) -> None:
+        """The target's first output since a failover: announce the failover first."""
         if self._pending is not None:
             self._announce(target, "reset" if self._restarting else "continue")
             self._restarting = False
+
+    def deliver(self, target: Target, text: str, logprobs: tuple[Any, ...] | None = None) -> None:
+        self._output(target)
         if self._first_text_at is None:
             self._first_text_at = trio.current_time()
             self._ctx.telemetry.ttft.record(
@@ -471,7 +520,31 @@ class StreamSession:
             )
         self._delivered.append(text)
         self._delivered_deltas += 1
-        self.log.append_text(text)
+        self.log.append_text(text, logprobs)
+
+    def reason(self, target: Target, text: str) -> None:
+        self._output(target)
+        self.log.append(Reasoning, text=text)
+
+    def tool_part(self, target: Target, part: ToolCallDelta) -> None:
+        self._output(target)
+        self._tool_parts_sent = True
+        self.log.append(
+            ToolCallPart, index=part.index, id=part.id, name=part.name, arguments=part.arguments
+        )
+
+    def tool_calls(self, target: Target, calls: Sequence[tuple[int, FunctionCall]]) -> None:
+        self._output(target)
+        for index, call in calls:
+            self.log.append(
+                ToolCall, index=index, id=call.id, name=call.name, arguments=call.arguments
+            )
+
+    def answer_problem(self) -> str | None:
+        """Why the answer's text, continued after a failover, is not the JSON asked for."""
+        if self._answer_format == "text":
+            return None
+        return check_json("".join(self._delivered), self._params)
 
     def diverged(self, target: Target, text: str) -> bool:
         """The continuation cannot be joined; reset the client's text if it can take that."""
@@ -495,9 +568,7 @@ class StreamSession:
         return True
 
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None:
-        if self._pending is not None:
-            self._announce(target, "reset" if self._restarting else "continue")
-            self._restarting = False
+        self._output(target)
         # The finishing attempt's usage as its provider reported it, or None: never a count
         # of our own. After a failover its prompt includes the delivered text it continued;
         # every attempt's own usage is in the stream's statistics and the token metrics.

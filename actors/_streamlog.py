@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from ._messages import ClientEvent, Delta, is_terminal
+from ._messages import ClientEvent, Delta, Failover, Started, is_terminal
 
 DEFAULT_MAX_UNREAD = 256 * 1024  # characters; ``ServerConfig.max_client_backlog``
 
@@ -42,9 +42,10 @@ class StreamLog:
         # The last delta while the reader has not taken it: its pieces are joined only when it
         # is taken, so merging costs a list append per token, not a string copy.
         self._tail: list[str] | None = None
-        # A reader that shows nothing for events other than text and the end (OpenAI's chunk
-        # format: ``started`` and ``failover`` only change the model of later chunks) sets this,
-        # and is woken only by those; the other events reach it in the same batch, in order.
+        self._tail_logprobs: list[Any] | None = None  # the tail's tokens' logprobs, if asked
+        # A reader that shows nothing for ``started`` and ``failover`` (OpenAI's chunk format:
+        # they only change the model of later chunks) sets this, and is not woken by them; they
+        # reach it in the next batch, in order.
         self.wake_for_text_only = False
         # Characters of text appended since the reader last took its batch; ``full`` once they
         # pass ``max_unread``. A plain attribute, so the writer checks it per token for free.
@@ -60,8 +61,11 @@ class StreamLog:
     def closed(self) -> bool:
         return self.terminal is not None
 
-    def append_text(self, text: str) -> None:
-        """Append answer text, merged into the last delta if the reader has not taken it."""
+    def append_text(self, text: str, logprobs: tuple[Any, ...] | None = None) -> None:
+        """Append answer text, merged into the last delta if the reader has not taken it.
+
+        ``logprobs``: the text's tokens' entries, kept with it through merging.
+        """
         if not text or self.terminal is not None:
             return
         self._unread += len(text)
@@ -69,8 +73,13 @@ class StreamLog:
             self.full = True
         if self._tail is not None:
             self._tail.append(text)
+            if logprobs:
+                if self._tail_logprobs is None:
+                    self._tail_logprobs = []
+                self._tail_logprobs.extend(logprobs)
             return
         self._tail = [text]
+        self._tail_logprobs = list(logprobs) if logprobs else None
         self._next_seq += 1
         self._wakeup.set()
 
@@ -89,7 +98,7 @@ class StreamLog:
             self.terminal = event
             self._wakeup.set()
             self._room.set()
-        elif not self.wake_for_text_only:
+        elif not (self.wake_for_text_only and isinstance(event, (Started, Failover))):
             self._wakeup.set()
         return event
 
@@ -99,7 +108,14 @@ class StreamLog:
         if tail is not None:
             self._tail = None
             text = tail[0] if len(tail) == 1 else "".join(tail)
-            self._events.append(Delta(stream=self.stream_id, seq=self._next_seq - 1, text=text))
+            logprobs = self._tail_logprobs
+            self._tail_logprobs = None
+            self._events.append(
+                Delta(
+                    stream=self.stream_id, seq=self._next_seq - 1, text=text,
+                    logprobs=None if logprobs is None else tuple(logprobs),
+                )
+            )  # fmt: skip
 
     def take_nowait(self) -> list[ClientEvent]:
         """Every event the reader has not taken yet (possibly none)."""

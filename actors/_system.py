@@ -25,6 +25,7 @@ from opentelemetry import metrics
 from ._config import BatonConfig, Target
 from ._context import SessionContext
 from ._errors import ConfigError, RequestError, clip
+from ._features import lacking, needs
 from ._health import HealthActor, HealthBoard
 from ._load import LoadMonitor, LoadStatistics
 from ._messages import ClientEvent, Message
@@ -174,6 +175,19 @@ class Baton:
             )
         if not messages:
             raise RequestError("bad_request", "'messages' must not be empty.")
+        wanted = needs(messages, params or {})
+        unable = lacking(route_config, self.config.providers, wanted)
+        if wanted and len(unable) == len(route_config.targets):
+            lacks = "; ".join(
+                f"{route_config.targets[i].provider} lacks {', '.join(sorted(c))}"
+                for i, c in unable.items()
+            )
+            raise RequestError(
+                "unsupported",
+                f"No target of route {route!r} can serve this request ({lacks}); use a route "
+                "with a provider that can, or set [providers.NAME] supports if one can.",
+                status=400,
+            )
         if self.closing:
             raise RequestError("shutting_down", "Baton is shutting down; please retry.", status=503)
         stream_id = "st_" + secrets.token_urlsafe(16)

@@ -29,6 +29,25 @@ RequestErrorCode = Literal[
     "too_many_streams",  # the connection already runs its most streams (retryable)
     "rate_limit_exceeded",  # the client's requests_per_minute are used up (retryable)
     "shutting_down",  # Baton is stopping and takes no new streams (retryable)
+    "unsupported",  # no target of the route can serve what the request needs (tools, audio...)
+]
+
+# What a request may need of a target beyond plain text (``actors._features``); a target that
+# lacks one is skipped for that request, and ``[providers.NAME] supports`` overrides its kind's.
+Capability = Literal[
+    "tools",  # function tools, tool calls and tool results
+    "vision",  # image_url content parts
+    "audio",  # input_audio content parts
+    "files",  # file content parts (PDF documents)
+    "logprobs",  # logprobs / top_logprobs
+    "json_schema",  # response_format json_schema / json_object
+    "reasoning",  # reasoning_effort
+]
+
+# How a route sends tool calls to its clients.
+ToolStreaming = Literal[
+    "atomic",  # each call once complete, after its response finished: safe across failover
+    "live",  # fragments as the provider sends them; a failure inside a call resets the answer
 ]
 
 # Every error code a client of Baton's own protocol can see.

@@ -349,7 +349,7 @@ def plan_attempt(
 ) -> AttemptPlan:
     """Decide what a provider of ``kind`` does with ``messages`` under ``behaviour``."""
     answer = tuple(answer_tokens(messages, seed=seed, words=words))
-    prompt_tokens = sum(len(m.content.split()) + 3 for m in messages)
+    prompt_tokens = sum(len(m.text.split()) + 3 for m in messages)
     rejection: Failure | None = None
     trailing_assistant = bool(messages) and messages[-1].role == "assistant"
     if behaviour.kind == "refuse":

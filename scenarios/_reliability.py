@@ -233,7 +233,7 @@ async def _drive(
 
 
 def _body(i: int, model: str) -> dict[str, Any]:
-    messages = [{"role": m.role, "content": m.content} for m in client_prompt(i)]
+    messages = [{"role": m.role, "content": m.text} for m in client_prompt(i)]
     return {"model": model, "messages": messages, "stream": True}
 
 

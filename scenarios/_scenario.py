@@ -45,8 +45,8 @@ def client_prompt(index: int) -> tuple[Message, ...]:
 def client_of(messages: tuple[Message, ...] | list[Message]) -> int | None:
     """Which client sent a conversation (by its ``client_prompt``), or None."""
     for message in messages:
-        if message.role == "user" and message.content.startswith("Client "):
-            head = message.content[len("Client ") :].split(":", 1)[0]
+        if message.role == "user" and message.text.startswith("Client "):
+            head = message.text[len("Client ") :].split(":", 1)[0]
             if head.isdigit():
                 return int(head)
     return None

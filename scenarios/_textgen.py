@@ -74,7 +74,7 @@ def answer_basis(messages: Sequence[Message]) -> tuple[Message, ...]:
         len(basis) >= 2
         and basis[-1].role == "user"
         and basis[-2].role == "assistant"
-        and is_continue_instruction(basis[-1].content)
+        and is_continue_instruction(basis[-1].text)
     ):
         basis = basis[:-1]
     if basis and basis[-1].role == "assistant":
@@ -122,7 +122,7 @@ def answer_tokens(
     multi-byte UTF-8 words and odd whitespace (double spaces, newlines) before some words.
     Whitespace always leads a token, so no prefix of the answer ends in whitespace.
     """
-    basis = [[m.role, m.content] for m in answer_basis(messages)]
+    basis = [[m.role, m.text] for m in answer_basis(messages)]
     key = orjson.dumps({"seed": seed, "words": words, "conversation": basis})
     draws = _Draws(hashlib.sha256(key).digest())
     target = length if length is not None else 40 + draws.below(81)
@@ -181,10 +181,10 @@ def continuation(
     msgs = tuple(messages)
     if msgs and msgs[-1].role == "assistant":
         mode: ContinuationMode = "prefill"
-        prefix = msgs[-1].content
+        prefix = msgs[-1].text
     elif len(msgs) >= 2 and answer_basis(msgs) == msgs[:-2]:
         mode = "instruct"
-        prefix = msgs[-2].content
+        prefix = msgs[-2].text
     else:
         return 0, "fresh"
     stripped = prefix.rstrip()

@@ -8,11 +8,18 @@ from .._vocab import ContinuationForm
 
 
 def continuation_form(
-    config: ProviderConfig, *, delivered: str, prefill_rejected: bool
+    config: ProviderConfig, *, delivered: str, prefill_rejected: bool, json_answer: bool = False
 ) -> ContinuationForm:
-    """Choose how to ask ``config``'s provider to go on from ``delivered``."""
+    """Choose how to ask ``config``'s provider to go on from ``delivered``.
+
+    A JSON answer (``json_answer``) is continued only by prefill, on a provider that honours
+    it: an instruction to go on is no way to keep JSON whole. Elsewhere the provider is asked
+    afresh (``replay``), and the splice guard decides whether its answer joins.
+    """
     if not delivered:
         return "fresh"
+    if json_answer:
+        return "prefill" if config.honours_prefill and not prefill_rejected else "replay"
     mode = config.continuation
     if mode == "replay":
         return "replay"

@@ -88,6 +88,7 @@ def reason_code(failure: Failure, *, midstream: bool) -> str:
         FailureKind.STATUS: "upstream_error",
         FailureKind.ANSWER_TOO_LARGE: "answer_too_large",
         FailureKind.STREAM_TOO_LONG: "stream_too_long",
+        FailureKind.INVALID_JSON: "invalid_json",
     }[kind]
 
 
@@ -118,7 +119,12 @@ def is_prefill_rejection(failure: Failure) -> bool:
 
 
 def health_verdict(failure: Failure) -> HealthVerdict:
-    """Whether a failure counts against the provider (client errors never do)."""
+    """Whether a failure counts against the provider (client errors never do).
+
+    A spliced JSON answer that does not parse is the splice's fault, not the provider's.
+    """
+    if failure.kind is FailureKind.INVALID_JSON:
+        return HealthVerdict()
     if failure.kind is FailureKind.STATUS and failure.status is not None:
         status = failure.status
         if status in (401, 403):
