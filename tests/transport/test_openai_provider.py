@@ -21,10 +21,13 @@ from hypothesis import strategies as st
 from actors import (
     FailureKind,
     Finish,
+    FunctionCall,
     Malformed,
     Message,
     ProviderConfig,
+    ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
     UpstreamError,
     UpstreamEvent,
     UpstreamRequest,
@@ -84,9 +87,11 @@ USAGE = {
     "prompt_tokens": 9,
     "completion_tokens": 2,
     "total_tokens": 11,
-    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 1, "audio_tokens": 0},
 }
+# USAGE as Baton reads it: the details ride along.
+USAGE_READ = Usage(prompt_tokens=9, completion_tokens=2, cached_tokens=4, reasoning_tokens=1)
 STREAM = b"".join(
     [
         chunk({"role": "assistant", "content": "", "refusal": None}),
@@ -102,7 +107,7 @@ EVENTS: list[UpstreamEvent] = [
     TextDelta("Hello"),
     TextDelta(" wörld 🙂"),
     Finish(reason="stop", usage=None, model=MODEL),
-    UsageReport(usage=Usage(prompt_tokens=9, completion_tokens=2)),
+    UsageReport(usage=USAGE_READ),
 ]
 REQUEST = UpstreamRequest(
     model="gpt-4o-mini",
@@ -260,7 +265,7 @@ async def test_usage_in_the_finish_chunk_rides_on_finish() -> None:
     stream = chunk({"content": "x"}, finish="length", usage=USAGE) + b"data: [DONE]\n\n"
     assert await collect(provider_for(sse([stream]))) == [
         TextDelta("x"),
-        Finish(reason="length", usage=Usage(prompt_tokens=9, completion_tokens=2), model=MODEL),
+        Finish(reason="length", usage=USAGE_READ, model=MODEL),
     ]
 
 
@@ -775,3 +780,154 @@ async def test_a_providers_split_pools_act_as_one_client() -> None:
     with clients.lease() as again:
         assert again is pools[0]  # all idle again: the first pool, whose connections are warm
     await clients.aclose()
+
+
+# --- the whole Chat Completions request and answer ----------------------------------------------
+
+
+async def test_messages_go_in_openais_shape_and_params_as_they_are() -> None:
+    bodies: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(orjson.loads(request.content))
+        return sse([STREAM])(request)
+
+    image = {"type": "image_url", "image_url": {"url": "https://x.test/a.png", "detail": "low"}}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    request = UpstreamRequest(
+        model="m",
+        messages=(
+            Message(role="user", content=({"type": "text", "text": "Where?"}, image), name="ann"),
+            Message(
+                role="assistant",
+                content=None,
+                tool_calls=(FunctionCall(id="call_1", name="weather", arguments='{"c":"Oslo"}'),),
+            ),
+            Message(role="tool", content="rain", tool_call_id="call_1"),
+        ),
+        params={
+            "tools": tools, "tool_choice": "auto", "logprobs": True, "top_logprobs": 2,
+            "reasoning_effort": "low", "prompt_cache_retention": "24h",
+        },
+    )  # fmt: skip
+    await collect(provider_for(handler), request)
+    [body] = bodies
+    assert body["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Where?"}, image],
+            "name": "ann",
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"c":"Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "content": "rain", "tool_call_id": "call_1"},
+    ]
+    assert {k: body[k] for k in request.params} == request.params
+    assert list(body)[: len(request.params)] == list(request.params)  # params first
+
+
+def tool_chunk(*calls: dict[str, Any], content: str | None = None) -> bytes:
+    return chunk({"role": "assistant", "content": content, "tool_calls": list(calls)})
+
+
+async def test_openais_tool_call_fragments() -> None:
+    # OpenAI: the first entry names id, type and function name with empty arguments; the rest
+    # add argument pieces under the same index; the delta's content is null throughout.
+    stream = b"".join([
+        tool_chunk({"index": 0, "id": "call_a", "type": "function",
+                    "function": {"name": "weather", "arguments": ""}}),
+        tool_chunk({"index": 0, "function": {"arguments": '{"city"'}}),
+        tool_chunk({"index": 0, "function": {"arguments": ': "Oslo"}'}}),
+        tool_chunk({"index": 1, "id": "call_b", "type": "function",
+                    "function": {"name": "time", "arguments": "{}"}}),
+        chunk({}, finish="tool_calls"),
+        b"data: [DONE]\n\n",
+    ])  # fmt: skip
+    assert await collect(provider_for(sse(pieces(stream, 11)))) == [
+        ToolCallDelta(index=0, id="call_a", name="weather", arguments=""),
+        ToolCallDelta(index=0, arguments='{"city"'),
+        ToolCallDelta(index=0, arguments=': "Oslo"}'),
+        ToolCallDelta(index=1, id="call_b", name="time", arguments="{}"),
+        Finish(reason="tool_calls", usage=None, model=MODEL),
+    ]
+
+
+async def test_servers_that_send_whole_calls_or_repeat_ids_or_leave_out_the_index() -> None:
+    whole = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    stream = b"".join([
+        tool_chunk({"index": 0, **whole}),  # vLLM/Ollama-style: a whole call in one entry
+        tool_chunk({"index": 1, "id": "c2", "function": {"name": "g", "arguments": "{"}}),
+        tool_chunk({"index": 1, "id": "c2", "function": {"name": "g", "arguments": "}"}}),
+        tool_chunk({"id": "c3", "function": {"name": "h", "arguments": None}}),  # no index
+        chunk({}, finish="tool_calls"),
+    ])  # fmt: skip
+    assert await collect(provider_for(sse([stream]))) == [
+        ToolCallDelta(index=0, id="c1", name="f", arguments='{"a":1}'),
+        ToolCallDelta(index=1, id="c2", name="g", arguments="{"),
+        ToolCallDelta(index=1, id="c2", name="g", arguments="}"),
+        ToolCallDelta(index=0, id="c3", name="h", arguments=""),
+        Finish(reason="tool_calls", usage=None, model=MODEL),
+    ]
+
+
+async def test_reasoning_under_either_name_and_text_beside_a_tool_call() -> None:
+    stream = b"".join([
+        chunk({"role": "assistant", "content": None, "reasoning_content": "Think"}),  # vLLM
+        chunk({"content": "", "reasoning": " more"}),  # Ollama, OpenRouter
+        chunk({"reasoning_content": None, "content": "Calling."}),
+        tool_chunk({"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}},
+                   content="!"),
+        chunk({}, finish="tool_calls"),
+    ])  # fmt: skip
+    assert await collect(provider_for(sse([stream]))) == [
+        ReasoningDelta("Think"),
+        ReasoningDelta(" more"),
+        TextDelta("Calling."),
+        TextDelta("!"),
+        ToolCallDelta(index=0, id="c", name="f", arguments="{}"),
+        Finish(reason="tool_calls", usage=None, model=MODEL),
+    ]
+
+
+async def test_logprobs_ride_on_their_chunks_text() -> None:
+    entry = {"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
+             "top_logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]}  # fmt: skip
+    with_logprobs = orjson.loads(chunk({"content": "Hi"})[6:])
+    with_logprobs["choices"][0]["logprobs"] = {"content": [entry], "refusal": None}
+    stream = (
+        b"data: " + orjson.dumps(with_logprobs) + b"\n\n"
+        + chunk({"content": "!"}) + chunk({}, finish="stop")
+    )  # fmt: skip
+    assert await collect(provider_for(sse([stream]))) == [
+        TextDelta("Hi", logprobs=(entry,)),
+        TextDelta("!"),
+        Finish(reason="stop", usage=None, model=MODEL),
+    ]
+
+
+@pytest.mark.parametrize(
+    "tool_calls",
+    [
+        "call",
+        [5],
+        [{"index": -1, "function": {"name": "f"}}],
+        [{"index": 0, "function": {"name": 3}}],
+        [{"index": 0, "function": {"arguments": {"a": 1}}}],
+    ],
+)
+async def test_tool_call_entries_that_are_not_fragments_are_malformed(tool_calls: Any) -> None:
+    bad = chunk({"tool_calls": tool_calls})
+    events = await collect(provider_for(sse([bad + chunk({}, finish="stop")])))
+    assert events == [
+        Malformed(raw=bad.decode()[6:-2]),
+        Finish(reason="stop", usage=None, model=MODEL),
+    ]

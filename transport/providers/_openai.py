@@ -23,8 +23,11 @@ from actors import (
     FailureKind,
     Finish,
     Malformed,
+    Message,
     ProviderConfig,
+    ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
     UpstreamError,
     UpstreamEvent,
     UpstreamRequest,
@@ -64,9 +67,7 @@ def chat_body(
     per-message ``prefix``. Strict servers reject fields they do not know, so a plain
     OpenAI-compatible provider never sees them.
     """
-    messages: list[dict[str, Any]] = [
-        {"role": m.role, "content": m.content} for m in request.messages
-    ]
+    messages = [wire_message(m) for m in request.messages]
     body: dict[str, Any] = dict(request.params)
     stream_options = body.pop("stream_options", None)
     if include_usage:
@@ -84,18 +85,54 @@ def chat_body(
     return body
 
 
+def wire_message(message: Message) -> dict[str, Any]:
+    """``message`` as OpenAI takes it: content (text, parts or null), tool calls, call id, name.
+
+    Fields a message does not use are left out rather than sent as null, since some
+    OpenAI-compatible servers refuse ``tool_calls: []`` or ``tool_call_id: null``.
+    """
+    content = message.content
+    wire: dict[str, Any] = {
+        "role": message.role,
+        "content": list(content) if isinstance(content, tuple) else content,
+    }
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        wire["name"] = message.name
+    return wire
+
+
+def _count(details: object, key: str) -> int | None:
+    value = details.get(key) if isinstance(details, dict) else None
+    return value if type(value) is int else None
+
+
 def _usage(value: object) -> Usage | None:
-    """Read an OpenAI ``usage`` object; ``None`` when absent (``"usage": null``) or unusable."""
+    """Read an OpenAI ``usage`` object; ``None`` when absent (``"usage": null``) or unusable.
+
+    The details (``prompt_tokens_details.cached_tokens``,
+    ``completion_tokens_details.reasoning_tokens``) are kept when the server sent them.
+    """
     if not isinstance(value, dict):
         return None
     prompt = value.get("prompt_tokens")
     completion = value.get("completion_tokens")
     if type(prompt) is not int or type(completion) is not int:
         return None
+    details: dict[str, Any] = {
+        "cached_tokens": _count(value.get("prompt_tokens_details"), "cached_tokens"),
+        "reasoning_tokens": _count(value.get("completion_tokens_details"), "reasoning_tokens"),
+    }
     total = value.get("total_tokens")
-    if type(total) is not int:
-        return Usage(prompt_tokens=prompt, completion_tokens=completion)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+    if type(total) is int:
+        details["total_tokens"] = total
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, **details)
 
 
 def rejects_stream_options(failure: Failure) -> bool:
@@ -110,7 +147,9 @@ def rejects_stream_options(failure: Failure) -> bool:
 class OpenAIChunkParser:
     """Turns one attempt's ``chat.completion.chunk`` events into upstream events.
 
-    ``choices[0].delta.content`` gives ``TextDelta`` (empty and role-only deltas give nothing),
+    ``choices[0].delta.content`` gives ``TextDelta`` (with the chunk's ``logprobs.content``;
+    empty and role-only deltas give nothing), ``delta.reasoning_content`` (or ``reasoning``)
+    ``ReasoningDelta``, each ``delta.tool_calls`` entry a ``ToolCallDelta``,
     the first ``finish_reason`` gives ``Finish`` (with usage when the same chunk carries it),
     a later usage-only chunk (``choices: []``) gives ``UsageReport``, ``[DONE]`` ends the
     stream, undecodable JSON gives ``Malformed``. An ``{"error": ...}`` payload raises
@@ -169,13 +208,8 @@ class OpenAIChunkParser:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
-            if isinstance(delta, dict):
-                content = delta.get("content")
-                if isinstance(content, str):
-                    if content:
-                        out.append(TextDelta(content))
-                elif content is not None:
-                    out.append(Malformed(raw=data[:MALFORMED_RAW_CHARS]))
+            if isinstance(delta, dict) and not self._delta(delta, choice, out):
+                out.append(Malformed(raw=data[:MALFORMED_RAW_CHARS]))
             finish_reason = choice.get("finish_reason")
             if isinstance(finish_reason, str) and finish_reason:
                 reason = FINISH_REASON_ALIASES.get(finish_reason, finish_reason)
@@ -189,6 +223,66 @@ class OpenAIChunkParser:
             # Usage on every chunk (vLLM's continuous usage stats) is only reported once the
             # answer finished; OpenAI's usage-only chunk (choices: []) always.
             out.append(UsageReport(usage=usage))
+
+    def _delta(
+        self, delta: dict[str, Any], choice: dict[str, Any], out: deque[UpstreamEvent]
+    ) -> bool:
+        """Append the events of one ``delta``; false when part of it cannot be read."""
+        ok = True
+        # vLLM and DeepSeek say ``reasoning_content``; Ollama and OpenRouter say ``reasoning``.
+        for key in ("reasoning_content", "reasoning"):
+            reasoning = delta.get(key)
+            if isinstance(reasoning, str):
+                if reasoning:
+                    out.append(ReasoningDelta(reasoning))
+                break
+        content = delta.get("content")
+        if isinstance(content, str):
+            if content:
+                out.append(TextDelta(content, _logprobs(choice.get("logprobs"))))
+        elif content is not None:
+            ok = False
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for position, call in enumerate(calls):
+                fragment = _tool_call_delta(call, position)
+                if fragment is None:
+                    ok = False
+                else:
+                    out.append(fragment)
+        elif calls is not None:
+            ok = False
+        return ok
+
+
+def _logprobs(value: object) -> tuple[Any, ...] | None:
+    """The token entries of a choice's ``logprobs`` (``{"content": [...]}``), if any."""
+    content = value.get("content") if isinstance(value, dict) else None
+    return tuple(content) if isinstance(content, list) and content else None
+
+
+def _tool_call_delta(call: object, position: int) -> ToolCallDelta | None:
+    """One ``delta.tool_calls`` entry as a fragment; None when it is not one.
+
+    Servers differ: OpenAI sends ``id`` and ``name`` once, then argument pieces; some send a
+    whole call in one entry, repeat ``id``/``name`` on every piece, or leave out ``index``
+    when they send one call per chunk (the entry's position stands in for it).
+    """
+    if not isinstance(call, dict):
+        return None
+    index = call.get("index", position)
+    function = call.get("function") or {}
+    if type(index) is not int or index < 0 or not isinstance(function, dict):
+        return None
+    call_id, name = call.get("id"), function.get("name")
+    arguments = function.get("arguments") or ""
+    if not (
+        isinstance(call_id, (str, type(None)))
+        and isinstance(name, (str, type(None)))
+        and isinstance(arguments, str)
+    ):
+        return None
+    return ToolCallDelta(index=index, id=call_id or None, name=name or None, arguments=arguments)
 
 
 class OpenAIProvider(HTTPProvider):
