@@ -4,13 +4,24 @@ One connection carries many concurrent streams; every frame is a JSON text frame
 
 Client -> server::
 
-    {"type": "start", "ref": "q1", "model": "default", "messages": [...], "params": {...}}
+    {"type": "start", "ref": "q1", "model": "default", "messages": [...], "params": {...},
+     "tools": [...], "tool_choice": "auto", "parallel_tool_calls": true,
+     "response_format": {...}}
     {"type": "cancel", "stream": "st_..."}
 
-Server -> client: ``started``, ``delta``, ``failover``, ``done`` and ``error`` (see
-``encode_event``). Every event of a stream carries ``stream`` and ``seq`` (0, 1, 2, ... without
-gaps) and exactly one ``done`` or ``error`` ends it. A stream's ``error`` also carries the
-start's ``ref`` when it had one: a stream can fail before any ``started`` told the client its id.
+A ``start`` takes what the HTTP API takes, in Chat Completions shapes: ``messages`` with content
+parts, an assistant's ``tool_calls`` and ``tool`` results (``actors.parse_messages``); the
+request's ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` beside
+``messages`` (a null one counts as absent); the generation parameters, ``reasoning_effort``,
+``logprobs`` and ``top_logprobs`` in ``params`` (``actors.parse_params``, unknown ones refused).
+
+Server -> client: ``started``, ``delta``, ``reasoning``, ``tool_call`` (atomic, the default: a
+whole call, its ``arguments`` a JSON object's text), ``tool_call_part`` (a route with
+``tool_streaming = "live"``: fragments; ``id`` and ``name`` only on a call's first),
+``failover``, ``done`` and ``error`` (see ``encode_event``). Every event of a stream carries
+``stream`` and ``seq`` (0, 1, 2, ... without gaps) and exactly one ``done`` or ``error`` ends it.
+A stream's ``error`` also carries the start's ``ref`` when it had one: a stream can fail before
+any ``started`` told the client its id.
 
 Decisions of protocol v1:
 
@@ -18,9 +29,10 @@ Decisions of protocol v1:
   ``"stream": null, "seq": null``, plus the start's ``ref`` when it had a usable one. Codes:
   ``bad_request`` (not JSON, a binary frame, not an object, an unknown ``type``, a missing,
   ill-typed or unknown field, bad ``messages`` or ``params``), ``unknown_model`` (no such
-  route), ``too_large`` (see below), ``too_many_streams`` (retryable). A ``cancel`` naming no
-  stream of this connection gets ``unknown_stream`` with that ``stream`` and ``"seq": null``.
-  The connection and its other streams carry on.
+  route), ``unsupported`` (no target of the route can serve what the request needs: tools,
+  images, ...), ``too_large`` (see below), ``too_many_streams`` (retryable). A ``cancel``
+  naming no stream of this connection gets ``unknown_stream`` with that ``stream`` and
+  ``"seq": null``. The connection and its other streams carry on.
 - A ``cancel`` of a stream of this connection that has already ended is ignored: a client
   cannot avoid that race, so it is not an error. The last ``FINISHED_REMEMBERED`` ended ids
   of a connection are remembered for this; older ones get ``unknown_stream``.
@@ -59,11 +71,15 @@ from actors import (
     Done,
     Failover,
     Message,
+    Reasoning,
     RequestError,
     RequestErrorCode,
     Started,
     StreamError,
     StreamHandle,
+    ToolCall,
+    ToolCallPart,
+    Usage,
     clip,
     parse_messages,
     parse_params,
@@ -96,7 +112,9 @@ _TOO_MANY_CONNECTIONS = orjson.dumps({"error": {
 _REFUSED_HEADERS = [(b"retry-after", b"1"), (b"content-type", b"application/json")]
 _JSON = [(b"content-type", b"application/json")]
 _JSON_HEADERS = ((b"content-type", b"application/json"),)
-_START_FIELDS = frozenset({"type", "ref", "model", "messages", "params"})
+# The request's fields a start carries beside ``messages``, rather than in ``params``.
+_REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+_START_FIELDS = frozenset({"type", "ref", "model", "messages", "params", *_REQUEST_FIELDS})
 _CANCEL_FIELDS = frozenset({"type", "stream"})
 _connection_ids = itertools.count(1)
 
@@ -169,7 +187,7 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
             if not isinstance(route, str):
                 raise RequestError("bad_request", "'model' must be a string naming a route.")
             messages = parse_messages(data.get("messages"))
-            params = parse_params(data.get("params"))
+            params = parse_params(_params_of(data))
         except RequestError as exc:
             raise ClientFrameError(exc.code, exc.message, ref=ref) from None
         return StartRequest(ref=ref, route=route, messages=messages, params=params)
@@ -194,6 +212,23 @@ def _check_fields(data: dict[str, Any], known: frozenset[str]) -> None:
         )  # fmt: skip
 
 
+def _params_of(data: dict[str, Any]) -> Any:
+    """A start's ``params`` with its request fields (``tools``, ...) joined in, for checking."""
+    raw = data.get("params")
+    fields = {key: data[key] for key in _REQUEST_FIELDS if data.get(key) is not None}
+    if isinstance(raw, Mapping):
+        # One place for each field, so that two values for one never have to be reconciled.
+        for key in _REQUEST_FIELDS:
+            if key in raw:
+                raise RequestError(
+                    "bad_request", f"'{key}' goes beside 'messages' in a start frame, not in "
+                    "'params'; 'params' holds generation parameters, reasoning_effort, logprobs "
+                    "and top_logprobs.",
+                )  # fmt: skip
+        return {**raw, **fields} if fields else raw
+    return fields if raw is None and fields else raw
+
+
 def encode_event(event: ClientEvent, *, ref: str | None = None) -> str:
     """Encode one stream event as the text of its frame.
 
@@ -204,6 +239,18 @@ def encode_event(event: ClientEvent, *, ref: str | None = None) -> str:
     match event:
         case Delta():
             data = {"type": "delta", "stream": event.stream, "seq": event.seq, "text": event.text}
+            if event.logprobs is not None:
+                data["logprobs"] = event.logprobs  # OpenAI's entries, one per token
+        case Reasoning():
+            data = {
+                "type": "reasoning", "stream": event.stream, "seq": event.seq, "text": event.text
+            }  # fmt: skip
+        case ToolCall() | ToolCallPart():
+            data = {
+                "type": "tool_call" if type(event) is ToolCall else "tool_call_part",
+                "stream": event.stream, "seq": event.seq, "index": event.index, "id": event.id,
+                "name": event.name, "arguments": event.arguments,
+            }  # fmt: skip
         case Started():
             data = {
                 "type": "started", "stream": event.stream, "ref": event.ref, "seq": event.seq,
@@ -222,11 +269,7 @@ def encode_event(event: ClientEvent, *, ref: str | None = None) -> str:
                 "finish_reason": event.finish_reason, "provider": event.provider,
                 "model": event.model,
                 # The provider's own numbers, or null when it reported none.
-                "usage": None if usage is None else {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
+                "usage": None if usage is None else _usage(usage),
             }  # fmt: skip
         case StreamError():
             data = {
@@ -242,6 +285,20 @@ def encode_event(event: ClientEvent, *, ref: str | None = None) -> str:
         case _:
             raise TypeError(f"not a client event: {event!r}")
     return orjson.dumps(data).decode()
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    data = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    # The details only where the provider reported them: absent is "not known", never 0.
+    for key in ("cached_tokens", "cache_creation_tokens", "reasoning_tokens"):
+        value = getattr(usage, key)
+        if value is not None:
+            data[key] = value
+    return data
 
 
 def encode_protocol_error(error: ClientFrameError) -> str:
