@@ -21,6 +21,7 @@ from actors import (
     Malformed,
     Message,
     ProviderConfig,
+    ReasoningDelta,
     TextDelta,
     UpstreamError,
     UpstreamEvent,
@@ -282,7 +283,7 @@ async def test_stop_reasons(stop_reason: str, finish_reason: str) -> None:
     )
 
 
-async def test_thinking_and_unknown_events_are_not_text() -> None:
+async def test_thinking_is_reasoning_not_text_and_unknown_events_are_ignored() -> None:
     thinking = event(
         "content_block_delta",
         {
@@ -303,6 +304,7 @@ async def test_thinking_and_unknown_events_are_not_text() -> None:
     )
     events = await collect(provider_for(sse([stream])))
     assert events == [
+        ReasoningDelta("hmm"),
         TextDelta("ok"),
         Finish(reason="stop", usage=Usage(prompt_tokens=25, completion_tokens=15), model=MODEL),
     ]
@@ -328,7 +330,11 @@ async def test_cached_prompt_tokens_count_as_prompt_tokens() -> None:
         provider_for(sse([start + text("x") + message_delta("end_turn", 2) + MESSAGE_STOP]))
     )
     assert events[-1] == Finish(
-        reason="stop", usage=Usage(prompt_tokens=125, completion_tokens=2), model=MODEL
+        reason="stop",
+        usage=Usage(
+            prompt_tokens=125, completion_tokens=2, cached_tokens=20, cache_creation_tokens=100
+        ),
+        model=MODEL,
     )
 
 
@@ -348,7 +354,11 @@ async def test_cumulative_input_tokens_in_message_delta_win() -> None:
     )
     events = await collect(provider_for(sse([MESSAGE_START + text("x") + delta + MESSAGE_STOP])))
     assert events[-1] == Finish(
-        reason="stop", usage=Usage(prompt_tokens=40, completion_tokens=7), model=MODEL
+        reason="stop",
+        usage=Usage(
+            prompt_tokens=40, completion_tokens=7, cached_tokens=10, cache_creation_tokens=0
+        ),
+        model=MODEL,
     )
 
 
