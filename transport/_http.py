@@ -15,6 +15,11 @@ so that a request that fails before any text gets a plain error status (which Op
 raise as ``APIStatusError``) rather than a 200 with an error inside. A stream that breaks after
 text ends with an ``error`` event and no ``[DONE]``, so SDKs raise instead of presenting a cut-off
 answer as complete. Failovers are invisible except for the chunks' ``model``.
+
+Every request field but Baton's own goes upstream (``parse_chat_request``); reasoning, tool
+calls and log probabilities come back in OpenAI's shapes (``ChunkEncoder``, ``Answer``). When
+the route's first target is of Anthropic's kind, ``x-baton-dropped-fields`` names the fields it
+cannot honour.
 """
 
 from __future__ import annotations
@@ -34,32 +39,37 @@ from actors import (
     Delta,
     Done,
     Failover,
+    Reasoning,
     RequestError,
     Started,
     StreamError,
     StreamHandle,
+    ToolCall,
+    ToolCallPart,
     clip,
 )
 
 from ._accept import serve_asgi
 from ._admin import admin_only
 from ._auth import Client, ClientAuth, Refused, TokenMeter
+from ._http_response import ClientGone, Responder, Send
 from ._http_status import status_document
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._openai_codec import (
     DONE_EVENT,
     SSE_HEADERS,
+    Answer,
     APIError,
     ChatRequest,
     ChunkEncoder,
     completion_body,
-    error_body,
     parse_chat_request,
     stream_error_body,
     stream_error_status,
 )
 from ._origin import ORIGIN_REFUSED, OriginPolicy, preflight_headers, require_json
+from .providers._anthropic import dropped_fields
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +79,13 @@ LISTEN_BACKLOG = 4096
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Handler = Callable[[Scope, Receive, "_Responder"], Awaitable[None]]
+Handler = Callable[[Scope, Receive, "Responder"], Awaitable[None]]
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 GRACEFUL_TIMEOUT = 3.0  # seconds a stopping server gives open requests to send their last bytes
 # A draining Baton refuses new streams with 503 and these: retry soon (a load balancer sends
 # the retry to another instance), and OpenAI's SDKs may retry it themselves.
 SHUTTING_DOWN_HEADERS = ((b"retry-after", b"1"), (b"x-should-retry", b"true"))
-JSON_HEADERS = ((b"content-type", b"application/json"),)
 _CLOSE = ((b"connection", b"close"),)
 _TOO_MANY = (
     "Baton holds as many connections as it may (server.max_connections, or "
@@ -96,10 +104,6 @@ _INTERNAL_ERROR_EVENT = (
 
 
 _CLIENT_LEFT = "stream %s: the client closed its connection before the answer ended; cancelled"
-
-
-class _ClientGone(Exception):
-    """The client disconnected before the answer was sent."""
 
 
 class HTTPApp:
@@ -159,7 +163,7 @@ class HTTPApp:
         if scope["type"] != "http":
             await self(scope, receive, send)
             return
-        responder = _Responder(send)
+        responder = Responder(send)
         if scope["path"] == "/healthz" and scope["method"] == "GET":
             await responder.whole(200, _OK, headers=_CLOSE)
         else:
@@ -170,7 +174,7 @@ class HTTPApp:
         path: str = scope["path"]
         method: str = scope["method"]
         cors = self.origins.http_headers(scope)  # None: a browser origin that is not allowed
-        responder = _Responder(send, cors or ())
+        responder = Responder(send, cors or ())
         try:
             entry = self._routes.get(path)
             if entry is None and path.startswith(("/v1/models/", "/models/")):
@@ -194,7 +198,7 @@ class HTTPApp:
             else:
                 scope["baton.client"] = self.auth.http_door(path, scope["headers"])
                 await entry[1](scope, receive, responder)
-        except _ClientGone:
+        except ClientGone:
             log.debug("HTTP %s %s: the client left before the answer", method, clip(path))
         except Refused as exc:
             await responder.error(exc.status, exc.code, exc.message, headers=exc.headers())
@@ -212,7 +216,7 @@ class HTTPApp:
 
     # --- chat completions ----------------------------------------------------------------------
 
-    async def _chat(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _chat(self, scope: Scope, receive: Receive, send: Responder) -> None:
         require_json(scope)
         request = parse_chat_request(await self._read_body(scope, receive))
         client = self.auth.admit(scope["baton.client"], request.route)
@@ -222,7 +226,7 @@ class HTTPApp:
             self.auth.release(client)
 
     async def _answer(
-        self, request: ChatRequest, client: Client, receive: Receive, send: _Responder
+        self, request: ChatRequest, client: Client, receive: Receive, send: Responder
     ) -> None:
         try:
             handle = self.baton.start_stream(
@@ -235,26 +239,42 @@ class HTTPApp:
                 return
             if exc.code == "unknown_model":
                 raise APIError(404, "model_not_found", exc.message, param="model") from None
-            code = "invalid_value" if exc.code == "bad_request" else exc.code
+            code = _REQUEST_ERROR_CODES.get(exc.code, exc.code)
             raise APIError(exc.status, code, exc.message) from None
         handle.log.wake_for_text_only = True  # Started and Failover alone send nothing here
         answer = self._stream if request.stream else self._complete
+        headers = ((b"x-request-id", handle.id.encode()), *self._dropped_header(request))
         finished = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, handle, send)
-                await answer(handle, request, send, self.auth.meter(client))
+                await answer(handle, request, send, self.auth.meter(client), headers)
                 finished = True
                 nursery.cancel_scope.cancel()
-        except* _ClientGone:
+        except* ClientGone:
             log.info(_CLIENT_LEFT, handle.id)
         finally:
             if not finished:
                 # The client left, a send failed, or the server is stopping: free the upstream.
                 handle.cancel()
 
+    def _dropped_header(self, request: ChatRequest) -> tuple[tuple[bytes, bytes], ...]:
+        """``x-baton-dropped-fields`` when the route's first target is of Anthropic's kind and
+        cannot honour some of the request's fields (a failover may still land elsewhere)."""
+        config = self.baton.config
+        first = config.routes[request.route].targets[0]
+        if config.providers[first.provider].kind != "anthropic":
+            return ()
+        dropped = dropped_fields(request.params, messages=request.messages)
+        return ((b"x-baton-dropped-fields", ", ".join(dropped).encode()),) if dropped else ()
+
     async def _stream(
-        self, handle: StreamHandle, request: ChatRequest, send: _Responder, meter: TokenMeter
+        self,
+        handle: StreamHandle,
+        request: ChatRequest,
+        send: Responder,
+        meter: TokenMeter,
+        headers: tuple[tuple[bytes, bytes], ...],
     ) -> None:
         """Relay the stream as SSE chunks, one ``send`` per batch, until its end is sent."""
         # Wall-clock seconds for the wire format's ``created``, not for any timing decision.
@@ -273,11 +293,16 @@ class HTTPApp:
             ended = False
             for event in batch:
                 match event:
-                    case Delta(text=text):
+                    case Delta(text=text, logprobs=logprobs):
                         if not opened:
                             out.append(encoder.role())
                             opened = True
-                        out.append(encoder.delta(text))
+                        out.append(encoder.delta(text, logprobs))
+                    case Reasoning() | ToolCall() | ToolCallPart():
+                        if not opened:
+                            out.append(encoder.role(content=isinstance(event, Reasoning)))
+                            opened = True
+                        out.append(_encode_other(encoder, event))
                     case Started(model=model) | Failover(to_model=model):
                         encoder.set_model(model)
                     case Done():
@@ -299,16 +324,21 @@ class HTTPApp:
                         ended = True
             if out:
                 if not send.started:
-                    await send.start(200, (*SSE_HEADERS, (b"x-request-id", handle.id.encode())))
+                    await send.start(200, (*SSE_HEADERS, *headers))
                 await send.body(b"".join(out), more=not ended)
             if ended:
                 return
 
     async def _complete(
-        self, handle: StreamHandle, request: ChatRequest, send: _Responder, meter: TokenMeter
+        self,
+        handle: StreamHandle,
+        request: ChatRequest,
+        send: Responder,
+        meter: TokenMeter,
+        headers: tuple[tuple[bytes, bytes], ...],
     ) -> None:
         """Collect the stream into one ``chat.completion`` (or an error) and send it."""
-        texts: list[str] = []
+        answer = Answer()
         while True:
             try:
                 batch = await handle.take()
@@ -317,15 +347,20 @@ class HTTPApp:
             meter.see(batch)  # tokens_per_minute
             for event in batch:
                 match event:
-                    case Delta(text=text):
-                        texts.append(text)
+                    case Delta(text=text, logprobs=logprobs):
+                        answer.text(text, logprobs)
+                    case Reasoning(text=text):
+                        answer.reasoning(text)
+                    case ToolCall():
+                        answer.tool_call(event)
+                    case ToolCallPart():
+                        answer.tool_call_part(event)
                     case Done():
                         body = completion_body(
                             completion_id="chatcmpl-" + handle.id, created=int(time.time()),
-                            model=event.model, text="".join(texts),
+                            model=event.model, answer=answer,
                             finish_reason=event.finish_reason, usage=event.usage,
                         )  # fmt: skip
-                        headers = ((b"x-request-id", handle.id.encode()),)
                         await send.whole(200, body, headers=headers)
                         return
                     case StreamError():
@@ -351,7 +386,7 @@ class HTTPApp:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    raise _ClientGone
+                    raise ClientGone
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
@@ -367,12 +402,12 @@ class HTTPApp:
 
     # --- models, health, status, metrics -------------------------------------------------------
 
-    async def _models(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _models(self, scope: Scope, receive: Receive, send: Responder) -> None:
         routes = self.auth.routes(scope["baton.client"], self.baton.config.routes)
         data = [_model_object(name) for name in routes]
         await send.whole(200, orjson.dumps({"object": "list", "data": data}))
 
-    async def _model(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _model(self, scope: Scope, receive: Receive, send: Responder) -> None:
         name = scope["path"].split("/models/", 1)[1]
         if name not in self.auth.routes(scope["baton.client"], self.baton.config.routes):
             raise APIError(
@@ -380,13 +415,13 @@ class HTTPApp:
             )
         await send.whole(200, orjson.dumps(_model_object(name)))
 
-    async def _tokens(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _tokens(self, scope: Scope, receive: Receive, send: Responder) -> None:
         await send.whole(200, self.auth.issue_token(scope["baton.client"]))
 
-    async def _healthz(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _healthz(self, scope: Scope, receive: Receive, send: Responder) -> None:
         await send.whole(200, _OK)
 
-    async def _readyz(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _readyz(self, scope: Scope, receive: Receive, send: Responder) -> None:
         ready, reason = self.baton.ready()
         if self.baton.closing:
             # Load balancers take the instance out of rotation while its streams finish.
@@ -396,24 +431,36 @@ class HTTPApp:
         else:
             await send.whole(503, orjson.dumps({"status": "not_ready", "reason": reason}))
 
-    async def _status(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _status(self, scope: Scope, receive: Receive, send: Responder) -> None:
         document = status_document(self.baton)
         if self.auth.enabled:
             document["clients"] = self.auth.status()
         await send.whole(200, orjson.dumps(document))
 
-    async def _metrics(self, scope: Scope, receive: Receive, send: _Responder) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Responder) -> None:
         if self.metrics is None:
             raise APIError(404, "not_found", "Metrics are not enabled on this server.")
         headers = ((b"content-type", self.metrics.content_type.encode()),)
         await send.whole(200, self.metrics.render(), headers=headers, content_type=False)
 
 
+# Baton's request error codes as the HTTP API names them (OpenAI's where it has one).
+_REQUEST_ERROR_CODES = {"bad_request": "invalid_value", "unsupported": "unsupported_capability"}
+
+
+def _encode_other(encoder: ChunkEncoder, event: Reasoning | ToolCall | ToolCallPart) -> bytes:
+    if isinstance(event, Reasoning):
+        return encoder.reasoning(event.text)
+    if isinstance(event, ToolCall):
+        return encoder.tool_call(event)
+    return encoder.tool_call_part(event)
+
+
 def _model_object(route: str) -> dict[str, Any]:
     return {"id": route, "object": "model", "created": 0, "owned_by": "baton"}
 
 
-async def _send_stream_error(send: _Responder, handle: StreamHandle, error: StreamError) -> None:
+async def _send_stream_error(send: Responder, handle: StreamHandle, error: StreamError) -> None:
     """Answer a stream that failed before any text with a plain error status."""
     status = stream_error_status(error)
     log.info("stream %s failed before any text: %s (HTTP %d)", handle.id, error.code, status)
@@ -428,7 +475,7 @@ async def _send_stream_error(send: _Responder, handle: StreamHandle, error: Stre
 
 
 async def _watch_disconnect(
-    receive: Receive, scope: trio.CancelScope, handle: StreamHandle, send: _Responder
+    receive: Receive, scope: trio.CancelScope, handle: StreamHandle, send: Responder
 ) -> None:
     """Cancel ``scope`` when the client leaves before the answer ends (the body was read).
 
@@ -456,57 +503,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-class _Responder:
-    """Sends one HTTP response through ASGI ``send`` and remembers whether it began.
-
-    A send that fails because the client is gone raises ``_ClientGone``.
-    """
-
-    def __init__(self, send: Send, extra: Any = ()) -> None:
-        self._send = send
-        self._extra = tuple(extra)  # headers every response carries (CORS)
-        self.started = False
-        self.finished = False
-
-    async def start(self, status: int, headers: Any) -> None:
-        self.started = True
-        await self._call(
-            {"type": "http.response.start", "status": status, "headers": [*headers, *self._extra]}
-        )
-
-    async def body(self, data: bytes, *, more: bool) -> None:
-        self.finished = not more
-        await self._call({"type": "http.response.body", "body": data, "more_body": more})
-
-    async def whole(
-        self, status: int, body: bytes, *, headers: Any = (), content_type: bool = True
-    ) -> None:
-        """Send a complete response; ``content_type``: add ``application/json``."""
-        all_headers = [
-            *(JSON_HEADERS if content_type else ()),
-            *headers,
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await self.start(status, all_headers)
-        await self.body(body, more=False)
-
-    async def error(
-        self, status: int, code: str, message: str, param: str | None = None, *, headers: Any = ()
-    ) -> None:
-        """Send an OpenAI-shaped error; nothing if a response already began."""
-        if self.started:
-            log.warning("cannot answer %d %s: the response already began", status, code)
-            return
-        await self.whole(status, error_body(status, code, message, param), headers=headers)
-
-    async def _call(self, message: MutableMapping[str, Any]) -> None:
-        try:
-            await self._send(message)
-        except OSError as exc:
-            # ASGI 2.4: a server may raise OSError for a send to a client that left.
-            raise _ClientGone from exc
 
 
 def build_app(

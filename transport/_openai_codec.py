@@ -2,13 +2,15 @@
 
 ``parse_chat_request`` checks a request body and turns it into what ``Baton.start_stream``
 takes; ``ChunkEncoder`` writes a stream's events as ``chat.completion.chunk`` SSE events with
-the constant parts of each chunk encoded once per stream; ``completion_body`` and
-``error_body`` build the one-shot JSON answers. Everything here is pure: the ASGI app
+the constant parts of each chunk encoded once per stream (text, reasoning, tool calls, log
+probabilities); ``Answer`` puts a stream together for ``completion_body``, and ``error_body``
+builds error answers. Everything here is pure: the ASGI app
 (``transport._http``) does the I/O.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,41 +23,20 @@ from actors import (
     RequestError,
     StreamError,
     StreamErrorCode,
+    ToolCall,
+    ToolCallPart,
     Usage,
-    clip,
     parse_messages,
     parse_params,
 )
 
-# Generation parameters passed upstream (checked by ``actors.parse_params``).
-PASSED_PARAMS = (
-    "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-    "presence_penalty", "frequency_penalty",
-)  # fmt: skip
-# Standard OpenAI fields that do not change a text answer Baton can give; accepted and dropped.
-IGNORED_FIELDS = frozenset({
-    "user", "metadata", "store", "service_tier", "parallel_tool_calls", "logit_bias",
-    "top_logprobs", "reasoning_effort", "prompt_cache_key", "safety_identifier", "verbosity",
-    "prediction", "web_search_options", "stream_options",
-})  # fmt: skip
-# Fields that ask for something other than one streamed text answer, each with the value(s)
-# that mean "not asked for" and so are harmless.
-_UNSUPPORTED: Mapping[str, tuple[object, ...]] = {
-    "tools": (None, []),
-    "functions": (None, []),
-    "tool_choice": (None, "none"),
-    "function_call": (None, "none"),
-    "logprobs": (None, False),
-    "audio": (None,),
-    "modalities": (None, ["text"]),
-    "response_format": (None, {"type": "text"}),
-}
-_KNOWN = frozenset(
-    {"model", "messages", "stream", "n", *PASSED_PARAMS, *IGNORED_FIELDS, *_UNSUPPORTED}
-)
-
-
-_SHORT = 64  # a client's field name up to this long is quoted whole (as ``actors.clip`` does)
+# Fields Baton answers itself; every other field goes upstream (``actors.parse_params``
+# checks those it knows and forwards the rest for an OpenAI-kind provider to judge).
+_OWN_FIELDS = frozenset({"model", "messages", "stream", "n", "stream_options"})
+# OpenAI's deprecated function calling, with what replaced it.
+_LEGACY = {"functions": "tools", "function_call": "tool_choice"}
+# How ``actors.parse_params`` names the field it refuses: "'field' must ..." or "tools[3] ...".
+_NAMED_FIELD = re.compile(r"'([A-Za-z_]+)'|(tools)\[")
 
 
 class APIError(BatonError):
@@ -91,9 +72,11 @@ def _type_error(field: str, expected: str) -> APIError:
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Check a ``POST /v1/chat/completions`` body; raises ``APIError`` naming what is wrong.
 
-    Standard fields that cannot change a text answer are ignored; fields asking for tools,
-    several choices, log probabilities or non-text output are refused, and so are fields
-    OpenAI does not know, so that a typo never passes silently.
+    Every field beside ``model``, ``messages``, ``stream``, ``n`` and ``stream_options`` goes
+    upstream: fields Baton knows are checked first, unknown ones are forwarded as they are
+    (an OpenAI-kind provider judges them; others report which they drop). An explicit null
+    is absent, as OpenAI treats it. ``n`` above 1 and the legacy ``functions`` /
+    ``function_call`` are refused with a 400 that says what to send instead.
     """
     try:
         data = orjson.loads(body)
@@ -103,16 +86,6 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         ) from None
     if not isinstance(data, dict):
         raise APIError(400, "invalid_type", "The request body must be a JSON object.")
-    for field in data:
-        if field not in _KNOWN:
-            short = len(field) <= _SHORT
-            raise APIError(
-                400,
-                "unknown_parameter",
-                # OpenAI's words; a name too long to quote whole is cut (and not echoed).
-                f"Unrecognized request argument supplied: {field if short else clip(field)}.",
-                param=field if short else None,
-            )
     route = data.get("model")
     if route is None:
         raise APIError(
@@ -148,22 +121,14 @@ def parse_chat_request(body: bytes) -> ChatRequest:
                 "Baton streams one choice per request; 'n' must be 1.",
                 param="n",
             )
-    for field, harmless in _UNSUPPORTED.items():
-        value = data.get(field)
-        if not any(value == h and type(value) is type(h) for h in harmless):
+    for field, instead in _LEGACY.items():
+        if data.get(field) is not None:
             raise APIError(
                 400, "unsupported_parameter",
-                f"'{field}' is not supported: Baton proxies plain text answers only.", param=field,
+                f"'{field}' is OpenAI's deprecated function calling, which Baton does not "
+                f"translate; send '{instead}' instead.", param=field,
             )  # fmt: skip
-    params: dict[str, Any] = {}
-    for field in PASSED_PARAMS:
-        value = data.get(field)
-        if value is None:
-            continue  # OpenAI treats an explicit null as absent
-        try:
-            params.update(parse_params({field: value}))
-        except RequestError as exc:
-            raise APIError(400, "invalid_value", exc.message, param=field) from None
+    params = _params(data)
     include_usage = False
     options = data.get("stream_options")
     if options is not None:
@@ -180,6 +145,19 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         stream=bool(stream),
         include_usage=include_usage,
     )
+
+
+def _params(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that go upstream, checked by ``actors.parse_params``."""
+    raw = {k: v for k, v in data.items() if k not in _OWN_FIELDS and v is not None}
+    try:
+        return parse_params(raw, forward_unknown=True)
+    except RequestError as exc:
+        named = _NAMED_FIELD.match(exc.message)
+        field = named and (named.group(1) or named.group(2))
+        raise APIError(
+            400, "invalid_value", exc.message, param=field if field in raw else None
+        ) from None
 
 
 def _developer_as_system(message: Any) -> Any:
@@ -248,12 +226,54 @@ SSE_HEADERS: Sequence[tuple[bytes, bytes]] = (
 )
 
 
-def usage_object(usage: Usage) -> dict[str, int]:
-    return {
+def usage_object(usage: Usage) -> dict[str, Any]:
+    """OpenAI's ``usage``, with the details the provider reported (and only those).
+
+    Cache reads and reasoning tokens go where OpenAI puts them; an Anthropic provider's cache
+    writes, which OpenAI has no field for, go where Anthropic's API puts them.
+    """
+    document: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens is not None:
+        document["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens is not None:
+        document["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    if usage.cache_creation_tokens is not None:
+        document["cache_creation_input_tokens"] = usage.cache_creation_tokens
+    return document
+
+
+def tool_call_object(index: int | None, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """One complete call as OpenAI writes it (``index`` only in a streamed delta)."""
+    call: dict[str, Any] = {} if index is None else {"index": index}
+    call.update(id=call_id, type="function", function={"name": name, "arguments": arguments})
+    return call
+
+
+class LiveCalls:
+    """Numbers live tool call fragments (``ToolCallPart``) as the client sees them.
+
+    A provider that numbers every call 0 and tells them apart by id gets its calls numbered in
+    order, as ``actors`` does for atomic calls; a call without an id gets ``call_<index>``.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, tuple[int, str]] = {}  # provider's index -> (client's, id)
+        self._count = 0
+
+    def number(self, part: ToolCallPart) -> tuple[int, str, bool]:
+        """The client's index and id of ``part``'s call, and whether ``part`` begins it."""
+        known = self._calls.get(part.index)
+        if known is not None and not (part.id and part.id != known[1]):
+            return known[0], known[1], False
+        index = self._count
+        self._count += 1
+        call_id = part.id or f"call_{index}"
+        self._calls[part.index] = (index, call_id)
+        return index, call_id, True
 
 
 class ChunkEncoder:
@@ -275,6 +295,7 @@ class ChunkEncoder:
         self._delta_tail = b'},"logprobs":null,"finish_reason":null}]' + self._end
         self.model = ""
         self.set_model(model)
+        self._parts = LiveCalls()
 
     def set_model(self, model: str) -> None:
         """Name ``model`` in the chunks from now on."""
@@ -288,12 +309,42 @@ class ChunkEncoder:
         )
         self._content = self._choice + b'{"content":'
 
-    def role(self) -> bytes:
-        """The first chunk: the assistant's role and empty content."""
-        return self._choice + b'{"role":"assistant","content":""' + self._delta_tail
+    def role(self, *, content: bool = True) -> bytes:
+        """The first chunk: the assistant's role and empty content (null, as OpenAI sends it,
+        when the answer begins with a tool call: ``content=False``)."""
+        empty = b'""' if content else b"null"
+        return self._choice + b'{"role":"assistant","content":' + empty + self._delta_tail
 
-    def delta(self, text: str) -> bytes:
-        return self._content + orjson.dumps(text) + self._delta_tail
+    def delta(self, text: str, logprobs: tuple[Any, ...] | None = None) -> bytes:
+        """A chunk of answer text, with its tokens' ``logprobs.content`` when there are any."""
+        if logprobs is None:  # the fast path: one dumps of the text
+            return self._content + orjson.dumps(text) + self._delta_tail
+        return self._chunk({"content": text}, {"content": list(logprobs), "refusal": None})
+
+    def reasoning(self, text: str) -> bytes:
+        """A chunk of reasoning, as ``delta.reasoning_content`` (vLLM's and DeepSeek's name)."""
+        return self._chunk({"reasoning_content": text})
+
+    def tool_call(self, call: ToolCall) -> bytes:
+        """One chunk that carries a whole tool call (``tool_streaming = "atomic"``)."""
+        entry = tool_call_object(call.index, call.id, call.name, call.arguments)
+        return self._chunk({"tool_calls": [entry]})
+
+    def tool_call_part(self, part: ToolCallPart) -> bytes:
+        """A live tool call fragment as OpenAI streams one: the first of a call carries
+        ``id``, ``type`` and the function's name; the rest only argument pieces."""
+        index, call_id, first = self._parts.number(part)
+        if first:
+            entry = tool_call_object(index, call_id, part.name or "", part.arguments)
+        else:
+            entry = {"index": index, "function": {"arguments": part.arguments}}
+        return self._chunk({"tool_calls": [entry]})
+
+    def _chunk(self, delta: dict[str, Any], logprobs: dict[str, Any] | None = None) -> bytes:
+        return (
+            self._choice + orjson.dumps(delta) + b',"logprobs":' + orjson.dumps(logprobs)
+            + b',"finish_reason":null}]' + self._end
+        )  # fmt: skip
 
     def finish(self, reason: str) -> bytes:
         """The chunk with an empty delta and the finish reason."""
@@ -330,12 +381,60 @@ class ChunkEncoder:
         return b"data: " + orjson.dumps({"error": body}) + b"\n\n"
 
 
+class Answer:
+    """A whole answer put together from its stream, for a ``stream: false`` request."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._logprobs: list[Any] = []
+        self._calls: dict[int, tuple[str, str, list[str]]] = {}  # index -> id, name, pieces
+        self._parts = LiveCalls()
+
+    def text(self, text: str, logprobs: tuple[Any, ...] | None) -> None:
+        self._text.append(text)
+        if logprobs:
+            self._logprobs.extend(logprobs)
+
+    def reasoning(self, text: str) -> None:
+        self._reasoning.append(text)
+
+    def tool_call(self, call: ToolCall) -> None:
+        self._calls[call.index] = (call.id, call.name, [call.arguments])
+
+    def tool_call_part(self, part: ToolCallPart) -> None:
+        index, call_id, first = self._parts.number(part)  # as the streamed chunks number it
+        if first:
+            self._calls[index] = (call_id, part.name or "", [])
+        self._calls[index][2].append(part.arguments)
+
+    def message(self) -> dict[str, Any]:
+        """The answer's ``message``: ``content`` null when it only calls tools."""
+        text = "".join(self._text)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if self._calls and not text else text,
+            "refusal": None,
+        }
+        if self._calls:
+            message["tool_calls"] = [
+                tool_call_object(None, call_id, name, "".join(pieces))
+                for call_id, name, pieces in (self._calls[i] for i in sorted(self._calls))
+            ]
+        if self._reasoning:
+            message["reasoning_content"] = "".join(self._reasoning)
+        return message
+
+    def logprobs(self) -> dict[str, Any] | None:
+        return {"content": self._logprobs, "refusal": None} if self._logprobs else None
+
+
 def completion_body(
     *,
     completion_id: str,
     created: int,
     model: str,
-    text: str,
+    answer: Answer,
     finish_reason: str,
     usage: Usage | None,
 ) -> bytes:
@@ -352,8 +451,8 @@ def completion_body(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
+                    "message": answer.message(),
+                    "logprobs": answer.logprobs(),
                     "finish_reason": finish_reason,
                 }
             ],

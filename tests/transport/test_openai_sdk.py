@@ -264,20 +264,24 @@ async def test_all_providers_refusing_raises_a_503(flavour: str, streaming: bool
 
 
 @FLAVOURS
-async def test_provider_rejection_and_unsupported_fields_raise_bad_request(flavour: str) -> None:
+async def test_provider_rejection_and_unsupported_requests_raise_bad_request(flavour: str) -> None:
     reject = FaultSchedule.always(
         Behaviour("status", status=400, code="context_too_spicy", message="No.")
     )
-    async with running(
-        two_targets(), {"a": FakeProvider("a", reject), "b": FakeProvider("b")}
-    ) as server:
+    config = two_targets()
+    config["providers"]["b"]["supports"] = {"tools": False}  # route solo cannot call tools
+    async with running(config, {"a": FakeProvider("a", reject), "b": FakeProvider("b")}) as server:
         chunks, error = await stream(server, flavour, model="r", messages=PROMPT)
         assert chunks == []
         assert isinstance(error, openai.BadRequestError) and error.code == "context_too_spicy"
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
         with pytest.raises(openai.BadRequestError) as caught:
             await create(server, flavour, model="solo", messages=PROMPT, tools=[tool])
-        assert caught.value.param == "tools"
+        assert caught.value.code == "unsupported_capability"
+        assert "b lacks tools" in caught.value.message
+        with pytest.raises(openai.BadRequestError) as caught:
+            await create(server, flavour, model="solo", messages=PROMPT, functions=[tool])
+        assert (caught.value.code, caught.value.param) == ("unsupported_parameter", "functions")
         with pytest.raises(openai.BadRequestError) as caught:
             await create(server, flavour, model="solo", messages=PROMPT, n=2)
         assert caught.value.param == "n"

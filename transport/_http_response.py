@@ -1,0 +1,72 @@
+"""One HTTP response over ASGI ``send``: whether it began or ended, and a client that left.
+
+``transport._http`` answers every request through a ``Responder``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ._openai_codec import error_body
+
+log = logging.getLogger("transport._http")
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+JSON_HEADERS = ((b"content-type", b"application/json"),)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was sent."""
+
+
+class Responder:
+    """Sends one HTTP response through ASGI ``send`` and remembers whether it began.
+
+    A send that fails because the client is gone raises ``ClientGone``.
+    """
+
+    def __init__(self, send: Send, extra: Any = ()) -> None:
+        self._send = send
+        self._extra = tuple(extra)  # headers every response carries (CORS)
+        self.started = False
+        self.finished = False
+
+    async def start(self, status: int, headers: Any) -> None:
+        self.started = True
+        await self._call(
+            {"type": "http.response.start", "status": status, "headers": [*headers, *self._extra]}
+        )
+
+    async def body(self, data: bytes, *, more: bool) -> None:
+        self.finished = not more
+        await self._call({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def whole(
+        self, status: int, body: bytes, *, headers: Any = (), content_type: bool = True
+    ) -> None:
+        """Send a complete response; ``content_type``: add ``application/json``."""
+        all_headers = [
+            *(JSON_HEADERS if content_type else ()),
+            *headers,
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await self.start(status, all_headers)
+        await self.body(body, more=False)
+
+    async def error(
+        self, status: int, code: str, message: str, param: str | None = None, *, headers: Any = ()
+    ) -> None:
+        """Send an OpenAI-shaped error; nothing if a response already began."""
+        if self.started:
+            log.warning("cannot answer %d %s: the response already began", status, code)
+            return
+        await self.whole(status, error_body(status, code, message, param), headers=headers)
+
+    async def _call(self, message: MutableMapping[str, Any]) -> None:
+        try:
+            await self._send(message)
+        except OSError as exc:
+            # ASGI 2.4: a server may raise OSError for a send to a client that left.
+            raise ClientGone from exc
