@@ -59,7 +59,7 @@ WEATHER_TOOL = {
 }
 QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
 USAGE = Usage(prompt_tokens=12, completion_tokens=8)
-RESET = Failure(kind=FailureKind.RESET, message="connection reset inside the tool call")
+RESET = Failure(kind=FailureKind.RESET, message="connection reset mid-answer")
 
 
 def answer(text: str, usage: Usage | None = USAGE) -> Script:
@@ -116,7 +116,7 @@ async def running(
 ) -> AsyncIterator[Server]:
     """Baton over scripted ``a`` then ``b`` behind ``serve_ws``.
 
-    Routes: ``default`` (a, then b; atomic tool calls), ``live`` (a alone, tool calls streamed
+    Routes: ``default`` (a, then b; atomic tool calls), ``live`` (the same, tool calls streamed
     live) and ``only_a`` (a alone).
     """
     providers = {"a": ScriptedProvider("a", a), "b": ScriptedProvider("b", b or [answer("B.")])}
@@ -130,8 +130,9 @@ async def running(
             "default": {"targets": [
                 {"provider": "a", "model": "model-a"}, {"provider": "b", "model": "model-b"},
             ]},
-            "live": {"targets": [{"provider": "a", "model": "model-a"}],
-                     "tool_streaming": "live"},
+            "live": {"targets": [
+                {"provider": "a", "model": "model-a"}, {"provider": "b", "model": "model-b"},
+            ], "tool_streaming": "live"},
             "only_a": {"targets": [{"provider": "a", "model": "model-a"}]},
         },
     })  # fmt: skip
@@ -187,7 +188,7 @@ async def test_tool_loop_survives_a_reset_inside_the_call_arguments() -> None:
             first = await until_terminal(ws)
             [call] = [f for f in first if f["type"] == "tool_call"]
             # The client runs the tool and sends back the call and its result, as with OpenAI.
-            history = [
+            history: list[dict[str, Any]] = [
                 QUESTION,
                 {"role": "assistant", "content": None, "tool_calls": [{
                     "id": call["id"], "type": "function",
@@ -260,6 +261,39 @@ async def test_live_tool_calls_arrive_as_parts() -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="actors._session._phase counts only delivered text, so a failover after live tool "
+    "call parts says prestream; needs `or self._tool_parts_sent` there (reported to the lead)",
+)
+async def test_live_tool_call_broken_midway_is_reset_for_the_backups() -> None:
+    broken: Script = [
+        ToolCallDelta(index=0, id="call_a1", name="get_weather", arguments='{"ci'),
+        RESET,
+    ]
+    whole: Script = [
+        ToolCallDelta(index=0, id="call_b1", name="get_weather", arguments='{"city": "Oslo"}'),
+        Finish(reason="tool_calls", usage=None),
+    ]
+    async with running([broken], [whole]) as server:
+        frames = await one_stream(
+            server.url, start("live", [QUESTION], model="live", tools=[WEATHER_TOOL])
+        )
+    check_stream(frames)
+    stream = frames[0]["stream"]
+    # The client holds a's fragment when a breaks: the failover tells it to drop it.
+    assert frames[1:] == [
+        {"type": "tool_call_part", "stream": stream, "seq": 1, "index": 0, "id": "call_a1",
+         "name": "get_weather", "arguments": '{"ci'},
+        {"type": "failover", "stream": stream, "seq": 2, "from": "a", "to": "b",
+         "model": "model-b", "reason": "reset", "mode": "reset", "phase": "midstream"},
+        {"type": "tool_call_part", "stream": stream, "seq": 3, "index": 0, "id": "call_b1",
+         "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"type": "done", "stream": stream, "seq": 4, "finish_reason": "tool_calls",
+         "provider": "b", "model": "model-b", "usage": None},
+    ]  # fmt: skip
+
+
 # --- reasoning, log probabilities, content parts, structured output ----------------------------
 
 
@@ -315,7 +349,7 @@ async def test_deltas_carry_their_tokens_logprobs() -> None:
 
 
 async def test_a_message_with_an_image_part_is_accepted() -> None:
-    parts = [
+    parts: list[dict[str, Any]] = [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=",
                                             "detail": "low"}},
@@ -343,6 +377,45 @@ async def test_response_format_goes_upstream_beside_the_messages() -> None:
         )
         assert server.a.requests[0].params == {"temperature": 0, "response_format": schema}
     assert json.loads(check_stream(frames)) == {"celsius": 18}
+
+
+@pytest.mark.parametrize(
+    ("backup", "mode", "text"),
+    [
+        # b, asked afresh (it cannot continue a prefill), gives the same start: joined on.
+        ('{"celsius": 18}', "continue", '{"celsius": 18}'),
+        # b's JSON starts otherwise: the client drops a's half and takes b's whole answer.
+        pytest.param(
+            '{"temp": 18}',
+            "reset",
+            '{"temp": 18}',
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "actors: a replay (b asked afresh) that departs early from the delivered text "
+                    'is spliced on as a continuation (\'{"celsius": {"temp": 18}\'), then fails '
+                    "as invalid_json and ends all_providers_unavailable; reported to the lead"
+                ),
+            ),
+        ),
+    ],
+    ids=["same start", "other start"],
+)
+async def test_a_json_answer_broken_midway_ends_as_json(backup: str, mode: str, text: str) -> None:
+    broken: Script = [TextDelta('{"celsius": '), RESET]
+    async with running([broken], [answer(backup)]) as server:
+        frames = await one_stream(
+            server.url, start("json", [QUESTION], response_format={"type": "json_object"})
+        )
+        assert server.b.requests[0].messages == (Message(role="user", content=QUESTION["content"]),)
+    [failover] = [f for f in frames if f["type"] == "failover"]
+    assert (failover["from"], failover["to"], failover["mode"]) == ("a", "b", mode)
+    deltas = [f["text"] for f in frames if f["type"] == "delta"]
+    if mode == "reset":
+        assert frames.index(failover) == 2  # after a's only delta, before any of b's
+        deltas = deltas[1:]
+    assert "".join(deltas) == text and frames[-1]["type"] == "done"
+    check_stream(frames)
 
 
 async def test_a_request_no_target_can_serve_is_refused_as_unsupported() -> None:
