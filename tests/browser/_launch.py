@@ -1,0 +1,66 @@
+"""Run ``baton serve``'s embedded default for the browser tests, in a process of its own.
+
+``python -m tests.browser._launch --ws-port W --http-port H [--token-delay S]`` runs the same
+``serve_default`` as ``baton serve`` (two simulated providers, route ``default``). With
+``--token-delay`` its simulated providers pause before each token, so a browser sees an answer
+stream for a few seconds and can cancel it or go offline in the middle.
+
+Until Baton's HTTP app serves the page itself (``transport/_http.py`` importing
+``static_file``), the app is wrapped here to answer ``transport/_static.py``'s paths on the
+same port, so the page's origin is Baton's own HTTP origin either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from typing import Any
+
+import trio
+
+import transport._http as http
+from scenarios import Behaviour, FaultSchedule
+from scenarios.cli import _serve
+from scenarios.sim import SimulatedProvider
+from transport import configure_logging
+from transport._static import static_file, static_headers
+
+
+def _shim_static_files() -> None:
+    original = http.HTTPApp.__call__
+
+    async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            found = static_file(scope["path"], ws_port=self.baton.config.server.ws_port)
+            if found is not None:
+                body, content_type = found
+                headers = static_headers(content_type, len(body))
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await original(self, scope, receive, send)
+
+    http.HTTPApp.__call__ = call  # type: ignore[method-assign]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ws-port", type=int, required=True)
+    parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args = parser.parse_args()
+    configure_logging(log_format="text", level="INFO")
+    logging.getLogger("transport._ws").setLevel(logging.DEBUG)  # "client cancels stream ..."
+    if not hasattr(http, "static_file"):
+        _shim_static_files()
+    if args.token_delay:
+        slow = FaultSchedule.always(Behaviour(token_delay=args.token_delay))
+        _serve.SimulatedProvider = functools.partial(  # type: ignore[misc]
+            SimulatedProvider, slow
+        )
+    trio.run(_serve.serve_default, "127.0.0.1", args.ws_port, args.http_port)
+
+
+if __name__ == "__main__":
+    main()
