@@ -531,6 +531,7 @@ def test_thinking_gives_way(case: str) -> None:
     assert "thinking" not in body and body["temperature"] == 0.2
     parsed = parse_messages(messages)
     assert dropped_fields(params, messages=parsed, prefill=prefill) == ("reasoning_effort",)
+    assert dropped_fields(params, messages=parsed) == ("reasoning_effort",)
 
 
 def test_thinking_stays_on_once_a_new_user_turn_follows_the_tool_loop() -> None:
@@ -819,3 +820,29 @@ def test_tool_input_for_an_unopened_block_is_malformed() -> None:
         Malformed(raw=bad_start.data),
         finish("stop"),
     ]
+
+
+def test_tool_results_go_before_text_that_came_first_in_their_turn() -> None:
+    messages = [
+        user("Weather in Paris?"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_01",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        user("In Celsius, please."),
+        {"role": "tool", "tool_call_id": "toolu_01", "content": "18 C"},
+    ]
+    assert body_for(messages, {"tools": [WEATHER]})["messages"][-1] == {
+        "role": "user",
+        "content": [  # Anthropic refuses text ahead of a turn's tool results
+            {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18 C"},
+            {"type": "text", "text": "In Celsius, please."},
+        ],
+    }

@@ -106,8 +106,11 @@ def dropped_fields(
     ...), and those the translation must give up for another: ``temperature``/``top_k`` (and
     ``top_p`` below 0.95) beside thinking, and ``reasoning_effort`` when thinking cannot be on
     (a tool choice that forces a tool, a prefill, or a tool loop: see ``translate``). Fields
-    that ask for nothing (None, false) are not named. Pass ``messages`` to see the tool loop.
+    that ask for nothing (None, false) are not named. Pass ``messages`` to see the tool loop
+    and a trailing assistant message (a prefill, as ``translate`` takes it).
     """
+    rest = [m for m in messages if m.role != "system"]
+    prefill = prefill or bool(rest and rest[-1].role == "assistant")
     return _params(params, prefill=prefill, tool_loop=_in_tool_loop(messages)).dropped
 
 
