@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._errors import RequestError, clip
-from ._messages import ContentPart, FunctionCall, Message
+from ._messages import ContentPart, FunctionCall, Message, Role
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_MESSAGES = 10_000
@@ -88,8 +88,9 @@ def _message(i: int, item: Any) -> Message:
     elif content is not None and not isinstance(content, str):
         raise _bad(f"{where}.content must be a string or a list of content parts.")
     return Message(
-        role=role, content=content, tool_calls=tool_calls, tool_call_id=tool_call_id, name=name
-    )
+        role=cast(Role, role), content=content, tool_calls=tool_calls,
+        tool_call_id=tool_call_id, name=name,
+    )  # fmt: skip
 
 
 # The content part types each role may send (OpenAI's rules: media only from the user).
