@@ -239,6 +239,28 @@ async def test_tool_loop_survives_a_reset_inside_the_call_arguments() -> None:
     assert server.a.requests[1].params == {"tools": [WEATHER_TOOL]}
 
 
+async def test_parallel_calls_arrive_whole_in_the_providers_order() -> None:
+    interleaved: Script = [
+        ToolCallDelta(index=0, id="call_p", name="get_weather", arguments='{"city": '),
+        ToolCallDelta(index=1, id="call_o", name="get_weather", arguments='{"city": "Oslo"'),
+        ToolCallDelta(index=0, arguments='"Paris"}'),
+        ToolCallDelta(index=1, arguments="}"),
+        Finish(reason="tool_calls", usage=USAGE),
+    ]
+    frame = start("both", [QUESTION], tools=[WEATHER_TOOL], parallel_tool_calls=True)
+    async with running([interleaved]) as server:
+        frames = await one_stream(server.url, frame)
+        assert server.a.requests[0].params["parallel_tool_calls"] is True
+    check_stream(frames)
+    calls = [(f["seq"], f["index"], f["id"], f["arguments"]) for f in frames[1:-1]]
+    assert calls == [
+        (1, 0, "call_p", '{"city": "Paris"}'),
+        (2, 1, "call_o", '{"city": "Oslo"}'),
+    ]
+    assert {f["type"] for f in frames[1:-1]} == {"tool_call"}
+    assert frames[-1]["finish_reason"] == "tool_calls"
+
+
 async def test_live_tool_calls_arrive_as_parts() -> None:
     script: Script = [
         ToolCallDelta(index=0, id="call_1", name="get_weather", arguments='{"city"'),
