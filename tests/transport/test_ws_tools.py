@@ -283,11 +283,6 @@ async def test_live_tool_calls_arrive_as_parts() -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actors._session._phase counts only delivered text, so a failover after live tool "
-    "call parts says prestream; needs `or self._tool_parts_sent` there (reported to the lead)",
-)
 async def test_live_tool_call_broken_midway_is_reset_for_the_backups() -> None:
     broken: Script = [
         ToolCallDelta(index=0, id="call_a1", name="get_weather", arguments='{"ci'),
@@ -407,19 +402,7 @@ async def test_response_format_goes_upstream_beside_the_messages() -> None:
         # b, asked afresh (it cannot continue a prefill), gives the same start: joined on.
         ('{"celsius": 18}', "continue", '{"celsius": 18}'),
         # b's JSON starts otherwise: the client drops a's half and takes b's whole answer.
-        pytest.param(
-            '{"temp": 18}',
-            "reset",
-            '{"temp": 18}',
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "actors: a replay (b asked afresh) that departs early from the delivered text "
-                    'is spliced on as a continuation (\'{"celsius": {"temp": 18}\'), then fails '
-                    "as invalid_json and ends all_providers_unavailable; reported to the lead"
-                ),
-            ),
-        ),
+        ('{"temp": 18}', "reset", '{"temp": 18}'),
     ],
     ids=["same start", "other start"],
 )
