@@ -155,7 +155,7 @@ class Attempt:
         self._request = continuation_request(
             original, delivered=delivered, form=self.form, instruct_prompt=self._cfg.instruct_prompt
         )
-        self._guard = SpliceGuard(delivered) if delivered else None
+        self._guard = SpliceGuard(delivered, replay=self.form == "replay") if delivered else None
         # The answer's UTF-8 bytes before this attempt's own: the text it continues.
         self._continued_bytes = len(delivered.encode())
         self.produced = False

@@ -40,7 +40,7 @@ from ._messages import (
     Usage,
 )
 from ._router import Picked, PickResult, Unavailable
-from ._streamlog import StreamLog
+from ._streamlog import StreamLog, short_id
 from ._vocab import StreamEnd, StreamErrorCode
 from .policy._failover import FailOver, Reject, Retry, decide, explain
 from .policy._fair import ANONYMOUS, ClientTag
@@ -118,6 +118,7 @@ class StreamSession:
         self._first_text_at: float | None = None
         self._answer_format = answer_format(self._params)
         self._tool_parts_sent = False  # live tool call fragments the client holds
+        self._shown = False  # the client holds output of this answer (text, reasoning, calls)
         # Targets that cannot serve this request (tools to a server without them, ...): out
         # from the start, and named if the stream ends without an answer.
         self._unable = lacking(route, context.provider_configs, needs(self._messages, self._params))
@@ -160,7 +161,7 @@ class StreamSession:
             elif self.cancel_scope.cancelled_caught:
                 self._error("cancelled", "The client cancelled the stream.", retryable=False)
         except Exception:
-            log.exception("stream %s crashed", self.id)
+            log.exception("stream %s crashed", short_id(self.id))
             self._error(
                 "internal_error",
                 "Baton failed while serving this stream; please retry.",
@@ -371,7 +372,7 @@ class StreamSession:
         next_step = explain(decision, alternatives=bool(others))
         log.warning(
             "stream %s: attempt on %s failed (%s); %s",
-            self.id, target.provider, failure.describe(), next_step,
+            short_id(self.id), target.provider, failure.describe(), next_step,
         )  # fmt: skip
         if isinstance(decision, Reject):
             self._reject(target, failure)
@@ -388,6 +389,7 @@ class StreamSession:
             self._delivered.clear()
             self._delivered_deltas = 0
             self._tool_parts_sent = False
+            self._shown = False
         return decision
 
     def _cannot_continue(self, target: Target, failure: Failure) -> str | None:
@@ -447,7 +449,7 @@ class StreamSession:
         return picked
 
     def _phase(self) -> Phase:
-        return "midstream" if self._delivered else "prestream"
+        return "midstream" if self._delivered or self._shown else "prestream"
 
     # --- one attempt ---------------------------------------------------------------------------
 
@@ -500,15 +502,16 @@ class StreamSession:
         )  # fmt: skip
         log.warning(
             "stream %s: failover %s -> %s (%s, %s, %s)",
-            self.id, serving.provider, target.provider, reason, phase, mode,
+            short_id(self.id), serving.provider, target.provider, reason, phase, mode,
         )  # fmt: skip
         self._serving = target
 
     def _output(self, target: Target) -> None:
-        """The target's first output since a failover: announce the failover first."""
+        """Output of ``target`` for the client: after a failover, announce it first."""
         if self._pending is not None:
             self._announce(target, "reset" if self._restarting else "continue")
             self._restarting = False
+        self._shown = True
 
     def deliver(self, target: Target, text: str, logprobs: tuple[Any, ...] | None = None) -> None:
         self._output(target)
@@ -626,8 +629,9 @@ class StreamSession:
         log.info(
             "stream %s finished:%s route=%s providers=%s outcome=%s ttft=%s duration=%.3f "
             "deltas=%d",
-            self.id, client, self._route.name, ",".join(a.provider for a in self._attempts) or "-",
-            outcome, "-" if ttft is None else f"{ttft:.3f}", duration, self._delivered_deltas,
+            short_id(self.id), client, self._route.name,
+            ",".join(a.provider for a in self._attempts) or "-", outcome,
+            "-" if ttft is None else f"{ttft:.3f}", duration, self._delivered_deltas,
         )  # fmt: skip
 
 

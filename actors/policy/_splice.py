@@ -84,13 +84,21 @@ def _word_starts(text: str) -> list[int]:
 
 
 class SpliceGuard:
-    """Decides how one continuation attempt joins ``delivered``; feed it text as it comes."""
+    """Decides how one continuation attempt joins ``delivered``; feed it text as it comes.
 
-    def __init__(self, delivered: str) -> None:
+    ``replay``: the target was asked afresh, so its answer can only be a restart: one that
+    reproduces the delivered text goes on after it, any other is ``Diverged`` (never joined on
+    as if it continued).
+    """
+
+    def __init__(self, delivered: str, *, replay: bool = False) -> None:
         self._delivered = delivered
+        self._replay = replay
         self._dc = _compact(delivered)
         self._ends_in_space = delivered[-1:].isspace()
         self._live = _word_starts(delivered) if self._dc else []
+        if replay and self._live:
+            self._live = [0]
         # A suffix starting at the k-th word start from the end spans k words.
         self._words_from = {start: len(self._live) - i for i, start in enumerate(self._live)}
         self._word_bounds = set(self._live) | {len(self._dc)}
@@ -112,6 +120,7 @@ class SpliceGuard:
             return self._forward(text)
         if (
             not self._buffer
+            and not self._replay
             and text[:1].isspace()
             and not self._delivered[:1].isspace()
             and 0 in self._live
@@ -147,6 +156,9 @@ class SpliceGuard:
         incomplete = [
             s for s in self._live if len(bc) < len(dc) - s and s + len(bc) in self._word_bounds
         ]
+        if self._replay:
+            self._decided = True
+            return Diverged("".join(self._buffer))  # a replay that stopped short: not the same
         if 0 in incomplete and len(bc) >= self._restart_min:
             self._decided = True
             return Forward("")  # a restart that stopped early: nothing new
@@ -169,7 +181,7 @@ class SpliceGuard:
             at_word_end = not rest or not rest[0].isalnum()
             if matched >= OVERLAP_MIN and self._words_from[start] >= OVERLAP_WORDS and at_word_end:
                 return self._forward(rest)
-        if self._restart_matched >= self._restart_min:
+        if self._replay or self._restart_matched >= self._restart_min:
             return Diverged(held)
         return self._forward(held)
 
