@@ -38,6 +38,7 @@ function newSegment(provider) {
   segment = document.createElement("span");
   segment.className = "seg";
   segment.dataset.provider = provider;
+  segment.title = `written by ${provider}`;
   segment.style.setProperty("--hue", hue(provider));
   $("answer").append(segment);
   addLegend(provider);
