@@ -119,12 +119,16 @@ class BatonProcess:
             time.sleep(0.05)
 
 
-def start_baton(tmp_path: Path, token_delay: float) -> BatonProcess:
+def start_baton(
+    tmp_path: Path, token_delay: float, first_reset_at: int | None = None
+) -> BatonProcess:
     ws_port, http_port = free_port(), free_port()
     log_path = tmp_path / "baton.log"
     command = [sys.executable, "-m", "tests.browser._launch"]
     command += ["--ws-port", str(ws_port), "--http-port", str(http_port)]
     command += ["--token-delay", str(token_delay)]
+    if first_reset_at is not None:
+        command += ["--first-reset-at", str(first_reset_at)]
     with log_path.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     baton = BatonProcess(process, ws_port, http_port, log_path)
@@ -155,6 +159,16 @@ def stop_baton(baton: BatonProcess) -> None:
 def baton(tmp_path: Path) -> Iterator[BatonProcess]:
     """Baton with simulated providers that take 30 ms a token (a ~3 s answer)."""
     running = start_baton(tmp_path, token_delay=0.03)
+    try:
+        yield running
+    finally:
+        stop_baton(running)
+
+
+@pytest.fixture
+def failing_baton(tmp_path: Path) -> Iterator[BatonProcess]:
+    """As ``baton``, but sim-openai's first answer is cut by a TCP reset after 30 tokens."""
+    running = start_baton(tmp_path, token_delay=0.03, first_reset_at=30)
     try:
         yield running
     finally:

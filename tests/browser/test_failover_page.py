@@ -1,6 +1,7 @@
 """Issue 18's four browser tests of the page at ``GET /``, in Chromium against ``baton serve``.
 
-Those marked xfail need server parts of wave 2 (``/sim/faults`` in the embedded default, and
+The failover of the screenshot test is scheduled in the simulator (``failing_baton``); those
+marked xfail need server parts of wave 2 (``/sim/faults`` in the embedded default, and
 resume on the WebSocket); remove the mark when they land: strict, so a pass shows it is time.
 """
 
@@ -86,11 +87,26 @@ def test_a_page_of_another_origin_cannot_open_the_websocket(
     baton.wait_log(rf"refused origin '?{re.escape(other_origin)}")
 
 
-@NEEDS_SIM_FAULTS
-def test_screenshot_of_the_page_after_a_failover(page: Any, baton: BatonProcess) -> None:
-    reset_now_mid_answer(page, baton)
-    page.wait_for_selector("#answer .seam")
-    page.wait_for_timeout(1_500)  # one more /status poll, so the panel shows the breaker
+def test_the_page_marks_a_failover_at_its_seam_and_is_screenshotted(
+    page: Any, failing_baton: BatonProcess
+) -> None:
+    ask(page, failing_baton)  # sim-openai's answer is cut after 30 tokens (a TCP reset)
+    page.wait_for_function("window.batonPage.state.last === 'done'", timeout=20_000)
+    seams = page.locator("#answer .seam")
+    assert seams.count() == 1
+    assert seams.first.get_attribute("data-from") == "sim-openai"
+    assert seams.first.get_attribute("data-to") == "sim-anthropic"
+    assert seams.first.get_attribute("data-mode") == "continue"
+    assert seams.first.get_attribute("data-reason")
+    writers = page.eval_on_selector_all("#answer .seg", "(s) => s.map((e) => e.dataset.provider)")
+    assert writers == ["sim-openai", "sim-anthropic"]
+    # The spliced answer is the complete answer, exactly once (the next request is healthy).
+    assert page.evaluate(ANSWER_TEXT) == reference_text(failing_baton)
+    assert page.inner_text("#outcome") == "Done (stop) by sim-anthropic after 1 failover(s)."
+    polls = page.evaluate("window.batonPage.state.statusPolls")
+    # Two more /status polls (one a second), so the panel shows the providers after it.
+    page.wait_for_function(f"window.batonPage.state.statusPolls >= {polls + 2}")
     shot = artifacts_dir() / "page-failover.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    assert page.errors == []

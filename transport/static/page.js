@@ -28,7 +28,7 @@ baton.addEventListener("close", () => {
 });
 
 // What tests and curious users can read: the answer's text and its seams.
-const state = { text: "", seams: [], running: false, events: 0, last: null };
+const state = { text: "", seams: [], running: false, events: 0, last: null, statusPolls: 0 };
 window.batonPage = { baton, state };
 
 let controller = null;
@@ -167,6 +167,7 @@ async function pollStatus() {
   } catch {
     $("status-note").textContent = "Cannot reach /status.";
   }
+  state.statusPolls += 1;
   setTimeout(pollStatus, 1000);
 }
 pollStatus();
