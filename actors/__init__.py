@@ -50,6 +50,8 @@ from ._request import parse_params as parse_params
 from ._router import RouteRetryStatistics as RouteRetryStatistics
 from ._router import RouterStatistics as RouterStatistics
 from ._session import StreamStatistics as StreamStatistics
+from ._streamlog import StreamDisplaced as StreamDisplaced
+from ._streamlog import short_id as short_id
 from ._system import Baton as Baton
 from ._system import BatonStatistics as BatonStatistics
 from ._system import DrainStatistics as DrainStatistics

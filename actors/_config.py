@@ -139,6 +139,9 @@ class ServerConfig:
     # long is closed (1000), so an idle client cannot hold a connection for ever.
     ws_idle_timeout: float = 300.0
     event_log_cap: int = 4096  # events a stream keeps for resuming; older ones are dropped
+    # Seconds a stream outlives its client's connection, running, for a resume; then (or
+    # this long after it ended) it is cancelled and forgotten. 0: cancelled at the disconnect.
+    resume_window: float = 60.0
     # Under load, the longest a stream with text waits between upstream reads, so that each
     # read carries more of the answer (see actors.policy._pace); 0 turns read pacing off.
     max_read_delay: float = 0.25
@@ -209,7 +212,7 @@ _AT_LEAST_ONE = {
 }  # fmt: skip
 _NON_NEGATIVE = {
     "retries", "max_retry_wait", "retry_budget", "min_retry_concurrency", "max_read_delay",
-    "drain_timeout",
+    "drain_timeout", "resume_window",
 }  # fmt: skip
 _PORTS = {"ws_port", "http_port", "admin_port"}
 

@@ -6,6 +6,15 @@
         stream = baton.start_stream(route="default", messages=[...])
         async for event in stream:
             ...
+
+Resuming (for the transports): when a client's connection goes away, the transport calls
+``baton.detach(handle)`` for each stream it was reading instead of cancelling it; the stream
+runs on without a reader for ``[server] resume_window`` seconds. A client that reconnects sends
+the stream id and the seq of the last event it holds, and the transport calls
+``baton.resume(stream_id, after, client=...)``: it gets a new ``StreamHandle`` and the events
+the client missed (send them first, then read the handle as usual). A handle whose stream was
+handed to another reader ends with ``StreamDisplaced`` (an ``EndOfChannel``) and cannot cancel
+the stream. See ``_detached`` for when a kept stream is forgotten.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from opentelemetry import metrics
 
 from ._config import BatonConfig, Target
 from ._context import SessionContext
+from ._detached import StreamKeeper
 from ._errors import ConfigError, RequestError, clip
 from ._features import lacking, needs
 from ._health import HealthActor, HealthBoard
@@ -34,7 +44,7 @@ from ._pool import PoolActor, ProviderPoolStatistics
 from ._provider import Provider
 from ._router import RouterActor, RouterStatistics
 from ._session import StreamSession, StreamStatistics
-from ._streamlog import StreamLog
+from ._streamlog import StreamDisplaced, StreamLog, short_id
 from ._supervisor import Supervisor
 from ._telemetry import Telemetry
 from ._vocab import StreamEnd
@@ -68,6 +78,7 @@ class BatonStatistics:
     restarts: int
     outage_queues: Mapping[str, OutageQueueStatistics]  # per route
     load: LoadStatistics
+    detached_streams: int  # streams kept for a resume with no reader now (running or ended)
 
 
 @attrs.frozen(kw_only=True)
@@ -82,30 +93,59 @@ class DrainStatistics:
 
 
 class StreamHandle:
-    """A client's view of one stream: its events, and the power to cancel it.
+    """A reader's view of one stream: its events, and the power to cancel it.
 
     Iterating yields every event in seq order and stops after the terminal one. ``take``
     returns the events not yet taken in one batch (deltas merged while the reader was behind).
+    One handle reads a stream at a time: ``Baton.resume`` makes a new one and displaces this.
     """
 
-    def __init__(self, session: StreamSession) -> None:
+    def __init__(self, session: StreamSession, keeper: StreamKeeper, reader: int = 0) -> None:
         self._session = session
+        self._keeper = keeper
+        self._reader = reader
         self.id = session.id
         self.log = session.log
 
     def __repr__(self) -> str:
-        return f"<StreamHandle {self.id}>"
+        return f"<StreamHandle {short_id(self.id)} reader={self._reader}>"
+
+    @property
+    def reading(self) -> bool:
+        """Whether this handle is the stream's reader (not detached, not displaced)."""
+        return self.log.reader == self._reader
 
     async def take(self) -> list[ClientEvent]:
-        """Wait for new events; raises ``trio.EndOfChannel`` after the terminal one was taken."""
-        return await self.log.take()
+        """Wait for new events; raises ``trio.EndOfChannel`` after the terminal one was taken.
+
+        Raises ``StreamDisplaced`` (an ``EndOfChannel``) once the stream was detached from this
+        handle or handed to another reader, also while waiting.
+        """
+        try:
+            return await self.log.take(self._reader)
+        except StreamDisplaced:
+            raise
+        except trio.EndOfChannel:
+            self._keeper.read_to_end(self.id, self._reader)
+            raise
+
+    def release(self) -> None:
+        """Keep nothing of the stream for a resume once it ends; never blocks.
+
+        For a reader a resume cannot serve (a non-streaming HTTP answer, sent whole): without
+        it an ended stream whose reader did not take past its terminal event is kept
+        ``resume_window`` seconds, in case its client missed that event. A resume of the
+        stream (before it ended) makes the new reader keep it again.
+        """
+        self._keeper.release(self.id, self._reader)
 
     def cancel(self) -> None:
         """Cancel the stream: its upstream request is closed; it ends with ``cancelled``.
 
-        Does nothing once the stream has ended (its last upstream request may still be closing).
+        Does nothing once the stream has ended (its last upstream request may still be closing),
+        nor from a handle that is no longer the stream's reader.
         """
-        if not self.log.closed:
+        if not self.log.closed and self.reading:
             self._session.cancel_scope.cancel()
 
     def statistics(self) -> StreamStatistics:
@@ -117,7 +157,7 @@ class StreamHandle:
     async def _iterate(self) -> AsyncIterator[ClientEvent]:
         while True:
             try:
-                batch = await self.log.take()
+                batch = await self.take()
             except trio.EndOfChannel:
                 return
             for event in batch:
@@ -143,6 +183,9 @@ class Baton:
         self.closing = False
         self._finished: Counter[StreamEnd] = Counter()
         self._failovers = 0
+        self._keeper = StreamKeeper(
+            config.server.resume_window, supervisor.start_temporary, context.telemetry
+        )
 
     def start_stream(
         self,
@@ -201,6 +244,7 @@ class Baton:
             client=self._client_tag(client, priority),
         )  # fmt: skip
         self._streams[stream_id] = session
+        self._keeper.add(session, client)
         self._ctx.load.stream_started()
 
         async def run() -> None:
@@ -215,9 +259,50 @@ class Baton:
                 if ended.outcome is not None:
                     self._finished[ended.outcome] += 1
                 self._failovers += ended.failovers
+                self._keeper.ended(stream_id)
 
         self._supervisor.start_temporary(run)
-        return StreamHandle(session)
+        log.debug("stream %s started on route %s", stream_id, route)
+        return StreamHandle(session, self._keeper)
+
+    def detach(self, stream: StreamHandle | str) -> None:
+        """The stream's reader (its client's connection) went away; never blocks.
+
+        Call it instead of ``cancel`` when a connection drops. With ``[server] resume_window``
+        0 the stream is cancelled (unless it ended). Otherwise it runs on and keeps logging
+        without a reader, its upstream never held back for one, until ``resume`` hands it to a
+        new reader; after ``resume_window`` seconds with none it is cancelled (its upstream
+        request closed) and forgotten. Given a handle, it acts only if that handle is still the
+        stream's reader (a displaced connection that notices late changes nothing); given an
+        id, it detaches whichever reader the stream has. An unknown id does nothing.
+        """
+        if isinstance(stream, StreamHandle):
+            self._keeper.detach(stream.id, stream._reader)
+        else:
+            self._keeper.detach(stream, None)
+
+    def resume(
+        self, stream_id: str, after: int, *, client: str | None
+    ) -> tuple[StreamHandle, list[ClientEvent]]:
+        """Hand a stream to a new reader: its handle, and the events with ``seq > after``.
+
+        ``after`` is the seq of the last event the client holds (-1: none). The replay has the
+        same seqs and payloads as first sent, the terminal event too if the stream ended; the
+        handle's ``take`` returns what follows, with no gap and no repeat. Resuming again (after
+        another drop) works the same. A reader still attached is displaced: its ``take`` raises
+        ``StreamDisplaced``. ``client`` must be the one that started the stream (None, without
+        client keys: the random stream id is the capability). Never blocks.
+
+        Raises ``RequestError``: ``unknown_stream`` (404: never existed, forgotten, or another
+        client's; one message for all three), ``resume_unavailable`` (410: events after
+        ``after`` were dropped from the capped log; the message names the oldest seq held),
+        ``bad_request`` (``after`` is not an integer >= -1, or beyond the stream's last seq: the
+        client cannot hold an event that was never sent). An ``after`` older than the client's
+        real position is served from there on: the events it repeats are identical to the ones
+        the client holds, so it drops them by seq.
+        """
+        session, reader, replay = self._keeper.resume(stream_id, after, client)
+        return StreamHandle(session, self._keeper, reader), replay
 
     def _client_tag(self, client: str | None, priority: int | None) -> ClientTag:
         if priority is None:
@@ -322,6 +407,7 @@ class Baton:
             router=self._ctx.router.statistics(),
             restarts=self._supervisor.statistics().restarts,
             load=self._ctx.load.statistics(),
+            detached_streams=self._keeper.detached,
         )
 
 

@@ -65,6 +65,14 @@ class Telemetry:
             "proxy_retry_budget_exhausted", unit="1",
             description="Retries and failovers a route's retry budget refused",
         )  # fmt: skip
+        self.stream_resumes = meter.create_counter(
+            "proxy_stream_resumes", unit="1",
+            description="Streams handed to a new reader after their client's connection dropped",
+        )  # fmt: skip
+        self.detached_streams = meter.create_up_down_counter(
+            "proxy_detached_streams", unit="1",
+            description="Streams kept for a resume with no reader now (running or ended)",
+        )  # fmt: skip
         # GenAI semantic conventions: one recording per upstream attempt (see ``Attempt``).
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage", unit="{token}",
@@ -85,6 +93,8 @@ class Telemetry:
             self.retry_budget_exhausted.add(0, {"route": route})
         for provider in providers:
             self.health_transitions.add(0, {"provider": provider})
+        self.stream_resumes.add(0)
+        self.detached_streams.add(0)
 
     def observe(
         self,

@@ -24,7 +24,8 @@ StreamErrorCode = Literal[
 RequestErrorCode = Literal[
     "bad_request",  # the request is malformed; the message names the first thing wrong
     "unknown_model",  # no route of that name
-    "unknown_stream",  # a cancel named no stream of this connection
+    "unknown_stream",  # a cancel or resume named no stream it may reach (404 for a resume)
+    "resume_unavailable",  # the events after the resume's seq were dropped from the log (410)
     "too_large",  # the request is larger than server.max_request_bytes
     "too_many_streams",  # the connection already runs its most streams (retryable)
     "rate_limit_exceeded",  # the client's requests_per_minute are used up (retryable)
