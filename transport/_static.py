@@ -55,11 +55,10 @@ def static_file(path: str, *, ws_port: int | None = None) -> tuple[bytes, str] |
     return body, _TYPES[name[name.rindex(".") :]]
 
 
-def static_headers(content_type: str, length: int) -> tuple[tuple[bytes, bytes], ...]:
-    """The response headers of a static file (ASGI form)."""
+def static_headers(content_type: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The response headers of a static file (ASGI form; the sender adds Content-Length)."""
     return (
         (b"content-type", content_type.encode()),
-        (b"content-length", str(length).encode()),
         (b"cache-control", CACHE_CONTROL.encode()),
         (b"x-content-type-options", b"nosniff"),
     )

@@ -36,7 +36,8 @@ def _shim_static_files() -> None:
             found = static_file(scope["path"], ws_port=self.baton.config.server.ws_port)
             if found is not None:
                 body, content_type = found
-                headers = static_headers(content_type, len(body))
+                length = (b"content-length", str(len(body)).encode())
+                headers = (*static_headers(content_type), length)
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return

@@ -185,8 +185,9 @@ class _StaticHandler(BaseHTTPRequestHandler):
             return
         body, content_type = found
         self.send_response(200)
-        for name, value in static_headers(content_type, len(body)):
+        for name, value in static_headers(content_type):
             self.send_header(name.decode(), value.decode())
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
