@@ -26,6 +26,7 @@ from actors import (
     ToolCall,
     ToolCallPart,
     Usage,
+    clip,
     parse_messages,
     parse_params,
 )
@@ -35,6 +36,9 @@ from actors import (
 _OWN_FIELDS = frozenset({"model", "messages", "stream", "n", "stream_options"})
 # OpenAI's deprecated function calling, with what replaced it.
 _LEGACY = {"functions": "tools", "function_call": "tool_choice"}
+# An unknown field is forwarded only if it could be a real API's field name; anything else
+# (a 4 MB key, a key with spaces) is refused here rather than sent to a provider.
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # How ``actors.parse_params`` names the field it refuses: "'field' must ..." or "tools[3] ...".
 _NAMED_FIELD = re.compile(r"'([A-Za-z_]+)'|(tools)\[")
 
@@ -150,13 +154,23 @@ def parse_chat_request(body: bytes) -> ChatRequest:
 def _params(data: Mapping[str, Any]) -> dict[str, Any]:
     """The fields that go upstream, checked by ``actors.parse_params``."""
     raw = {k: v for k, v in data.items() if k not in _OWN_FIELDS and v is not None}
+    for field in raw:
+        if not _FIELD_NAME.fullmatch(field):
+            short = len(field) <= 64
+            raise APIError(
+                400, "unknown_parameter",
+                # OpenAI's words; a name too long to quote whole is cut (and not echoed).
+                f"Unrecognized request argument supplied: {field if short else clip(field)}; "
+                "a field name is a letter then up to 63 letters, digits or underscores.",
+                param=field if short else None,
+            )  # fmt: skip
     try:
         return parse_params(raw, forward_unknown=True)
     except RequestError as exc:
         named = _NAMED_FIELD.match(exc.message)
-        field = named and (named.group(1) or named.group(2))
+        param = (named.group(1) or named.group(2)) if named else None
         raise APIError(
-            400, "invalid_value", exc.message, param=field if field in raw else None
+            400, "invalid_value", exc.message, param=param if param in raw else None
         ) from None
 
 

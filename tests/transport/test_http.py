@@ -438,6 +438,9 @@ BAD_BODIES = [
         "invalid_type",
         "stream_options.include_usage",
     ),
+    # Unknown fields are forwarded, but only names a real API could have.
+    ({**GOOD, "temp rature": 0.5}, "unknown_parameter", "temp rature"),
+    ({**GOOD, "x" * 65: 1}, "unknown_parameter", None),
 ]
 
 
