@@ -231,7 +231,8 @@ class HTTPApp:
         try:
             handle = self.baton.start_stream(
                 route=request.route, messages=request.messages, params=request.params,
-                can_reset=False, transport="http", client=client.name,
+                # A whole (non-streamed) answer has sent nothing yet, so it can start afresh.
+                can_reset=not request.stream, transport="http", client=client.name,
             )  # fmt: skip
         except RequestError as exc:
             if exc.code == "shutting_down":
@@ -355,6 +356,8 @@ class HTTPApp:
                         answer.tool_call(event)
                     case ToolCallPart():
                         answer.tool_call_part(event)
+                    case Failover(mode="reset"):
+                        answer = Answer()  # what came so far is discarded: a new answer follows
                     case Done():
                         body = completion_body(
                             completion_id="chatcmpl-" + handle.id, created=int(time.time()),

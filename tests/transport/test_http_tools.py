@@ -487,3 +487,34 @@ def test_text_without_logprobs_keeps_the_pre_encoded_fast_path() -> None:
     assert with_logprobs["choices"][0]["logprobs"] == {"content": [entry], "refusal": None}
     assert with_logprobs["usage"] is None
     assert orjson.loads(plain[6:])["choices"][0]["delta"] == {"content": "hi"}
+
+
+# --- a broken answer that cannot be continued ----------------------------------------------------
+
+
+def broken_json_upstreams() -> dict[str, Upstream]:
+    """a breaks inside a JSON answer; b (asked to continue) writes a JSON answer of its own,
+    which joined to a's start would not be the JSON the request asks for."""
+    start = [chunk({"role": "assistant", "content": ""}), chunk({"content": '{"city": '})]
+    return {
+        "a": Upstream([start], errors={n: httpx.ReadError("connection reset") for n in (0, 1)}),
+        "b": Upstream([text_answer('{"weather": ', '"rain"}')]),
+    }
+
+
+async def test_a_whole_answer_that_cannot_be_continued_is_answered_afresh() -> None:
+    upstreams = broken_json_upstreams()
+    json_object = {"type": "json_object"}
+    async with serving(upstreams) as server:
+        completion = await create(
+            server, "sync", model="r", messages=PROMPT, response_format=json_object
+        )
+        chunks, error = await stream(
+            server, "sync", model="r", messages=PROMPT, response_format=json_object
+        )
+    # Not streamed, the client held nothing yet: b's answer replaces a's broken start.
+    assert json.loads(completion.choices[0].message.content) == {"weather": "rain"}
+    assert completion.model == MODEL and len(upstreams["b"].bodies) == 2  # b's own answer
+    # Streamed, the client holds a's start and cannot take a new answer: the stream ends.
+    assert isinstance(error, openai.APIError) and error.code == "stream_diverged"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == '{"city": '
