@@ -415,19 +415,23 @@ async def test_unknown_and_new_fields_reach_the_upstream_body_unchanged() -> Non
 
 
 async def test_an_anthropic_first_target_names_the_fields_it_drops() -> None:
+    # The header follows the configured kind of the route's first target; the upstream object
+    # behind it does not matter here, so it is the same recording OpenAI one.
     raw = config({"a": "anthropic"})
     upstreams = {"a": Upstream([text_answer("x")]), "b": Upstream([text_answer("x")])}
+    url = "/v1/chat/completions"
+    dropping = {"model": "r", "messages": PROMPT, "seed": 3, "prompt_cache_retention": "24h"}
     async with serving(upstreams, raw) as server, httpx.AsyncClient(timeout=10) as client:
-        dropped = await client.post(
-            f"{server.url}/v1/chat/completions",
-            json={"model": "r", "messages": PROMPT, "seed": 3, "prompt_cache_retention": "24h"},
-        )
+        whole = await client.post(server.url + url, json=dropping)
+        streamed = await client.post(server.url + url, json={**dropping, "stream": True})
         kept = await client.post(
-            f"{server.url}/v1/chat/completions",
-            json={"model": "r", "messages": PROMPT, "max_tokens": 9},
+            server.url + url, json={"model": "r", "messages": PROMPT, "max_tokens": 9}
         )
-    assert dropped.headers["x-baton-dropped-fields"] == "prompt_cache_retention, seed"
-    assert "x-baton-dropped-fields" not in kept.headers
+    for response in (whole, streamed):
+        assert response.status_code == 200
+        assert response.headers["x-baton-dropped-fields"] == "prompt_cache_retention, seed"
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert kept.status_code == 200 and "x-baton-dropped-fields" not in kept.headers
 
 
 # --- the encoder's shapes ------------------------------------------------------------------------
