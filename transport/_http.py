@@ -10,11 +10,12 @@ A raw ASGI application (``build_app``) served by hypercorn's trio worker (``serv
     GET  /status                providers' health and pools, routes, active streams (JSON)
     GET  /metrics               Prometheus text (with a ``MetricsEndpoint``)
 
-A streaming answer waits for the stream's first text, answer or error before it sends headers,
-so that a request that fails before any text gets a plain error status (which OpenAI's SDKs
-raise as ``APIStatusError``) rather than a 200 with an error inside. A stream that breaks after
-text ends with an ``error`` event and no ``[DONE]``, so SDKs raise instead of presenting a cut-off
-answer as complete. Failovers are invisible except for the chunks' ``model``.
+A streaming answer waits for the stream's first output (text, reasoning, a tool call), answer
+or error before it sends headers, so that a request that fails before any output gets a plain
+error status (which OpenAI's SDKs raise as ``APIStatusError``) rather than a 200 with an error
+inside. A stream that breaks after output ends with an ``error`` event and no ``[DONE]``, so
+SDKs raise instead of presenting a cut-off answer as complete. Failovers are invisible except
+for the chunks' ``model``.
 
 Every request field but Baton's own goes upstream (``parse_chat_request``); reasoning, tool
 calls and log probabilities come back in OpenAI's shapes (``ChunkEncoder``, ``Answer``). When
