@@ -2,7 +2,7 @@
 
 from ._anthropic import AnthropicEventParser as AnthropicEventParser
 from ._anthropic import AnthropicProvider as AnthropicProvider
-from ._anthropic import dropped_fields as anthropic_dropped_fields
+from ._anthropic import dropped_fields as dropped_fields
 from ._chunked import install_merging_chunked_reader as install_merging_chunked_reader
 from ._factory import make_provider as make_provider
 from ._openai import OpenAIChunkParser as OpenAIChunkParser
