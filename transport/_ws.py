@@ -18,8 +18,26 @@ Decisions of protocol v1:
 - A frame longer than ``config.server.max_request_bytes`` characters gets ``too_large``; one
   longer than ``HARD_LIMIT_FACTOR`` times that closes the connection with 1009, because
   trio-websocket buffers a whole message before we see it.
-- At most ``max_streams`` streams of one connection run at once.
-- A client that disconnects cancels its streams, which closes their upstream requests.
+- At most ``max_streams`` streams of one connection run at once (resumed ones count).
+- A client that disconnects does not cancel its streams: each is detached (``Baton.detach``)
+  and runs on for ``[server] resume_window`` seconds, its events logged, waiting for a
+  ``resume``; after that with none it is cancelled and its upstream request closed.
+  ``resume_window = 0`` cancels them at once, as a ``cancel`` always does.
+- ``{"type": "resume", "stream": "st_...", "after": 41}``, on any connection of the client that
+  started the stream (the same client key; without keys, the secret stream id is enough),
+  sends the stream's events with ``seq > 41`` as they were first sent (same seqs and payloads,
+  the terminal one too if the stream has ended, a stream ``error`` with its start's ``ref``),
+  then its live events; the stream now belongs to this connection (``cancel`` works on it).
+  ``after`` is the seq of the last event the client holds (-1: none). A client that names an
+  older seq gets events it holds again, identical ones: it drops them by seq. A connection that
+  was reading the stream stops sending it, without an error. A resume of a stream this
+  connection is reading replays from ``after`` and goes on, the same. Errors (``"seq": null``,
+  ``stream`` the named one, and the resume's ``ref`` if it had one): ``unknown_stream`` (it
+  never existed, its resume window is over, or another client started it), ``resume_unavailable``
+  (events after ``after`` were dropped from the capped log: ``server.event_log_cap``; the
+  message names the oldest seq still held), ``bad_request`` (``after`` not an integer >= -1, or
+  beyond what the stream has sent), ``too_many_streams``. Resuming can be repeated after every
+  drop.
 - When the server stops (``shutdown_trigger``), each connection sends its streams' events up
   to their terminal ones, then closes with 1001 (going away).
 """
@@ -29,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from functools import partial
 from urllib.parse import urlsplit
@@ -41,7 +60,7 @@ from trio_websocket import (
     WebSocketRequest,
 )
 
-from actors import Baton, RequestError, StreamHandle, clip
+from actors import Baton, ClientEvent, RequestError, StreamDisplaced, StreamHandle, clip, short_id
 
 from ._accept import serve_websocket, server_ssl_context
 from ._auth import Client, ClientAuth, Refused
@@ -50,6 +69,7 @@ from ._origin import ORIGIN_REFUSED_BODY, OriginPolicy, header
 from ._ws_codec import (
     CancelRequest,
     ClientFrameError,
+    ResumeRequest,
     StartRequest,
     decode_client_message,
     encode_event,
@@ -82,6 +102,10 @@ _REFUSED_HEADERS = [(b"retry-after", b"1"), (b"content-type", b"application/json
 _JSON = [(b"content-type", b"application/json")]
 _JSON_HEADERS = ((b"content-type", b"application/json"),)
 _connection_ids = itertools.count(1)
+# The ref of each stream a start began, for the ``error`` of a stream resumed on another
+# connection: it must read as first sent. Keyed by the stream's log, so an entry goes when
+# Baton forgets the stream.
+_start_refs: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 
 async def serve_ws(
@@ -228,6 +252,9 @@ class _Connection:
         self._stopping = stopping  # set when the server stops
         self._stream_ended = trio.Event()  # set, and replaced by a waiter, as a stream ends
         self._going_away = False  # our close frame is sent; the client's reply is awaited
+        # The client went away (or its connection broke): its streams are detached, not
+        # cancelled, so that it can resume them from another connection.
+        self._client_left = False
         # Stream readers send their frames themselves, one at a time under this lock, rather
         # than handing them to a writer task: that is one task fewer and no hand-off per batch,
         # a batch's frames leave back to back, trio.Lock is FIFO so streams take turns batch by
@@ -238,7 +265,7 @@ class _Connection:
         self._last_activity = trio.current_time()  # a frame from the client or a stream's end
 
     async def run(self) -> None:
-        """Read frames until the client leaves; then cancel every stream still running.
+        """Read frames until the client leaves; then detach every stream still running.
 
         When the server stops, it closes the connection with 1001 (going away) once every
         stream sent its terminal event; cancelling it closes with 1001 at once.
@@ -250,18 +277,22 @@ class _Connection:
                 await self._receive()
                 if self._going_away:
                     return  # the nursery waits for the closing handshake
+                # A server being cancelled closes the connection too: its streams are cancelled
+                # (raises Cancelled), not kept for a client that cannot come back here.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                self._client_left = True
                 if self._active:
                     log.info(
-                        "connection %s: client left; cancelling %d stream(s)",
+                        "connection %s: client left; detaching %d stream(s) for a resume",
                         self._name,
                         len(self._active),
                     )
                 nursery.cancel_scope.cancel()
         finally:
-            # Each stream's reader has cancelled its stream on the way out (see _pump). Closing
-            # is a no-op when the client has left. When the server stops, trio-websocket's
-            # reader is cancelled with us, so the client's reply can never be read: say why
-            # and hang up without waiting for it.
+            # Each stream's reader has detached or cancelled its stream on the way out (see
+            # _pump). Closing is a no-op when the client has left. When the server stops,
+            # trio-websocket's reader is cancelled with us, so the client's reply can never be
+            # read: say why and hang up without waiting for it.
             with trio.move_on_after(GOING_AWAY_TIMEOUT, shield=True):
                 await self._ws.aclose(1001, GOING_AWAY)
 
@@ -304,6 +335,8 @@ class _Connection:
                         self._start(start)
                     case CancelRequest(stream=stream_id):
                         self._cancel(stream_id)
+                    case ResumeRequest() as resume:
+                        self._resume(resume)
             except ClientFrameError as exc:
                 log.info(
                     "connection %s: refused a frame (%s: %s)", self._name, exc.code, exc.message
@@ -341,9 +374,39 @@ class _Connection:
         log.debug(
             "connection %s: stream %s started (ref %s)", self._name, handle.id, clip(start.ref)
         )
+        if start.ref is not None:
+            _start_refs[handle.log] = start.ref
         self._active[handle.id] = handle
         assert self._nursery is not None
-        self._nursery.start_soon(self._pump, handle, start.ref)
+        self._nursery.start_soon(partial(self._pump, handle, start.ref, admitted=True))
+
+    def _resume(self, resume: ResumeRequest) -> None:
+        stream_id = resume.stream
+        if stream_id not in self._active and len(self._active) >= self._max_streams:
+            raise ClientFrameError(
+                "too_many_streams",
+                f"This connection already runs {len(self._active)} streams, the most it may; "
+                "resume this one on another connection, or wait for one to end (it is kept "
+                "for server.resume_window seconds).",
+                ref=resume.ref, stream=stream_id, retryable=True,
+            )  # fmt: skip
+        try:
+            handle, replay = self._baton.resume(stream_id, resume.after, client=self._client.name)
+        except RequestError as exc:
+            raise ClientFrameError(
+                exc.code, exc.message, ref=resume.ref, stream=stream_id
+            ) from None
+        # A reader of the stream on this connection is displaced: it stops sending at once.
+        self._active[stream_id] = handle
+        self._finished.pop(stream_id, None)
+        log.debug(
+            "connection %s: stream %s resumed after seq %d (%d events replayed)",
+            self._name, stream_id, resume.after, len(replay),
+        )  # fmt: skip
+        assert self._nursery is not None
+        self._nursery.start_soon(
+            partial(self._pump, handle, _start_refs.get(handle.log), replay=replay)
+        )
 
     def _cancel(self, stream_id: str) -> None:
         handle = self._active.get(stream_id)
@@ -357,36 +420,72 @@ class _Connection:
                 stream=stream_id,
             )
 
-    async def _send(self, frames: list[str]) -> None:
+    async def _send(self, frames: list[str], handle: StreamHandle | None = None) -> None:
+        """Send ``frames`` back to back; a stream's only while ``handle`` still reads it.
+
+        A reader displaced by a resume while it waited for its turn sends nothing: the new
+        reader's replay has its events already, and they must not follow it out of order.
+        """
         async with self._send_lock:
+            if handle is not None and not handle.reading:
+                return
             for frame in frames:
                 await self._ws.send_message(frame)
 
-    async def _pump(self, handle: StreamHandle, ref: str | None) -> None:
-        """Send one stream's events to the client, batch by batch, up to its terminal event."""
+    async def _pump(
+        self, handle: StreamHandle, ref: str | None, *, admitted: bool = False,
+        replay: list[ClientEvent] | None = None,
+    ) -> None:  # fmt: skip
+        """Send one stream's events to the client, batch by batch, up to its terminal event.
+
+        ``replay``: a resumed stream's events the client missed, sent first. ``admitted``: the
+        stream was counted against its client's limits here (a start), to be released.
+        """
         stream_id = handle.id
         meter = self._auth.meter(self._client)
+        delivered = False  # the terminal event was taken and sent
         try:
+            if replay:
+                await self._send([encode_event(event, ref=ref) for event in replay], handle)
             while True:
                 try:
                     batch = await handle.take()
+                except StreamDisplaced:
+                    log.debug(
+                        "connection %s: stream %s was resumed elsewhere", self._name, stream_id
+                    )
+                    return
                 except trio.EndOfChannel:
+                    delivered = True
                     return
                 meter.see(batch)  # tokens_per_minute
-                await self._send([encode_event(event, ref=ref) for event in batch])
+                await self._send([encode_event(event, ref=ref) for event in batch], handle)
         except ConnectionClosed:
-            log.info("stream %s: connection %s closed; cancelling it", stream_id, self._name)
+            # The client is gone, unless the server is being cancelled (that raises here).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._client_left = True
+            log.info(
+                "stream %s: connection %s closed; detaching its streams", short_id(stream_id),
+                self._name,
+            )  # fmt: skip
             assert self._nursery is not None
             self._nursery.cancel_scope.cancel()
         finally:
-            if not handle.log.closed:
-                # Only a stream without its terminal event is cancelled: cancelling one that has
-                # it could interrupt the session while it closes its upstream request.
-                handle.cancel()
-            del self._active[stream_id]
-            self._auth.release(self._client)
+            if not delivered:
+                if self._client_left:
+                    # Kept for a resume (Baton decides how long; resume_window 0 cancels it).
+                    # Does nothing for a reader a resume displaced.
+                    self._baton.detach(handle)
+                elif not handle.log.closed:
+                    # Only a stream without its terminal event is cancelled: cancelling one that
+                    # has it could interrupt the session while it closes its upstream request.
+                    handle.cancel()  # does nothing from a displaced reader
+            if admitted:
+                self._auth.release(self._client)
+            if self._active.get(stream_id) is handle:
+                del self._active[stream_id]
+                self._finished[stream_id] = None
+                if len(self._finished) > FINISHED_REMEMBERED:
+                    del self._finished[next(iter(self._finished))]
             self._stream_ended.set()
             self._last_activity = trio.current_time()
-            self._finished[stream_id] = None
-            if len(self._finished) > FINISHED_REMEMBERED:
-                del self._finished[next(iter(self._finished))]

@@ -8,12 +8,15 @@ Client -> server::
      "tools": [...], "tool_choice": "auto", "parallel_tool_calls": true,
      "response_format": {...}}
     {"type": "cancel", "stream": "st_..."}
+    {"type": "resume", "stream": "st_...", "after": 41, "ref": "q1"}
 
 A ``start`` takes what the HTTP API takes, in Chat Completions shapes: ``messages`` with content
 parts, an assistant's ``tool_calls`` and ``tool`` results (``actors.parse_messages``); the
 request's ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` beside
 ``messages`` (a null one counts as absent); the generation parameters, ``reasoning_effort``,
 ``logprobs`` and ``top_logprobs`` in ``params`` (``actors.parse_params``, unknown ones refused).
+A ``resume`` names a stream (of this or an earlier connection) and ``after``, the seq of the last
+event the client holds (-1: none); its optional ``ref`` comes back on an ``error`` answering it.
 
 Server -> client: ``started``, ``delta``, ``reasoning``, ``tool_call`` (atomic, the default: a
 whole call, its ``arguments`` a JSON object's text), ``tool_call_part`` (a route with
@@ -55,6 +58,7 @@ from actors import (
 _REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 _START_FIELDS = frozenset({"type", "ref", "model", "messages", "params", *_REQUEST_FIELDS})
 _CANCEL_FIELDS = frozenset({"type", "stream"})
+_RESUME_FIELDS = frozenset({"type", "stream", "after", "ref"})
 
 
 @attrs.frozen(kw_only=True)
@@ -74,7 +78,16 @@ class CancelRequest:
     stream: str
 
 
-ClientMessage = StartRequest | CancelRequest
+@attrs.frozen(kw_only=True)
+class ResumeRequest:
+    """A checked ``resume`` frame: send ``stream``'s events after seq ``after``, then the rest."""
+
+    stream: str
+    after: int  # whether the stream has it (and still holds what follows) is Baton's to say
+    ref: str | None
+
+
+ClientMessage = StartRequest | CancelRequest | ResumeRequest
 
 
 class ClientFrameError(RequestError):
@@ -132,9 +145,38 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
         if not isinstance(stream, str):
             raise ClientFrameError("bad_request", "'stream' must be the id of a stream to cancel.")
         return CancelRequest(stream=stream)
+    if kind == "resume":
+        return _resume(data)
     raise ClientFrameError(
-        "bad_request", f"Unknown frame type {clip(kind)}; expected 'start' or 'cancel'."
+        "bad_request", f"Unknown frame type {clip(kind)}; expected 'start', 'cancel' or 'resume'."
     )
+
+
+def _resume(data: dict[str, Any]) -> ResumeRequest:
+    ref = data.get("ref")
+    if ref is not None and not isinstance(ref, str):
+        raise ClientFrameError("bad_request", "'ref' must be a string.")
+    stream = data.get("stream")
+    stream = stream if isinstance(stream, str) else None
+    try:
+        _check_fields(data, _RESUME_FIELDS)
+    except ClientFrameError as exc:
+        raise ClientFrameError(exc.code, exc.message, ref=ref, stream=stream) from None
+    if stream is None:
+        raise ClientFrameError(
+            "bad_request", "'stream' must be the id of the stream to resume.", ref=ref
+        )
+    after = data.get("after")
+    # JSON's 41.0 or true are not seqs: a client that sends one has lost track of its events.
+    if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+        got = "it is missing" if "after" not in data else f"not {clip(after)}"
+        raise ClientFrameError(
+            "bad_request",
+            f"'after' must be the seq of the last event you hold of the stream, an integer "
+            f"(-1: none); {got}.",
+            ref=ref, stream=stream,
+        )  # fmt: skip
+    return ResumeRequest(stream=stream, after=after, ref=ref)
 
 
 def _check_fields(data: dict[str, Any], known: frozenset[str]) -> None:

@@ -8,7 +8,7 @@ import logging
 import trio
 import trio.lowlevel
 
-from actors import open_baton
+from actors import open_baton, short_id
 from scenarios import Behaviour, FakeProvider, FaultSchedule
 from tests.actors.conftest import make_config, run_stream
 from transport import JSONFormatter, configure_logging
@@ -57,7 +57,7 @@ async def test_each_finished_stream_logs_one_info_line_and_failovers_warn(autoju
     finished = [r for r in caplog.records if "finished" in r.getMessage()]
     assert len(finished) == 1 and finished[0].levelno == logging.INFO
     message = finished[0].getMessage()
-    assert run.events[0].stream in message
+    assert short_id(run.events[0].stream) in message and run.events[0].stream not in message
     for part in ("route=default", "providers=a,b", "outcome=done", "ttft=", "duration=", "deltas="):
         assert part in message
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -33,6 +33,7 @@ from actors import (
 )
 from scenarios import Behaviour, FakeProvider, FaultSchedule, answer_tokens
 from transport import ClientFrameError, decode_client_message, encode_event, serve_ws
+from transport._ws_codec import ResumeRequest
 
 T = TypeVar("T")
 
@@ -62,6 +63,7 @@ async def running(
     *,
     max_request_bytes: int = 65536,
     reports_usage: bool = True,
+    resume_window: float = 60.0,
     **serve: Any,
 ) -> AsyncIterator[Server]:
     """Run a Baton over fakes ``a`` then ``b`` (route ``default``) behind ``serve_ws``."""
@@ -70,7 +72,7 @@ async def running(
         for name, schedule in (("a", a), ("b", b))
     }
     config = config_from_dict({
-        "server": {"max_request_bytes": max_request_bytes},
+        "server": {"max_request_bytes": max_request_bytes, "resume_window": resume_window},
         "providers": {
             name: {"kind": "openai", "base_url": f"http://{name}.invalid/v1"} for name in providers
         },
@@ -288,9 +290,10 @@ async def test_cancel_ends_the_stream_and_closes_upstream() -> None:
 
 
 @pytest.mark.parametrize("how", ["close", "abort"])
-async def test_disconnect_mid_stream_closes_upstream(
+async def test_disconnect_mid_stream_closes_upstream_without_a_resume_window(
     how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # With a window the stream is kept for a resume instead: see test_ws_resume.
     async def conversation(url: str) -> None:
         async with open_ws(url) as ws:
             await send(ws, start())
@@ -300,7 +303,7 @@ async def test_disconnect_mid_stream_closes_upstream(
                 ws.transport.abort()
 
     caplog.set_level(logging.DEBUG)
-    async with running(FaultSchedule.always(DRIP)) as server:
+    async with running(FaultSchedule.always(DRIP), resume_window=0) as server:
         await client(conversation, server.url)
         await wait_until(lambda: not server.a.open_attempts)
         assert [r.outcome for r in server.a.log] == ["abandoned"]
@@ -346,7 +349,8 @@ BAD_FRAMES = [
     ("binary", b'{"type": "start"}', "bad_request", None),
     ("not an object", "[1, 2]", "bad_request", None),
     ("no type", {"ref": "x"}, "bad_request", None),
-    ("unknown type", {"type": "resume", "stream": "st_x"}, "bad_request", None),
+    ("unknown type", {"type": "pause", "stream": "st_x"}, "bad_request", None),
+    ("resume without stream", {"type": "resume", "after": 3, "ref": "q"}, "bad_request", "q"),
     ("no model", {"type": "start", "ref": "q", "messages": MESSAGES}, "bad_request", "q"),
     ("model not a string", start("q", model=5), "bad_request", "q"),
     ("ref not a string", {**start(None), "ref": 5}, "bad_request", None),
@@ -506,6 +510,8 @@ def test_decode_client_message() -> None:
     assert message.messages == (Message(role="user", content=MESSAGES[0]["content"]),)  # type: ignore[union-attr]
     assert message.params == {"max_tokens": 5}  # type: ignore[union-attr]
     assert decode_client_message('{"type": "cancel", "stream": "st_1"}').stream == "st_1"  # type: ignore[union-attr]
+    resume = decode_client_message('{"type": "resume", "stream": "st_1", "after": -1}')
+    assert resume == ResumeRequest(stream="st_1", after=-1, ref=None)
     with pytest.raises(ClientFrameError) as info:
         decode_client_message(json.dumps(start("q", messages="hi")))
     assert info.value.code == "bad_request" and info.value.ref == "q"
