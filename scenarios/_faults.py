@@ -22,7 +22,16 @@ import orjson
 
 from actors import Failure, FailureKind, Message, UpstreamRequest
 
-from ._textgen import ContinuationMode, Words, answer_tokens, continuation
+from ._answers import (
+    Piece,
+    PlannedCall,
+    plan_calls,
+    reasoning_tokens,
+    split_arguments,
+    text_answer,
+    wants_reasoning,
+)
+from ._textgen import ContinuationMode, Words, continuation
 
 BehaviourKind = Literal[
     "healthy",
@@ -325,8 +334,13 @@ def prefill_rejection() -> Failure:
 class AttemptPlan:
     """What a fake provider does for one request.
 
-    Either ``rejection`` (refused, an error status, prefill rejected) or: send ``tokens``
-    (``answer[start:]``, cut at ``max_tokens``), then finish with ``finish_reason``.
+    Either ``rejection`` (refused, an error status, prefill rejected) or: send ``pieces`` in
+    order, then finish with ``finish_reason``. ``pieces`` are the reasoning pieces, the text
+    tokens (``answer[start:]``) and the tool calls (a ``tool_call`` piece opening each, then
+    its ``tool_args`` pieces), cut at ``max_tokens`` (which ``tool_call`` openers do not
+    count towards). A fault's ``at_token`` counts pieces of every kind, so a test can aim one
+    with ``piece_indexes``. ``tokens`` are the text pieces alone; ``calls`` the complete tool
+    calls the answer makes when it is not cut short.
     """
 
     rejection: Failure | None
@@ -336,6 +350,12 @@ class AttemptPlan:
     tokens: tuple[str, ...]
     finish_reason: str
     prompt_tokens: int
+    pieces: tuple[Piece, ...] = ()
+    calls: tuple[PlannedCall, ...] = ()
+
+    def piece_indexes(self, kind: str) -> list[int]:
+        """Where the pieces of ``kind`` are in ``pieces`` (an ``at_token`` strikes before one)."""
+        return [i for i, piece in enumerate(self.pieces) if piece.kind == kind]
 
 
 def plan_attempt(
@@ -346,9 +366,18 @@ def plan_attempt(
     seed: int = 0,
     words: Words = "plain",
     max_tokens: int | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> AttemptPlan:
-    """Decide what a provider of ``kind`` does with ``messages`` under ``behaviour``."""
-    answer = tuple(answer_tokens(messages, seed=seed, words=words))
+    """Decide what a provider of ``kind`` does with ``messages`` under ``behaviour``.
+
+    ``params`` are the request's other fields in OpenAI's names (tools, tool_choice,
+    parallel_tool_calls, response_format, reasoning_effort); see ``scenarios._answers``.
+    """
+    params = params or {}
+    calls = plan_calls(messages, params, kind=kind, seed=seed, words=words)
+    answer: tuple[str, ...] = ()
+    if not calls:
+        answer = tuple(text_answer(messages, params, seed=seed, words=words))
     prompt_tokens = sum(len(m.text.split()) + 3 for m in messages)
     rejection: Failure | None = None
     trailing_assistant = bool(messages) and messages[-1].role == "assistant"
@@ -363,11 +392,25 @@ def plan_attempt(
         start, mode = 0, "restart"
     else:
         start, mode = continuation(messages, answer)
-    tokens = answer[start:]
-    finish_reason = "stop"
-    if max_tokens is not None and max_tokens < len(tokens):
-        tokens = tokens[:max_tokens]
-        finish_reason = "length"
+    pieces: list[Piece] = []
+    if wants_reasoning(params) and start == 0:
+        reasoning = reasoning_tokens(messages, seed=seed, words=words)
+        pieces += [Piece("reasoning", text) for text in reasoning]
+    pieces += [Piece("text", text) for text in answer[start:]]
+    for i, call in enumerate(calls):
+        pieces.append(Piece("tool_call", "", index=i, call_id=call.id, name=call.name))
+        pieces += [Piece("tool_args", text, index=i) for text in split_arguments(call.arguments)]
+    finish_reason = "tool_calls" if calls else "stop"
+    if max_tokens is not None:
+        counted = 0
+        for cut, piece in enumerate(pieces):
+            if piece.kind != "tool_call":
+                counted += 1
+            if counted > max_tokens:
+                pieces = pieces[:cut]
+                finish_reason = "length"
+                break
+    tokens = tuple(piece.text for piece in pieces if piece.kind == "text")
     return AttemptPlan(
         rejection=rejection,
         answer=answer,
@@ -376,6 +419,8 @@ def plan_attempt(
         tokens=tokens,
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
+        pieces=tuple(pieces),
+        calls=calls,
     )
 
 
@@ -386,7 +431,8 @@ class AttemptRecord:
     ``outcome`` is ``streaming`` while it runs, then one of ``refused``, ``status``,
     ``finished`` (a finish reason was sent), ``eof`` (ended without one), ``reset``,
     ``stream_error`` or ``abandoned`` (the client left first, including by cancellation).
-    ``start``/``mode`` say where in the answer this attempt began and why.
+    ``start``/``mode`` say where in the answer this attempt began and why. ``pieces_sent``
+    is every piece sent in order (reasoning, text, tool calls); ``tokens_sent`` the text ones.
     """
 
     index: int
@@ -396,6 +442,7 @@ class AttemptRecord:
     api: str = "openai"
     closed_at: float | None = None
     tokens_sent: list[str] = attrs.field(factory=list)
+    pieces_sent: list[Piece] = attrs.field(factory=list)
     outcome: str = "streaming"
     start: int = 0
     mode: str = "fresh"
@@ -403,6 +450,21 @@ class AttemptRecord:
     @property
     def text_sent(self) -> str:
         return "".join(self.tokens_sent)
+
+    @property
+    def reasoning_sent(self) -> str:
+        return "".join(p.text for p in self.pieces_sent if p.kind == "reasoning")
+
+    @property
+    def completion_pieces(self) -> int:
+        """Pieces sent that count as completion tokens (all but the ``tool_call`` openers)."""
+        return sum(1 for p in self.pieces_sent if p.kind != "tool_call")
+
+    def record(self, piece: Piece) -> None:
+        """Note that ``piece`` was sent."""
+        self.pieces_sent.append(piece)
+        if piece.kind == "text":
+            self.tokens_sent.append(piece.text)
 
 
 @attrs.frozen(kw_only=True)

@@ -20,13 +20,16 @@ from actors import (
     Finish,
     Malformed,
     ProbeKind,
+    ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
     UpstreamError,
     UpstreamEvent,
     UpstreamRequest,
     Usage,
 )
 
+from .._answers import Piece
 from .._faults import (
     AttemptPlan,
     AttemptRecord,
@@ -43,6 +46,21 @@ logger = logging.getLogger(__name__)
 
 # What an adapter would have failed to decode: a chunk cut off in the middle.
 MALFORMED_RAW = '{"id":"chatcmpl-fake","choices":[{"index":0,"delta":{"content":'
+
+
+# What an endless answer repeats when the answer has no text (tool calls only).
+ENDLESS_FALLBACK = (" and", " so", " on")
+
+
+def _event(piece: Piece) -> UpstreamEvent:
+    """The upstream event an adapter would yield for ``piece``."""
+    if piece.kind == "reasoning":
+        return ReasoningDelta(piece.text)
+    if piece.kind == "tool_call":
+        return ToolCallDelta(index=piece.index or 0, id=piece.call_id, name=piece.name)
+    if piece.kind == "tool_args":
+        return ToolCallDelta(index=piece.index or 0, arguments=piece.text)
+    return TextDelta(piece.text)
 
 
 def _now_or_none() -> float | None:
@@ -143,6 +161,7 @@ class FakeProvider:
                 seed=self.seed,
                 words=self.words,
                 max_tokens=max_tokens,
+                params=request.params,
             )
             record.start, record.mode = plan.start, plan.mode
             if plan.rejection is not None:
@@ -162,18 +181,18 @@ class FakeProvider:
     async def _events(
         self, record: AttemptRecord, plan: AttemptPlan, b: Behaviour, model: str
     ) -> AsyncGenerator[UpstreamEvent, None]:
-        tokens = plan.tokens
         if b.kind == "endless":
-            for token in itertools.cycle(tokens or plan.answer):
+            for token in itertools.cycle(plan.tokens or plan.answer or ENDLESS_FALLBACK):
                 if b.token_delay > 0:
                     await trio.sleep(b.token_delay)
                 else:
                     await trio.lowlevel.checkpoint()
                 record.tokens_sent.append(token)
                 yield TextDelta(token)
-        # A fault set past the end of the answer strikes after the last token.
-        strike_at = min(b.at_token, len(tokens))
-        for i in range(len(tokens) + 1):
+        # A fault set past the end of the answer strikes after the last piece.
+        pieces = plan.pieces
+        strike_at = min(b.at_token, len(pieces))
+        for i in range(len(pieces) + 1):
             if i == strike_at:
                 if b.kind in ("stall", "keepalive_stall"):
                     # Keep-alive comments are invisible once parsed: both are silence here.
@@ -187,14 +206,15 @@ class FakeProvider:
                 elif b.kind == "stream_error":
                     record.outcome = "stream_error"
                     raise UpstreamError(stream_error_failure(b))
-            if i == len(tokens):
+            if i == len(pieces):
                 break
             if b.token_delay > 0:
                 await trio.sleep(b.token_delay)
             else:
                 await trio.lowlevel.checkpoint()
-            record.tokens_sent.append(tokens[i])
-            yield TextDelta(tokens[i])
+            piece = pieces[i]
+            record.record(piece)
+            yield _event(piece)
         if b.kind == "no_finish":
             record.outcome = "eof"
             return
@@ -202,8 +222,12 @@ class FakeProvider:
         record.outcome = "finished"
         usage = None
         if self.reports_usage:
-            sent = len(record.tokens_sent)
-            usage = Usage(prompt_tokens=plan.prompt_tokens, completion_tokens=sent)
+            reasoning = sum(1 for p in record.pieces_sent if p.kind == "reasoning")
+            usage = Usage(
+                prompt_tokens=plan.prompt_tokens,
+                completion_tokens=record.completion_pieces,
+                reasoning_tokens=reasoning or None,
+            )
             self.usage_sent[record.index] = usage
         yield Finish(reason=plan.finish_reason, usage=usage, model=model)
 

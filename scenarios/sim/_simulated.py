@@ -61,6 +61,7 @@ from .._faults import (
     stream_error_failure,
 )
 from .._textgen import Words
+from ._fake import ENDLESS_FALLBACK
 from ._wire import (
     AnthropicWire,
     BadRequest,
@@ -275,6 +276,7 @@ class SimulatedProvider:
                 seed=self.seed,
                 words=self.words,
                 max_tokens=chat.max_tokens,
+                params=chat.plan_params,
             )
             record.start, record.mode = plan.start, plan.mode
             if plan.rejection is not None and plan.rejection.kind is FailureKind.CONNECT:
@@ -321,15 +323,16 @@ async def _stream_body(
     (the client went away). One write per token.
     """
     b = record.behaviour
-    tokens = plan.tokens
-    strike_at = min(b.at_token, len(tokens))
+    pieces = plan.pieces
+    strike_at = min(b.at_token, len(pieces))
     try:
         head = conn.send(h11.Response(status_code=200, headers=wire.headers))
-        await stream.send_all(head + conn.send(h11.Data(data=wire.preamble())))
+        preamble = wire.preamble(pieces[0] if pieces else None)
+        await stream.send_all(head + conn.send(h11.Data(data=preamble)))
         if b.kind == "endless":
             # Without a delay, as fast as it may: ENDLESS_BURST token events per write.
             burst = 1 if b.token_delay > 0 else ENDLESS_BURST
-            cycle = itertools.cycle(tokens or plan.answer)
+            cycle = itertools.cycle(plan.tokens or plan.answer or ENDLESS_FALLBACK)
             while True:
                 if b.token_delay > 0:
                     await trio.sleep(b.token_delay)
@@ -337,7 +340,7 @@ async def _stream_body(
                 data = b"".join(wire.token(token) for token in sent)
                 await stream.send_all(conn.send(h11.Data(data=data)))
                 record.tokens_sent.extend(sent)
-        for i in range(len(tokens) + 1):
+        for i in range(len(pieces) + 1):
             if i == strike_at:
                 if b.kind == "stall":
                     await trio.sleep(b.stall)
@@ -356,18 +359,21 @@ async def _stream_body(
                     await stream.send_all(error + conn.send(h11.EndOfMessage()))
                     record.outcome = "stream_error"
                     return "end"
-            if i == len(tokens):
+            if i == len(pieces):
                 break
             if b.token_delay > 0:
                 await trio.sleep(b.token_delay)
-            await stream.send_all(conn.send(h11.Data(data=wire.token(tokens[i]))))
-            record.tokens_sent.append(tokens[i])
+            await stream.send_all(conn.send(h11.Data(data=wire.piece(pieces[i]))))
+            record.record(pieces[i])
         if b.kind == "no_finish":
             await stream.send_all(conn.send(h11.EndOfMessage()))
             record.outcome = "eof"
             return "end"
         done = b.kind != "no_done"
-        tail = wire.finish(plan.finish_reason, plan.prompt_tokens, len(record.tokens_sent), done)
+        reasoning = sum(1 for p in record.pieces_sent if p.kind == "reasoning")
+        tail = wire.finish(
+            plan.finish_reason, plan.prompt_tokens, record.completion_pieces, done, reasoning
+        )
         await stream.send_all(conn.send(h11.Data(data=tail)) + conn.send(h11.EndOfMessage()))
         record.outcome = "finished"
         return "end"
@@ -388,7 +394,7 @@ async def _complete_body(
     ``reset`` aborts, ``stream_error`` becomes an error status, ``malformed`` cuts the JSON.
     """
     b = record.behaviour
-    tokens = plan.tokens
+    tokens = plan.pieces
     try:
         if b.kind == "endless":
             await trio.sleep_forever()  # the whole of an endless answer never comes
@@ -402,14 +408,17 @@ async def _complete_body(
             record.outcome = "stream_error"
             await _send_failure(stream, conn, api, stream_error_failure(b))
             return "end"
-        text = "".join(tokens)
-        body = orjson.dumps(
-            wire.completion(text, plan.finish_reason, plan.prompt_tokens, len(tokens))
+        counted = sum(1 for p in tokens if p.kind != "tool_call")
+        reasoning = sum(1 for p in tokens if p.kind == "reasoning")
+        completion = wire.completion(
+            tokens, plan.finish_reason, plan.prompt_tokens, counted, reasoning
         )
+        body = orjson.dumps(completion)
         if b.kind == "malformed":
             body = body[: len(body) // 2]
         await _send_json(stream, conn, 200, body)
-        record.tokens_sent.extend(tokens)
+        for piece in tokens:
+            record.record(piece)
         record.outcome = "finished"
         return "end"
     except (trio.BrokenResourceError, trio.ClosedResourceError):

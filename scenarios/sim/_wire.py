@@ -7,17 +7,22 @@ Per-token rendering is one ``orjson.dumps`` of the token text between pre-render
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import attrs
 import orjson
 
-from actors import Failure, Message
+from actors import Failure, FunctionCall, Message, RequestError, parse_messages
+
+from .._answers import Piece
 
 _MARK = "\x00baton-text\x00"  # stands for the token text in pre-rendered chunk templates
 SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
 _OPENAI_ERROR_TYPES = {429: "requests"}
-_ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens"}
+_ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+# A fixed, opaque stand-in for the signature Anthropic sends at the end of a thinking block.
+THINKING_SIGNATURE = "c2ltdWxhdGVkLXNpZ25hdHVyZQ=="
 
 
 class BadRequest(Exception):
@@ -31,6 +36,7 @@ class ChatRequest:
     model: str
     messages: tuple[Message, ...]
     params: dict[str, Any]
+    plan_params: dict[str, Any]
     stream: bool
     include_usage: bool
     has_stream_options: bool
@@ -38,7 +44,12 @@ class ChatRequest:
 
 
 def parse_chat(raw: bytes, api: str) -> ChatRequest:
-    """Read an OpenAI chat-completions or Anthropic messages body; raises ``BadRequest``."""
+    """Read an OpenAI chat-completions or Anthropic messages body; raises ``BadRequest``.
+
+    ``plan_params`` are the fields the answer depends on in OpenAI's names: an Anthropic
+    request's tools (``input_schema``), ``tool_choice`` (``any``, ``tool``, ``none``,
+    ``disable_parallel_tool_use``) and ``thinking`` are translated.
+    """
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -50,30 +61,116 @@ def parse_chat(raw: bytes, api: str) -> ChatRequest:
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise BadRequest("messages: a non-empty list is required")
-    messages = []
-    if api == "anthropic" and body.get("system"):
-        messages.append(Message(role="system", content=_text_of(body["system"])))
-    for item in raw_messages:
-        if not isinstance(item, dict) or "role" not in item:
-            raise BadRequest("each message needs a role and content")
-        content = _text_of(item.get("content"))
-        match item["role"]:
-            case "system" | "developer":  # "developer" is OpenAI's newer name for it
-                messages.append(Message(role="system", content=content))
-            case "user" | "assistant" as role:
-                messages.append(Message(role=role, content=content))
-            case role:
+    if api == "anthropic":
+        messages = tuple(_anthropic_messages(body.get("system"), raw_messages))
+    else:
+        for item in raw_messages:
+            role = item.get("role") if isinstance(item, dict) else None
+            if role is not None and role not in _OPENAI_ROLES:
                 raise BadRequest(f"messages: unknown role {role!r}")
+        try:
+            messages = parse_messages(raw_messages)
+        except RequestError as exc:
+            raise BadRequest(exc.message) from None
     skip = ("model", "messages", "stream", "stream_options", "system")
+    params = {k: v for k, v in body.items() if k not in skip}
     return ChatRequest(
         model=body["model"],
         messages=tuple(messages),
-        params={k: v for k, v in body.items() if k not in skip},
+        params=params,
+        plan_params=_anthropic_params(params) if api == "anthropic" else params,
         stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         has_stream_options="stream_options" in body,
         max_tokens=body.get("max_tokens", body.get("max_completion_tokens")),
     )
+
+
+_OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _anthropic_messages(system: Any, raw_messages: list[Any]) -> list[Message]:
+    """Anthropic messages as ``Message``s: ``tool_result`` blocks become ``tool`` messages
+    (before the rest of their user turn), ``tool_use`` blocks an assistant's ``tool_calls``,
+    ``image`` blocks ``image_url`` parts; ``thinking`` blocks are dropped."""
+    messages = []
+    if system:
+        messages.append(Message(role="system", content=_text_of(system)))
+    for item in raw_messages:
+        if not isinstance(item, dict) or "role" not in item:
+            raise BadRequest("each message needs a role and content")
+        role = item["role"]
+        if role not in ("user", "assistant"):
+            raise BadRequest(f"messages: unknown role {role!r}")
+        content = item.get("content")
+        if isinstance(content, str):
+            messages.append(Message(role=role, content=content))
+            continue
+        if not isinstance(content, list):
+            raise BadRequest("message content must be a string or a list of content blocks")
+        parts: list[dict[str, Any]] = []
+        calls = []
+        for block in content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                parts.append({"type": "text", "text": str(block.get("text", ""))})
+            elif kind == "image" and role == "user":
+                parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+            elif kind == "tool_use" and role == "assistant":
+                arguments = orjson.dumps(block.get("input") or {}).decode()
+                call = FunctionCall(
+                    id=str(block["id"]), name=str(block["name"]), arguments=arguments
+                )
+                calls.append(call)
+            elif kind == "tool_result" and role == "user":
+                result = _text_of(block.get("content"))
+                messages.append(
+                    Message(role="tool", content=result, tool_call_id=str(block["tool_use_id"]))
+                )
+            elif kind in ("thinking", "redacted_thinking"):
+                continue
+            else:
+                raise BadRequest(f"messages: content block type {kind!r} is not allowed here")
+        if parts or calls or not any(m.role == "tool" for m in messages[-1:]):
+            messages.append(Message(role=role, content=tuple(parts), tool_calls=tuple(calls)))
+    return messages
+
+
+def _image_url(block: dict[str, Any]) -> str:
+    source = block.get("source") or {}
+    if source.get("type") == "url":
+        return str(source.get("url", ""))
+    return f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
+
+
+def _anthropic_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The answer-deciding fields of an Anthropic request in OpenAI's names."""
+    out: dict[str, Any] = {}
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": t.get("name"), "parameters": t.get("input_schema") or {}},
+        }
+        for t in params.get("tools") or ()
+        if isinstance(t, dict) and "name" in t
+    ]
+    if tools:
+        out["tools"] = tools
+    choice = params.get("tool_choice")
+    if isinstance(choice, dict):
+        match choice.get("type"):
+            case "tool":
+                out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+            case "any":
+                out["tool_choice"] = "required"
+            case "none":
+                out["tool_choice"] = "none"
+        if choice.get("disable_parallel_tool_use"):
+            out["parallel_tool_calls"] = False
+    thinking = params.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        out["reasoning_effort"] = "medium"
+    return out
 
 
 def _text_of(content: Any) -> str:
@@ -153,11 +250,27 @@ class OpenAIWire:
             chunk["usage"] = None  # OpenAI adds a null usage to every chunk when asked for usage
         return chunk
 
-    def preamble(self) -> bytes:
+    def preamble(self, first: Piece | None = None) -> bytes:
         return sse(self._chunk({"role": "assistant", "content": ""}, None))
 
     def token(self, text: str) -> bytes:
         return b"data: " + self._prefix + orjson.dumps(text) + self._suffix + b"\n\n"
+
+    def piece(self, piece: Piece) -> bytes:
+        """One planned piece as a chunk: ``delta.reasoning_content``, ``delta.content`` or a
+        ``delta.tool_calls`` fragment (the first of a call carries id, type and name)."""
+        if piece.kind == "text":
+            return self.token(piece.text)
+        if piece.kind == "reasoning":
+            return sse(self._chunk({"reasoning_content": piece.text}, None))
+        fragment: dict[str, Any] = {"index": piece.index}
+        if piece.kind == "tool_call":
+            fragment["id"] = piece.call_id
+            fragment["type"] = "function"
+            fragment["function"] = {"name": piece.name, "arguments": ""}
+        else:
+            fragment["function"] = {"arguments": piece.text}
+        return sse(self._chunk({"tool_calls": [fragment]}, None))
 
     def malformed(self) -> bytes:
         return b"data: " + self._prefix + b"\n\n"
@@ -168,19 +281,47 @@ class OpenAIWire:
     def error(self, failure: Failure) -> bytes:
         return sse(error_body("openai", failure))
 
-    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int, done: bool) -> bytes:
+    def finish(
+        self,
+        reason: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        done: bool,
+        reasoning_tokens: int = 0,
+    ) -> bytes:
         out = sse(self._chunk({}, reason))
         if self._include_usage:
-            usage = self.usage_sent = _openai_usage(prompt_tokens, completion_tokens)
+            usage = _openai_usage(prompt_tokens, completion_tokens, reasoning_tokens)
+            self.usage_sent = usage
             out += sse({**self._base, "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n" if done else out
 
     def completion(
-        self, text: str, reason: str, prompt_tokens: int, completion_tokens: int
+        self,
+        pieces: Sequence[Piece],
+        reason: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        reasoning_tokens: int = 0,
     ) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text, "refusal": None}
+        text = "".join(p.text for p in pieces if p.kind == "text")
+        calls = _calls_of(pieces)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not calls else None,
+            "refusal": None,
+        }
+        reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        if calls:
+            message["tool_calls"] = [
+                {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                for i, n, a in calls
+            ]
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
-        self.usage_sent = _openai_usage(prompt_tokens, completion_tokens)
+        usage = _openai_usage(prompt_tokens, completion_tokens, reasoning_tokens)
+        self.usage_sent = usage
         return {
             **self._base,
             "object": "chat.completion",
@@ -189,22 +330,49 @@ class OpenAIWire:
         }
 
 
-def _openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def _openai_usage(
+    prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0
+) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return usage
+
+
+def _calls_of(pieces: Sequence[Piece]) -> list[tuple[str, str, str]]:
+    """``(id, name, arguments)`` of each tool call among ``pieces`` (arguments as sent)."""
+    calls: dict[int, list[str]] = {}
+    for p in pieces:
+        if p.kind == "tool_call":
+            calls[p.index or 0] = [p.call_id or "", p.name or "", ""]
+        elif p.kind == "tool_args" and (p.index or 0) in calls:
+            calls[p.index or 0][2] += p.text
+    return [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
 
 
 class AnthropicWire:
-    """Renders one Anthropic message: the Messages event stream or the whole body."""
+    """Renders one Anthropic message: the Messages event stream or the whole body.
+
+    Content blocks open and close as the pieces change kind: a ``thinking`` block (its
+    ``thinking_delta``s, then a ``signature_delta`` before it stops), a ``text`` block, and a
+    ``tool_use`` block per call (``input_json_delta`` pieces of its input).
+    """
+
+    _BLOCKS: ClassVar[dict[str, str]] = {
+        "reasoning": "thinking",
+        "text": "text",
+        "tool_args": "tool_use",
+    }
 
     def __init__(self, ident: str, model: str, prompt_tokens: int) -> None:
         self._ident, self._model, self._prompt_tokens = ident, model, prompt_tokens
-        text_delta = {"type": "text_delta", "text": _MARK}
-        delta = {"type": "content_block_delta", "index": 0, "delta": text_delta}
-        self._prefix, self._suffix = _template(delta)
+        self._index = -1  # the index of the last block opened
+        self._open: str | None = None  # the type of the open block, if any
+        self._prefix, self._suffix = b"", b""
         self.headers = [*SSE_HEADERS, ("request-id", ident)]
         self.usage_sent: dict[str, int] | None = None  # input and final output tokens, once sent
 
@@ -222,24 +390,70 @@ class AnthropicWire:
             "usage": {"input_tokens": self._prompt_tokens, "output_tokens": output_tokens},
         }
 
-    def preamble(self) -> bytes:
-        start = {"type": "message_start", "message": self._message([], None, 1)}
-        block = {
-            "type": "content_block_start",
-            "index": 0,
-            "content_block": {"type": "text", "text": ""},
-        }
-        return (
-            sse(start, "message_start")
-            + sse(block, "content_block_start")
-            + sse({"type": "ping"}, "ping")
+    def preamble(self, first: Piece | None = None) -> bytes:
+        """``message_start``, the first block's start (unless it is a tool call), a ping."""
+        start = sse(
+            {"type": "message_start", "message": self._message([], None, 1)}, "message_start"
         )
+        if first is None or first.kind != "tool_call":
+            start += self._start(self._BLOCKS[first.kind] if first else "text")
+        return start + sse({"type": "ping"}, "ping")
+
+    def _start(self, block_type: str, piece: Piece | None = None) -> bytes:
+        self._index += 1
+        self._open = block_type
+        block: dict[str, Any]
+        if block_type == "tool_use":
+            assert piece is not None
+            block = {"type": "tool_use", "id": piece.call_id, "name": piece.name, "input": {}}
+        elif block_type == "thinking":
+            block = {"type": "thinking", "thinking": ""}
+        else:
+            block = {"type": "text", "text": ""}
+            text_delta = {"type": "text_delta", "text": _MARK}
+            delta = {"type": "content_block_delta", "index": self._index, "delta": text_delta}
+            self._prefix, self._suffix = _template(delta)
+        event = {"type": "content_block_start", "index": self._index, "content_block": block}
+        return sse(event, "content_block_start")
+
+    def _stop(self) -> bytes:
+        if self._open is None:
+            return b""
+        out = b""
+        if self._open == "thinking":
+            signature = {"type": "signature_delta", "signature": THINKING_SIGNATURE}
+            out = self._delta(signature)
+        self._open = None
+        return out + sse({"type": "content_block_stop", "index": self._index}, "content_block_stop")
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        event = {"type": "content_block_delta", "index": self._index, "delta": delta}
+        return sse(event, "content_block_delta")
 
     def token(self, text: str) -> bytes:
+        out = b""
+        if self._open != "text":
+            out = self._stop() + self._start("text")
         data = self._prefix + orjson.dumps(text) + self._suffix
-        return b"event: content_block_delta\ndata: " + data + b"\n\n"
+        return out + b"event: content_block_delta\ndata: " + data + b"\n\n"
+
+    def piece(self, piece: Piece) -> bytes:
+        """One planned piece as its events, opening and closing blocks as the kind changes."""
+        if piece.kind == "text":
+            return self.token(piece.text)
+        if piece.kind == "tool_call":
+            return self._stop() + self._start("tool_use", piece)
+        out = b""
+        block_type = self._BLOCKS[piece.kind]
+        if self._open != block_type:
+            out = self._stop() + self._start(block_type, piece)
+        if piece.kind == "reasoning":
+            return out + self._delta({"type": "thinking_delta", "thinking": piece.text})
+        return out + self._delta({"type": "input_json_delta", "partial_json": piece.text})
 
     def malformed(self) -> bytes:
+        if not self._prefix:
+            return b"event: content_block_delta\ndata: " + b'{"type":"content_block_delta"\n\n'
         return b"event: content_block_delta\ndata: " + self._prefix + b"\n\n"
 
     def keepalive(self) -> bytes:
@@ -248,18 +462,47 @@ class AnthropicWire:
     def error(self, failure: Failure) -> bytes:
         return sse(error_body("anthropic", failure), "error")
 
-    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int, done: bool) -> bytes:
+    def finish(
+        self,
+        reason: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        done: bool,
+        reasoning_tokens: int = 0,
+    ) -> bytes:
+        """Close the open block, then ``message_delta`` (stop reason, output tokens, which
+        include thinking) and, when ``done``, ``message_stop``."""
         delta = {"stop_reason": _ANTHROPIC_STOP.get(reason, reason), "stop_sequence": None}
         usage = {"output_tokens": completion_tokens}
         self.usage_sent = {"input_tokens": self._prompt_tokens, **usage}
-        out = sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+        out = self._stop()
         out += sse({"type": "message_delta", "delta": delta, "usage": usage}, "message_delta")
         return out + sse({"type": "message_stop"}, "message_stop") if done else out
 
     def completion(
-        self, text: str, reason: str, prompt_tokens: int, completion_tokens: int
+        self,
+        pieces: Sequence[Piece],
+        reason: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        reasoning_tokens: int = 0,
     ) -> dict[str, Any]:
-        content = [{"type": "text", "text": text}]
+        content: list[dict[str, Any]] = []
+        reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+        if reasoning:
+            content.append(
+                {"type": "thinking", "thinking": reasoning, "signature": THINKING_SIGNATURE}
+            )
+        text = "".join(p.text for p in pieces if p.kind == "text")
+        calls = _calls_of(pieces)
+        if text or not calls:
+            content.append({"type": "text", "text": text})
+        for call_id, name, arguments in calls:
+            try:
+                value = orjson.loads(arguments)
+            except orjson.JSONDecodeError:
+                value = {}
+            content.append({"type": "tool_use", "id": call_id, "name": name, "input": value})
         self.usage_sent = {"input_tokens": self._prompt_tokens, "output_tokens": completion_tokens}
         return self._message(content, _ANTHROPIC_STOP.get(reason, reason), completion_tokens)
 

@@ -30,8 +30,8 @@ BUG_FROM = 60  # characters the client must hold before the planted bug shows
 class RepeatingGuard(SpliceGuard):
     """A buggy splice guard: after a long enough text, it repeats the text's last word."""
 
-    def __init__(self, delivered: str) -> None:
-        super().__init__(delivered)
+    def __init__(self, delivered: str, *, replay: bool = False) -> None:
+        super().__init__(delivered, replay=replay)
         self._repeat = " " + delivered.split()[-1] if len(delivered) >= BUG_FROM else ""
 
     def _once(self, step):  # type: ignore[no-untyped-def]

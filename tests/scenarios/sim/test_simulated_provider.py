@@ -199,7 +199,7 @@ async def test_developer_is_a_system_message_and_an_unknown_role_is_400(
 ) -> None:
     developer = {"role": "developer", "content": "Be brief."}
     body = {**OPENAI_BODY, "messages": [developer, *OPENAI_BODY["messages"]]}
-    tool = {**OPENAI_BODY, "messages": [{"role": "tool", "content": "42"}]}
+    tool = {**OPENAI_BODY, "messages": [{"role": "robot", "content": "42"}]}
     async with http_client() as client:
         events = await read_all(client, f"{sim.base_url_openai}/chat/completions", body)
         response = await client.post(f"{sim.base_url_openai}/chat/completions", json=tool)
@@ -207,7 +207,7 @@ async def test_developer_is_a_system_message_and_an_unknown_role_is_400(
     assert openai_text(events) == "".join(answer_tokens((system, *USER)))
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
-    assert sim.invalid_requests == ["messages: unknown role 'tool'"]
+    assert sim.invalid_requests == ["messages: unknown role 'robot'"]
 
 
 async def test_status_error_bodies_and_retry_after() -> None:
