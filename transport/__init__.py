@@ -5,6 +5,9 @@ from ._auth import ClientAuth as ClientAuth
 from ._auth import ClientStatistics as ClientStatistics
 from ._auth import Refused as Refused
 from ._auth import client_auth as client_auth
+from ._faults import FAULTS as FAULTS
+from ._faults import Fault as Fault
+from ._faults import FaultInjector as FaultInjector
 from ._http import LISTEN_BACKLOG as LISTEN_BACKLOG
 from ._http import build_app as build_app
 from ._http import serve_http as serve_http

@@ -47,7 +47,10 @@ from actors import (
     Delta,
     Done,
     Failover,
+    Reasoning,
     RequestErrorCode,
+    ToolCall,
+    ToolCallPart,
     clip,
 )
 
@@ -199,14 +202,17 @@ class TokenWindow:
 class TokenMeter:
     """Counts one stream's completion tokens into its client's ``TokenWindow`` as they stream.
 
-    ``see`` each batch of the stream's events: a ``Delta`` adds its estimate; a ``Done`` with
-    the provider's usage replaces the estimates of the attempt that finished (its usage counts
-    only its own text, so a ``Failover`` starts a new attempt's estimates).
+    ``see`` each batch of the stream's events: text, reasoning and tool call arguments (whole or
+    in parts) add their estimates, since a provider counts all of them as completion tokens; a
+    ``Done`` with the provider's usage replaces the estimates of the attempt that finished (its
+    usage counts only its own output, so a ``Failover`` starts a new attempt's estimates).
+    Each seq counts once: a resumed stream's replay repeats events its first reader counted.
     """
 
     def __init__(self, window: TokenWindow | None) -> None:
         self._window = window
         self._attempt: list[Spent] = []
+        self._seen = -1  # the newest seq counted
 
     def __repr__(self) -> str:
         return f"<TokenMeter {self._window!r}>"
@@ -217,8 +223,16 @@ class TokenMeter:
             return
         now = trio.current_time()
         for event in batch:
+            if event.seq <= self._seen:
+                continue
+            self._seen = event.seq
             match event:
-                case Delta(text=text):
+                case Delta(text=text) | Reasoning(text=text):
+                    self._attempt.append(self._window.add(now, estimate_tokens(text)))
+                case ToolCall(name=name, arguments=arguments):
+                    self._attempt.append(self._window.add(now, estimate_tokens(name + arguments)))
+                case ToolCallPart(name=name, arguments=arguments) if name or arguments:
+                    text = (name or "") + arguments
                     self._attempt.append(self._window.add(now, estimate_tokens(text)))
                 case Failover():
                     self._attempt = []

@@ -9,6 +9,9 @@ A raw ASGI application (``build_app``) served by hypercorn's trio worker (``serv
                                 (``"status": "draining"`` while Baton shuts down)
     GET  /status                providers' health and pools, routes, active streams (JSON)
     GET  /metrics               Prometheus text (with a ``MetricsEndpoint``)
+    GET  /v1/streams/{stream}   resume a streamed answer after a dropped connection (below)
+    GET  /, /client/...         the failover page and ``baton.js`` (``transport._static``)
+    GET  /sim/faults            the fault buttons' endpoint, only with a ``FaultInjector``
 
 A streaming answer waits for the stream's first output (text, reasoning, a tool call), answer
 or error before it sends headers, so that a request that fails before any output gets a plain
@@ -16,6 +19,16 @@ error status (which OpenAI's SDKs raise as ``APIStatusError``) rather than a 200
 inside. A stream that breaks after output ends with an ``error`` event and no ``[DONE]``, so
 SDKs raise instead of presenting a cut-off answer as complete. Failovers are invisible except
 for the chunks' ``model``.
+
+Resuming: every SSE event carries ``id: <seq>`` (the seq of the stream event it encodes) and
+the response ``x-baton-stream: st_...``. A client whose connection drops asks ``GET
+/v1/streams/{stream}`` with ``Last-Event-ID: N`` (what a browser's ``EventSource`` sends by
+itself) or ``?after=N`` and gets the same chunk stream from after event N: same completion
+id, ``created`` and model (``ChunkStream``), no loss, no repeat. Meanwhile the stream runs on
+without a reader for ``[server] resume_window`` seconds (``Baton.detach``); 0 cancels it when
+its client leaves. Errors: 404 ``unknown_stream``, 410 ``resume_unavailable``; with client
+keys only the stream's own client may resume it. A resume after the stream's last event
+answers 204, which tells an ``EventSource`` to stop reconnecting.
 
 Every request field but Baton's own goes upstream (``parse_chat_request``); reasoning, tool
 calls and log probabilities come back in OpenAI's shapes (``ChunkEncoder``, ``Answer``). When
@@ -27,9 +40,11 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 import trio
@@ -37,39 +52,42 @@ from hypercorn.config import Config as HypercornConfig
 
 from actors import (
     Baton,
+    ClientEvent,
     Delta,
     Done,
     Failover,
     Reasoning,
     RequestError,
-    Started,
     StreamError,
     StreamHandle,
     ToolCall,
     ToolCallPart,
     clip,
+    short_id,
 )
 
 from ._accept import serve_asgi
 from ._admin import admin_only
 from ._auth import Client, ClientAuth, Refused, TokenMeter
+from ._faults import FaultInjector, fault_list, parse_fault
 from ._http_response import ClientGone, Responder, Send
 from ._http_status import status_document
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._openai_codec import (
-    DONE_EVENT,
     SSE_HEADERS,
     Answer,
     APIError,
     ChatRequest,
-    ChunkEncoder,
+    ChunkStream,
+    ChunkWriter,
     completion_body,
     parse_chat_request,
     stream_error_body,
     stream_error_status,
 )
 from ._origin import ORIGIN_REFUSED, OriginPolicy, preflight_headers, require_json
+from ._static import static_file, static_headers, static_paths
 from .providers._anthropic import dropped_fields
 
 log = logging.getLogger(__name__)
@@ -104,7 +122,22 @@ _INTERNAL_ERROR_EVENT = (
 )
 
 
-_CLIENT_LEFT = "stream %s: the client closed its connection before the answer ended; cancelled"
+_CLIENT_LEFT = "stream %s: the client closed its connection before the answer ended"
+STREAMS_PATH = "/v1/streams/"
+FAULTS_PATH = "/sim/faults"
+
+
+class _Resumable:
+    """What a resume of one streamed answer needs besides its log: its chunks' shared parts
+    and its client's token meter (which counts each seq once, whichever reader sends it).
+
+    Kept by the HTTP app weakly keyed by the stream's log, so it lives as long as Baton keeps
+    the stream; it must hold no reference to the log or a handle.
+    """
+
+    def __init__(self, chunks: ChunkStream, meter: TokenMeter) -> None:
+        self.chunks = chunks
+        self.meter = meter
 
 
 class HTTPApp:
@@ -121,8 +154,10 @@ class HTTPApp:
         metrics: MetricsEndpoint | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         auth: ClientAuth | None = None,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.baton = baton
+        self.faults = faults
         self.auth = auth or ClientAuth.from_config(baton.config)  # shared with WS: pass it
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
@@ -139,6 +174,18 @@ class HTTPApp:
             "/status": ("GET", admin_only(baton.config.server, self._status)),
             "/metrics": ("GET", admin_only(baton.config.server, self._metrics)),
         }
+        for static in static_paths():
+            self._routes[static] = ("GET", self._static)
+        if faults is not None:
+            # Operator-level: they change how providers behave (of Baton's own simulators).
+            self._routes[FAULTS_PATH] = ("GET", admin_only(baton.config.server, self._faults))
+        self._fault_post = admin_only(baton.config.server, self._inject)
+        # The streamed answers a resume can continue, by log (alive while Baton keeps the
+        # stream) and by id (for the lookup before the resume itself).
+        self._resumable: weakref.WeakKeyDictionary[Any, _Resumable] = weakref.WeakKeyDictionary()
+        self._resumable_ids: weakref.WeakValueDictionary[str, _Resumable] = (
+            weakref.WeakValueDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"<HTTPApp routes={sorted(self.baton.config.routes)}>"
@@ -180,6 +227,10 @@ class HTTPApp:
             entry = self._routes.get(path)
             if entry is None and path.startswith(("/v1/models/", "/models/")):
                 entry = ("GET", self._model)
+            elif entry is None and path.startswith(STREAMS_PATH):
+                entry = ("GET", self._resume)
+            elif entry is None and self.faults is not None and path.startswith(FAULTS_PATH + "/"):
+                entry = ("POST", self._fault_post)
             if cors is None:
                 await responder.error(403, "origin_not_allowed", ORIGIN_REFUSED)
             elif method == "OPTIONS" and cors:  # an allowed origin's CORS preflight
@@ -244,21 +295,67 @@ class HTTPApp:
             code = _REQUEST_ERROR_CODES.get(exc.code, exc.code)
             raise APIError(exc.status, code, exc.message) from None
         handle.log.wake_for_text_only = True  # Started and Failover alone send nothing here
-        answer = self._stream if request.stream else self._complete
-        headers = ((b"x-request-id", handle.id.encode()), *self._dropped_header(request))
-        finished = False
+        meter = self.auth.meter(client)
+        headers: tuple[tuple[bytes, bytes], ...] = (
+            (b"x-request-id", handle.id.encode()),
+            *self._dropped_header(request),
+        )
+        if request.stream:
+            chunks = ChunkStream(
+                # Wall-clock seconds for the wire format's ``created``, not for any timing.
+                completion_id="chatcmpl-" + handle.id, created=int(time.time()),
+                model=request.route, include_usage=request.include_usage,
+            )  # fmt: skip
+            resumable = _Resumable(chunks, meter)
+            self._resumable[handle.log] = resumable
+            self._resumable_ids[handle.id] = resumable
+            headers = (*headers, (b"x-baton-stream", handle.id.encode()))
+            await self._read(handle, partial(self._stream, resumable, chunks.writer()),
+                             receive, send, headers, stream=True)  # fmt: skip
+        else:
+            await self._read(handle, partial(self._complete, meter), receive, send, headers,
+                             stream=False)  # fmt: skip
+
+    async def _read(
+        self,
+        handle: StreamHandle,
+        answer: Callable[
+            [StreamHandle, Responder, tuple[tuple[bytes, bytes], ...]], Awaitable[None]
+        ],
+        receive: Receive,
+        send: Responder,
+        headers: tuple[tuple[bytes, bytes], ...],
+        *,
+        stream: bool,
+    ) -> None:
+        """Run ``answer`` over ``handle`` until it is sent or the client leaves.
+
+        A streamed answer whose client leaves is detached (kept ``resume_window`` seconds for a
+        resume); a whole one, or one that failed inside Baton, is cancelled.
+        """
+        finished = failed = False
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, handle, send)
-                await answer(handle, request, send, self.auth.meter(client), headers)
-                finished = True
-                nursery.cancel_scope.cancel()
-        except* ClientGone:
-            log.info(_CLIENT_LEFT, handle.id)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        _watch_disconnect, receive, nursery.cancel_scope, handle, send
+                    )
+                    await answer(handle, send, headers)
+                    finished = True
+                    nursery.cancel_scope.cancel()
+            except* ClientGone:
+                log.info(_CLIENT_LEFT, short_id(handle.id))
+        except Exception:
+            failed = True
+            raise
         finally:
             if not finished:
-                # The client left, a send failed, or the server is stopping: free the upstream.
-                handle.cancel()
+                # The client left, a send failed, or the server is stopping: a streamed answer
+                # can be resumed (or is cancelled when resume_window is 0), else free the upstream.
+                if stream and not failed:
+                    self.baton.detach(handle)
+                else:
+                    handle.cancel()
 
     def _dropped_header(self, request: ChatRequest) -> tuple[tuple[bytes, bytes], ...]:
         """``x-baton-dropped-fields`` when the route's first target is of Anthropic's kind and
@@ -272,71 +369,64 @@ class HTTPApp:
 
     async def _stream(
         self,
+        resumable: _Resumable,
+        writer: ChunkWriter,
         handle: StreamHandle,
-        request: ChatRequest,
         send: Responder,
-        meter: TokenMeter,
         headers: tuple[tuple[bytes, bytes], ...],
+        replay: list[ClientEvent] | None = None,
     ) -> None:
-        """Relay the stream as SSE chunks, one ``send`` per batch, until its end is sent."""
-        # Wall-clock seconds for the wire format's ``created``, not for any timing decision.
-        encoder = ChunkEncoder(
-            completion_id="chatcmpl-" + handle.id, created=int(time.time()), model=request.route,
-            include_usage=request.include_usage,
-        )  # fmt: skip
-        opened = False  # the role chunk went out: the client holds (possibly empty) text
+        """Relay the stream as SSE chunks, one ``send`` per batch, until its end is sent.
+
+        ``replay``: a resume's missed events, sent first. Headers wait for the first output;
+        a stream that ends before any (a resume after its last event, or a reader displaced by
+        another resume) is answered 204.
+        """
+        batch = replay or []
         while True:
-            try:
-                batch = await handle.take()
-            except trio.EndOfChannel:
-                return
-            meter.see(batch)  # tokens_per_minute
+            if not batch:
+                try:
+                    batch = await handle.take()
+                except trio.EndOfChannel:
+                    if not send.started:
+                        await send.whole(204, b"", headers=headers, content_type=False)
+                    elif not send.finished:
+                        await send.body(b"", more=False)  # displaced: a newer reader took over
+                    return
+            resumable.meter.see(batch)  # tokens_per_minute
             out: list[bytes] = []
             ended = False
             for event in batch:
-                match event:
-                    case Delta(text=text, logprobs=logprobs):
-                        if not opened:
-                            out.append(encoder.role())
-                            opened = True
-                        out.append(encoder.delta(text, logprobs))
-                    case Reasoning() | ToolCall() | ToolCallPart():
-                        if not opened:
-                            out.append(encoder.role(content=isinstance(event, Reasoning)))
-                            opened = True
-                        out.append(_encode_other(encoder, event))
-                    case Started(model=model) | Failover(to_model=model):
-                        encoder.set_model(model)
-                    case Done():
-                        encoder.set_model(event.model)
-                        if not opened:
-                            out.append(encoder.role())
-                            opened = True
-                        out.append(encoder.finish(event.finish_reason))
-                        if request.include_usage:
-                            out.append(encoder.usage(event.usage))
-                        out.append(DONE_EVENT)
-                        ended = True
-                    case StreamError():
-                        if not opened:
-                            await _send_stream_error(send, handle, event)
-                            return
-                        log.info("stream %s broke after text: %s", handle.id, event.code)
-                        out.append(encoder.error(event))
-                        ended = True
-            if out:
+                if isinstance(event, StreamError) and not writer.opened:
+                    await _send_stream_error(send, handle, event)
+                    return
+                data, ended = writer.write(event)
+                out.append(data)
+                if isinstance(event, StreamError):
+                    log.info("stream %s broke after text: %s", short_id(handle.id), event.code)
+                if ended:
+                    break
+            body = b"".join(out)
+            if body:
                 if not send.started:
                     await send.start(200, (*SSE_HEADERS, *headers))
-                await send.body(b"".join(out), more=not ended)
+                await send.body(body, more=not ended)
             if ended:
+                # Take past the terminal event, so Baton knows the client has it all (a resume
+                # is then unknown_stream); it raises at once.
+                with trio.move_on_after(0):
+                    try:
+                        await handle.take()
+                    except trio.EndOfChannel:
+                        pass
                 return
+            batch = []
 
     async def _complete(
         self,
-        handle: StreamHandle,
-        request: ChatRequest,
-        send: Responder,
         meter: TokenMeter,
+        handle: StreamHandle,
+        send: Responder,
         headers: tuple[tuple[bytes, bytes], ...],
     ) -> None:
         """Collect the stream into one ``chat.completion`` (or an error) and send it."""
@@ -360,6 +450,7 @@ class HTTPApp:
                     case Failover(mode="reset"):
                         answer = Answer()  # what came so far is discarded: a new answer follows
                     case Done():
+                        handle.release()  # sent whole: nothing to keep for a resume
                         body = completion_body(
                             completion_id="chatcmpl-" + handle.id, created=int(time.time()),
                             model=event.model, answer=answer,
@@ -368,6 +459,7 @@ class HTTPApp:
                         await send.whole(200, body, headers=headers)
                         return
                     case StreamError():
+                        handle.release()
                         await _send_stream_error(send, handle, event)
                         return
 
@@ -403,6 +495,62 @@ class HTTPApp:
             f"The request body did not arrive within {self.body_timeout:g} s "
             f"({size} bytes came); send the whole request at once.",
         )  # fmt: skip
+
+    # --- resume --------------------------------------------------------------------------------
+
+    async def _resume(self, scope: Scope, receive: Receive, send: Responder) -> None:
+        """``GET /v1/streams/{stream}``: the rest of a streamed answer after the client's event."""
+        stream_id = scope["path"][len(STREAMS_PATH) :]
+        after = _resume_after(scope)
+        client: Client = scope["baton.client"]
+        resumable = self._resumable_ids.get(stream_id)
+        if resumable is None:  # not a streamed chat completion of this app, or forgotten
+            raise APIError(
+                404, "unknown_stream",
+                f"No stream {clip(short_id(stream_id))} can be resumed here: it never existed, "
+                "it was not a streamed chat completion, or its resume window is over. Start "
+                "the request again.",
+            )  # fmt: skip
+        try:
+            handle, replay = self.baton.resume(stream_id, after, client=client.name)
+        except RequestError as exc:
+            param = "after" if exc.code == "bad_request" else None
+            code = _REQUEST_ERROR_CODES.get(exc.code, exc.code)
+            raise APIError(exc.status, code, exc.message, param=param) from None
+        handle.log.wake_for_text_only = True
+        headers = ((b"x-request-id", handle.id.encode()), (b"x-baton-stream", handle.id.encode()))
+        writer = resumable.chunks.writer(after)
+        answer = partial(self._stream, resumable, writer, replay=replay)
+        await self._read(handle, answer, receive, send, headers, stream=True)
+
+    # --- the page and the fault buttons --------------------------------------------------------
+
+    async def _static(self, scope: Scope, receive: Receive, send: Responder) -> None:
+        found = static_file(scope["path"], ws_port=self.baton.config.server.ws_port)
+        assert found is not None  # only static_paths() are routed here
+        body, content_type = found
+        await send.whole(200, body, headers=static_headers(content_type), content_type=False)
+
+    async def _faults(self, scope: Scope, receive: Receive, send: Responder) -> None:
+        assert self.faults is not None  # routed only with an injector
+        await send.whole(200, fault_list(self.faults))
+
+    async def _inject(self, scope: Scope, receive: Receive, send: Responder) -> None:
+        assert self.faults is not None
+        require_json(scope)  # a cross-site form cannot send JSON without a CORS preflight
+        provider = scope["path"][len(FAULTS_PATH) + 1 :]
+        fault, seconds = parse_fault(await self._read_body(scope, receive))
+        if provider not in self.faults.providers():
+            raise APIError(
+                404, "unknown_provider",
+                f"No simulated provider {clip(provider)}; GET {FAULTS_PATH} lists them.",
+            )  # fmt: skip
+        try:
+            self.faults.inject(provider, fault, seconds)
+        except ValueError as exc:
+            raise APIError(400, "invalid_value", str(exc)) from None
+        log.info("fault %s injected into %s for %g s", fault, provider, seconds)
+        await send.whole(204, b"", content_type=False)
 
     # --- models, health, status, metrics -------------------------------------------------------
 
@@ -452,12 +600,25 @@ class HTTPApp:
 _REQUEST_ERROR_CODES = {"bad_request": "invalid_value", "unsupported": "unsupported_capability"}
 
 
-def _encode_other(encoder: ChunkEncoder, event: Reasoning | ToolCall | ToolCallPart) -> bytes:
-    if isinstance(event, Reasoning):
-        return encoder.reasoning(event.text)
-    if isinstance(event, ToolCall):
-        return encoder.tool_call(event)
-    return encoder.tool_call_part(event)
+def _resume_after(scope: Scope) -> int:
+    """The seq of the last event a resuming client holds: ``Last-Event-ID`` (which an
+    ``EventSource`` updates as it reads) over ``?after=`` (fixed in its URL); -1 if neither."""
+    raw: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"last-event-id":
+            raw = value.decode("latin-1").strip()
+    if raw is None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("after")
+        raw = query[-1].strip() if query else None
+    if raw is None or raw == "":
+        return -1
+    if not raw.lstrip("-").isdigit() or len(raw) > 20 or int(raw) < -1:
+        raise APIError(
+            400, "invalid_value",
+            f"Last-Event-ID / 'after' must be the seq of the last event you hold (an integer, "
+            f"-1: none), not {clip(raw)}.", param="after",
+        )  # fmt: skip
+    return int(raw)
 
 
 def _model_object(route: str) -> dict[str, Any]:
@@ -467,7 +628,9 @@ def _model_object(route: str) -> dict[str, Any]:
 async def _send_stream_error(send: Responder, handle: StreamHandle, error: StreamError) -> None:
     """Answer a stream that failed before any text with a plain error status."""
     status = stream_error_status(error)
-    log.info("stream %s failed before any text: %s (HTTP %d)", handle.id, error.code, status)
+    log.info(
+        "stream %s failed before any text: %s (HTTP %d)", short_id(handle.id), error.code, status
+    )
     # OpenAI's SDKs retry 5xx and 429 unless told otherwise; say whether a retry can help.
     headers: tuple[tuple[bytes, bytes], ...] = (
         (b"x-request-id", handle.id.encode()),
@@ -493,7 +656,7 @@ async def _watch_disconnect(
         message = await receive()
         if message["type"] == "http.disconnect":
             if not send.finished:
-                log.info(_CLIENT_LEFT, handle.id)
+                log.info(_CLIENT_LEFT, short_id(handle.id))
                 scope.cancel()
             return
 
@@ -515,9 +678,12 @@ def build_app(
     metrics: MetricsEndpoint | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     auth: ClientAuth | None = None,
+    faults: FaultInjector | None = None,
 ) -> HTTPApp:
     """The ASGI application of the HTTP API over ``baton``, for any ASGI server or test."""
-    return HTTPApp(baton, metrics=metrics, max_request_bytes=max_request_bytes, auth=auth)
+    return HTTPApp(
+        baton, metrics=metrics, max_request_bytes=max_request_bytes, auth=auth, faults=faults
+    )
 
 
 async def serve_http(
@@ -530,6 +696,7 @@ async def serve_http(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = GRACEFUL_TIMEOUT,
     auth: ClientAuth | None = None,
+    faults: FaultInjector | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the HTTP API on ``host:port`` with hypercorn until cancelled.
@@ -538,9 +705,11 @@ async def serve_http(
     ``shutdown_trigger`` returns, the server stops accepting and closes idle connections;
     open requests get ``graceful_timeout`` seconds to send the rest of their answers (end the
     streams first: ``Baton.drain``) before they are cancelled; then it returns. Raises
-    ``OSError`` if the address cannot be bound.
+    ``OSError`` if the address cannot be bound. ``faults``: answer the fault buttons' endpoint.
     """
-    app = build_app(baton, metrics=metrics, max_request_bytes=max_request_bytes, auth=auth)
+    app = build_app(
+        baton, metrics=metrics, max_request_bytes=max_request_bytes, auth=auth, faults=faults
+    )
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

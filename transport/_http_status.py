@@ -36,6 +36,8 @@ def status_document(baton: Baton) -> dict[str, Any]:
         "ready": ready,
         "reason": reason,
         "active_streams": stats.active_streams,
+        # Streams kept for a resume with no client reading them now (running or ended).
+        "detached_streams": stats.detached_streams,
         "restarts": stats.restarts,
         # Seconds: how late the event loop runs tasks, and the pause it puts between the
         # upstream reads of each stream because of that (0 when Baton keeps up).

@@ -35,6 +35,7 @@ from actors import (
 from ._accept import serve_asgi, server_ssl_context
 from ._admin import admin_key, operator_app
 from ._auth import ClientAuth, client_auth
+from ._faults import FaultInjector
 from ._http import LISTEN_BACKLOG, build_app, serve_http
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
@@ -88,6 +89,7 @@ async def run_baton(
     providers: Mapping[str, Provider],
     *,
     handle_signals: bool = False,
+    faults: FaultInjector | None = None,
     task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``config`` until cancelled; reports ``(ws_port, http_port)`` once listening.
@@ -100,6 +102,9 @@ async def run_baton(
 
     It installs the merging chunked reader into h11 first (process-wide; see
     ``install_merging_chunked_reader``): every upstream token is its own HTTP chunk.
+
+    ``faults``: Baton's own simulated providers' fault injector; the HTTP port then answers
+    the page's fault buttons (``/sim/faults``).
     """
     # A bad TLS file or a missing operator key stops start-up here, with one ConfigError.
     server_ssl_context(config.server)
@@ -115,7 +120,7 @@ async def run_baton(
     )
     try:
         with signals_listener as signals:
-            await _serve_until_signal(config, providers, metrics, signals, task_status)
+            await _serve_until_signal(config, providers, metrics, signals, task_status, faults)
     finally:
         with trio.move_on_after(5, shield=True):
             for provider in providers.values():
@@ -131,6 +136,7 @@ async def _serve_until_signal(
     metrics: MetricsEndpoint,
     signals: AsyncIterator[int] | None,
     task_status: trio.TaskStatus[tuple[int, int]],
+    faults: FaultInjector | None = None,
 ) -> None:
     """Run the actor system and both servers; with ``signals``, drain at the first signal."""
     server = config.server
@@ -154,7 +160,7 @@ async def _serve_until_signal(
             functools.partial(
                 serve_http, baton, host=server.host, port=server.http_port,
                 metrics=metrics, max_request_bytes=server.max_request_bytes, auth=auth,
-                shutdown_trigger=stop_serving.wait, graceful_timeout=FLUSH_TIMEOUT,
+                faults=faults, shutdown_trigger=stop_serving.wait, graceful_timeout=FLUSH_TIMEOUT,
             )
         )  # fmt: skip
         if server.admin_port is not None:

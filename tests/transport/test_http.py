@@ -101,12 +101,22 @@ def healthy_pair(**a: Any) -> dict[str, FakeProvider]:
 
 
 def sse_events(text: str) -> list[str]:
-    """The ``data`` of each SSE event in ``text``; every event must be one ``data:`` line."""
+    """The ``data`` of each SSE event in ``text``; every event must be one ``data:`` line,
+    after an ``id: <seq>`` line or not (``sse_ids``)."""
+    return [data for _, data in sse_ids(text)]
+
+
+def sse_ids(text: str) -> list[tuple[int | None, str]]:
+    """Each SSE event's ``id`` (None without one) and ``data``, in order."""
     assert text.endswith("\n\n"), text[-200:]
-    events = []
+    events: list[tuple[int | None, str]] = []
     for block in text[:-2].split("\n\n"):
+        seq: int | None = None
+        if block.startswith("id: "):
+            line, _, block = block.partition("\n")
+            seq = int(line[len("id: ") :])
         assert block.startswith("data: ") and "\n" not in block, block
-        events.append(block[len("data: ") :])
+        events.append((seq, block[len("data: ") :]))
     return events
 
 
@@ -158,8 +168,14 @@ async def test_stream_is_openais_exact_chunk_format() -> None:
         response = await chat(server, {"model": "r", "messages": PROMPT, "stream": True})
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["x-baton-stream"] == response.headers["x-request-id"]
     events = sse_events(response.text)
     assert events[-1] == "[DONE]"
+    # Each event names the seq of the stream event it encodes (0 is ``started``, which
+    # encodes nothing): the role chunk goes with the first text, the finish with [DONE].
+    ids = [seq for seq, _ in sse_ids(response.text)]
+    texts = len(events) - 3
+    assert ids == [None, *range(1, texts + 1), None, texts + 1]
     chunks = [orjson.loads(e) for e in events[:-1]]
     first = chunks[0]
     assert first["id"] == "chatcmpl-" + response.headers["x-request-id"]
@@ -545,7 +561,9 @@ async def test_bodies_over_the_limit_are_a_413_with_or_without_content_length() 
 async def test_unknown_paths_and_wrong_methods() -> None:
     async with running(two_targets(), healthy_pair()) as server:
         assert_error(await get(server, "/v1/completions"), 404, "not_found")
-        assert_error(await get(server, "/"), 404, "not_found")
+        assert_error(await get(server, "/index.htm"), 404, "not_found")
+        assert_error(await get(server, "/client/../transport/_http.py"), 404, "not_found")
+        assert_error(await get(server, "/sim/faults"), 404, "not_found")  # no injector
         response = await get(server, "/v1/chat/completions")
         assert_error(response, 405, "method_not_allowed")
         assert response.headers["allow"] == "POST"
@@ -594,8 +612,11 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_client_disconnect_cancels_the_stream(stream: bool) -> None:
+    """A whole answer's client leaving cancels it; a streamed one's too with resume_window 0
+    (with a window it is kept for a resume: ``test_sse_resume``)."""
     slow = FaultSchedule.always(Behaviour("drip", token_delay=0.02))
-    async with running(two_targets(), healthy_pair(schedule=slow)) as server:
+    config = {**two_targets(), "server": {"resume_window": 0}} if stream else two_targets()
+    async with running(config, healthy_pair(schedule=slow)) as server:
         a = server.providers["a"]
         async with client_for_tests() as client:
             request = client.build_request(
