@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from urllib.parse import urlsplit
 
+import attrs
 import orjson
 import trio
 from trio_websocket import (
@@ -63,7 +64,7 @@ from trio_websocket import (
 from actors import Baton, ClientEvent, RequestError, StreamDisplaced, StreamHandle, clip, short_id
 
 from ._accept import serve_websocket, server_ssl_context
-from ._auth import Client, ClientAuth, Refused
+from ._auth import Client, ClientAuth, Refused, TokenMeter
 from ._limits import server_connection_limiter
 from ._origin import ORIGIN_REFUSED_BODY, OriginPolicy, header
 from ._ws_codec import (
@@ -102,10 +103,25 @@ _REFUSED_HEADERS = [(b"retry-after", b"1"), (b"content-type", b"application/json
 _JSON = [(b"content-type", b"application/json")]
 _JSON_HEADERS = ((b"content-type", b"application/json"),)
 _connection_ids = itertools.count(1)
-# The ref of each stream a start began, for the ``error`` of a stream resumed on another
-# connection: it must read as first sent. Keyed by the stream's log, so an entry goes when
-# Baton forgets the stream.
-_start_refs: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+
+@attrs.define(eq=False)
+class _Stream:
+    """What the server keeps of a stream across the connections that read it."""
+
+    ref: str | None  # the start's: the stream's error carries it, resumed elsewhere too
+    meter: TokenMeter  # tokens_per_minute: each event counted once, whoever sent it
+    metered: int = -1  # the last seq the meter saw
+
+    def see(self, events: list[ClientEvent]) -> None:
+        fresh = [event for event in events if event.seq > self.metered]
+        if fresh:
+            self.meter.see(fresh)
+            self.metered = fresh[-1].seq
+
+
+# Keyed by the stream's log, so that an entry goes when Baton forgets the stream.
+_streams: weakref.WeakKeyDictionary[object, _Stream] = weakref.WeakKeyDictionary()
 
 
 async def serve_ws(
@@ -374,11 +390,10 @@ class _Connection:
         log.debug(
             "connection %s: stream %s started (ref %s)", self._name, handle.id, clip(start.ref)
         )
-        if start.ref is not None:
-            _start_refs[handle.log] = start.ref
+        stream = _streams[handle.log] = _Stream(start.ref, self._auth.meter(self._client))
         self._active[handle.id] = handle
         assert self._nursery is not None
-        self._nursery.start_soon(partial(self._pump, handle, start.ref, admitted=True))
+        self._nursery.start_soon(partial(self._pump, handle, stream, admitted=True))
 
     def _resume(self, resume: ResumeRequest) -> None:
         stream_id = resume.stream
@@ -403,10 +418,11 @@ class _Connection:
             "connection %s: stream %s resumed after seq %d (%d events replayed)",
             self._name, stream_id, resume.after, len(replay),
         )  # fmt: skip
+        stream = _streams.get(handle.log)
+        if stream is None:  # started by the HTTP API
+            stream = _streams[handle.log] = _Stream(None, self._auth.meter(self._client))
         assert self._nursery is not None
-        self._nursery.start_soon(
-            partial(self._pump, handle, _start_refs.get(handle.log), replay=replay)
-        )
+        self._nursery.start_soon(partial(self._pump, handle, stream, replay=replay))
 
     def _cancel(self, stream_id: str) -> None:
         handle = self._active.get(stream_id)
@@ -433,7 +449,7 @@ class _Connection:
                 await self._ws.send_message(frame)
 
     async def _pump(
-        self, handle: StreamHandle, ref: str | None, *, admitted: bool = False,
+        self, handle: StreamHandle, stream: _Stream, *, admitted: bool = False,
         replay: list[ClientEvent] | None = None,
     ) -> None:  # fmt: skip
         """Send one stream's events to the client, batch by batch, up to its terminal event.
@@ -441,11 +457,11 @@ class _Connection:
         ``replay``: a resumed stream's events the client missed, sent first. ``admitted``: the
         stream was counted against its client's limits here (a start), to be released.
         """
-        stream_id = handle.id
-        meter = self._auth.meter(self._client)
+        stream_id, ref = handle.id, stream.ref
         delivered = False  # the terminal event was taken and sent
         try:
             if replay:
+                stream.see(replay)  # what was made while no connection read the stream
                 await self._send([encode_event(event, ref=ref) for event in replay], handle)
             while True:
                 try:
@@ -458,7 +474,7 @@ class _Connection:
                 except trio.EndOfChannel:
                     delivered = True
                     return
-                meter.see(batch)  # tokens_per_minute
+                stream.see(batch)
                 await self._send([encode_event(event, ref=ref) for event in batch], handle)
         except ConnectionClosed:
             # The client is gone, unless the server is being cancelled (that raises here).

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -29,7 +30,7 @@ from actors import (
     config_from_dict,
     open_baton,
 )
-from transport import serve_ws
+from transport import ClientAuth, serve_ws
 
 from .test_ws import client, send, start, wait_until
 
@@ -96,6 +97,7 @@ class GatedProvider:
 class Server:
     url: str
     provider: GatedProvider
+    auth: ClientAuth
 
     def release(self, count: int = len(TOKENS)) -> None:
         """Let the provider send ``count`` more tokens; callable from the client's thread."""
@@ -103,10 +105,12 @@ class Server:
 
 
 @asynccontextmanager
-async def running(window: float = 60.0, *, keys: bool = False) -> AsyncIterator[Server]:
+async def running(
+    window: float = 60.0, *, keys: bool = False, max_streams: int = 100
+) -> AsyncIterator[Server]:
     provider = GatedProvider()
     clients = {
-        name: {"key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+        name: {"key_sha256": hashlib.sha256(key.encode()).hexdigest(), "tokens_per_minute": 10**6}
         for name, key in (("alice", ALICE), ("bob", BOB))
     }
     config = config_from_dict({
@@ -115,9 +119,10 @@ async def running(window: float = 60.0, *, keys: bool = False) -> AsyncIterator[
         "routes": {"default": {"targets": [{"provider": "a", "model": "model-a"}]}},
         "clients": clients if keys else {},
     })  # fmt: skip
+    auth = ClientAuth.from_config(config)
     async with open_baton(config, {"a": provider}) as baton, trio.open_nursery() as nursery:
-        port = await nursery.start(serve_ws, baton)
-        yield Server(url=f"ws://127.0.0.1:{port}/v1/stream", provider=provider)
+        port = await nursery.start(partial(serve_ws, baton, auth=auth, max_streams=max_streams))
+        yield Server(url=f"ws://127.0.0.1:{port}/v1/stream", provider=provider, auth=auth)
         nursery.cancel_scope.cancel()
 
 
@@ -317,6 +322,30 @@ async def test_only_the_client_key_that_started_a_stream_can_resume_it() -> None
     assert held_answer(held) == ANSWER
 
 
+async def test_tokens_per_minute_counts_a_resumed_streams_tokens_once() -> None:
+    def spent(server: Server) -> int:
+        return trio.from_thread.run_sync(server.auth.statistics)["alice"].recent_tokens
+
+    async def conversation(server: Server) -> tuple[list[int], list[str]]:
+        async with open_ws(server.url, ALICE) as ws:
+            sent = await begin(server, ws, 3)
+            counts = [spent(server)]
+        async with open_ws(server.url, ALICE) as ws:
+            await send(ws, resume(stream_id(sent), 0))  # seqs 1-3 come again
+            assert [seq(f) for f in await frames_of(ws, 3)] == [1, 2, 3]
+            counts.append(spent(server))
+            server.release()
+            rest = await rest_of(ws)
+            counts.append(spent(server))
+            return counts, sent + rest
+
+    async with running(keys=True) as server:
+        counts, held = await client(conversation, server)
+    # The repeated events are not counted again; the provider's usage settles the total.
+    assert counts[0] > 0 and counts == [counts[0], counts[0], len(TOKENS)]
+    assert held_answer(held) == ANSWER
+
+
 BAD_RESUMES = [
     ("after missing", {"type": "resume", "stream": "S"}),
     ("after not an integer", resume("S", 3.5)),
@@ -415,6 +444,34 @@ async def test_cancel_works_on_a_resumed_stream() -> None:
     assert error["type"] == "error" and error["code"] == "cancelled" and error["ref"] == "r1"
     assert seq(rest[0]) == 4
     assert server.provider.requests[0].abandoned
+
+
+async def test_a_resumed_stream_counts_against_the_connections_max_streams() -> None:
+    async def conversation(server: Server) -> tuple[dict[str, Any], list[str]]:
+        async with open_ws(server.url) as ws:
+            sent = await begin(server, ws, 3)
+        async with open_ws(server.url) as ws:
+            await send(ws, start("other"))
+            other = json.loads(await raw(ws))
+            await send(ws, resume(stream_id(sent), seq(sent[-1]), ref="back"))
+            refused = json.loads(await raw(ws))
+            while refused["stream"] == other["stream"]:  # its first deltas may come first
+                refused = json.loads(await raw(ws))
+            await send(ws, {"type": "cancel", "stream": other["stream"]})
+            while json.loads(await raw(ws))["type"] != "error":
+                pass  # the other stream's deltas, up to its end (cancelled)
+            # The refused resume left the stream as it was: there is room now.
+            await send(ws, resume(stream_id(sent), seq(sent[-1])))
+            server.release()
+            return refused, sent + await rest_of(ws)
+
+    async with running(max_streams=1) as server:
+        refused, held = await client(conversation, server)
+    assert refused == {
+        "type": "error", "stream": stream_id(held), "seq": None, "code": "too_many_streams",
+        "message": refused["message"], "retryable": True, "ref": "back",
+    }  # fmt: skip
+    assert held_answer(held) == ANSWER
 
 
 # --- the window ---------------------------------------------------------------------------------
