@@ -23,9 +23,21 @@ import trio
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from actors import ConfigError, config_from_dict, open_baton
+from actors import (
+    ClientEvent,
+    ConfigError,
+    Delta,
+    Done,
+    Reasoning,
+    ToolCall,
+    ToolCallPart,
+    Usage,
+    config_from_dict,
+    open_baton,
+)
 from scenarios import Behaviour, FakeProvider, FaultSchedule
 from transport import ClientAuth, MetricsEndpoint, Refused, client_auth, serve_http, serve_ws
+from transport._auth import TokenMeter, TokenWindow
 
 ALICE = "sk-alice-SECRETKEY-7f3a9c41d2"
 BOB = "sk-bob-SECRETKEY-0d2e81b5aa"
@@ -388,3 +400,32 @@ async def wait_until(condition: Callable[[], bool], *, within: float = 5.0) -> N
         while not condition():
             await trio.sleep(0.01)
     assert condition(), f"not true after {within} s"
+
+
+# --- tokens_per_minute counts every kind of output ------------------------------------------------
+
+
+async def test_the_token_meter_counts_reasoning_and_tool_arguments_once_per_seq(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    window = TokenWindow(1000)
+    meter = TokenMeter(window)
+    s = "st_x"
+    batch: list[ClientEvent] = [
+        Reasoning(stream=s, seq=1, text="r" * 8),  # 2 tokens
+        Delta(stream=s, seq=2, text="t" * 4),  # 1
+        # The name and arguments, 'sum{"a": 1, "b": 22}': 20 characters, 5 tokens.
+        ToolCall(stream=s, seq=3, index=0, id="call_1", name="sum", arguments='{"a": 1, "b": 22}'),
+        ToolCallPart(stream=s, seq=4, index=1, id="call_2", name="mul", arguments=""),  # 1
+        ToolCallPart(stream=s, seq=5, index=1, id=None, name=None, arguments='{"x": 10}'),  # 3
+    ]
+    meter.see(batch)
+    assert window.count(trio.current_time()) == 2 + 1 + 5 + 1 + 3
+    # A resume replays events the first reader counted: each seq counts once.
+    meter.see([*batch[3:], Delta(stream=s, seq=6, text="abcdefgh")])
+    assert window.count(trio.current_time()) == 12 + 2
+    # The provider's count replaces the attempt's estimates at the end.
+    usage = Usage(prompt_tokens=5, completion_tokens=28, total_tokens=33)
+    done = Done(stream=s, seq=7, finish_reason="stop", provider="a", model="m", usage=usage)
+    meter.see([done])
+    assert window.count(trio.current_time()) == pytest.approx(28)
