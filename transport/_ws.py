@@ -110,14 +110,8 @@ class _Stream:
     """What the server keeps of a stream across the connections that read it."""
 
     ref: str | None  # the start's: the stream's error carries it, resumed elsewhere too
-    meter: TokenMeter  # tokens_per_minute: each event counted once, whoever sent it
-    metered: int = -1  # the last seq the meter saw
-
-    def see(self, events: list[ClientEvent]) -> None:
-        fresh = [event for event in events if event.seq > self.metered]
-        if fresh:
-            self.meter.see(fresh)
-            self.metered = fresh[-1].seq
+    # tokens_per_minute: one meter, which counts each seq once, whichever connection sent it.
+    meter: TokenMeter
 
 
 # Keyed by the stream's log, so that an entry goes when Baton forgets the stream.
@@ -461,7 +455,7 @@ class _Connection:
         delivered = False  # the terminal event was taken and sent
         try:
             if replay:
-                stream.see(replay)  # what was made while no connection read the stream
+                stream.meter.see(replay)  # what was made while no connection read the stream
                 await self._send([encode_event(event, ref=ref) for event in replay], handle)
             while True:
                 try:
@@ -474,7 +468,7 @@ class _Connection:
                 except trio.EndOfChannel:
                     delivered = True
                     return
-                stream.see(batch)
+                stream.meter.see(batch)
                 await self._send([encode_event(event, ref=ref) for event in batch], handle)
         except ConnectionClosed:
             # The client is gone, unless the server is being cancelled (that raises here).
