@@ -37,7 +37,11 @@ Decisions of protocol v1:
   (events after ``after`` were dropped from the capped log: ``server.event_log_cap``; the
   message names the oldest seq still held), ``bad_request`` (``after`` not an integer >= -1, or
   beyond what the stream has sent), ``too_many_streams``. Resuming can be repeated after every
-  drop.
+  drop. A stream whose terminal event was sent (written to the socket) is forgotten at once, as
+  ``Baton`` forgets a stream read to its end; one that ended while detached is kept for the
+  window, its terminal event replayed by a resume.
+- Cancelling ``serve_ws`` itself (rather than a ``shutdown_trigger``) cancels the streams of
+  every connection, as before resuming existed.
 - When the server stops (``shutdown_trigger``), each connection sends its streams' events up
   to their terminal ones, then closes with 1001 (going away).
 """
