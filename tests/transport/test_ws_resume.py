@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -29,6 +30,7 @@ from actors import (
     Usage,
     config_from_dict,
     open_baton,
+    short_id,
 )
 from transport import ClientAuth, serve_ws
 
@@ -39,6 +41,7 @@ ANSWER = "".join(TOKENS)
 CAP = 8  # server.event_log_cap in these tests
 ALICE = "sk-alice-SECRETKEY-resume-1"
 BOB = "sk-bob-SECRETKEY-resume-2"
+WINDOW = 1.5  # seconds, for the test that waits a resume window out (the default is 60)
 
 
 @attrs.define(eq=False)
@@ -488,13 +491,13 @@ async def test_a_detached_stream_is_cancelled_upstream_when_the_window_ends() ->
             reply: dict[str, Any] = json.loads(await raw(ws))
             return reply
 
-    async with running(window=0.5) as server:
+    async with running(window=WINDOW) as server:
         began = trio.current_time()
         sent = await client(conversation, server)
         request = server.provider.requests[0]
         assert not request.closed  # kept for a resume meanwhile
         await wait_until(lambda: request.closed)
-        assert trio.current_time() - began >= 0.5
+        assert trio.current_time() - began >= WINDOW
         assert request.abandoned
         refused = await client(late_resume, server, sent)
     assert refused["code"] == "unknown_stream" and "resume window" in refused["message"]
@@ -513,3 +516,24 @@ async def test_resume_window_zero_cancels_on_disconnect_as_before() -> None:
         _sent, refused = await client(conversation, server)
         assert server.provider.requests[0].abandoned
     assert refused["code"] == "unknown_stream"
+
+
+async def test_info_lines_never_show_a_whole_stream_id(caplog: pytest.LogCaptureFixture) -> None:
+    # Without client keys the id is what lets a client resume: only DEBUG lines show it whole.
+    async def conversation(server: Server) -> list[str]:
+        async with open_ws(server.url) as ws:
+            sent = await begin(server, ws, 3)
+            ws.transport.abort()
+        async with open_ws(server.url) as ws:
+            await send(ws, resume(stream_id(sent), seq(sent[-1])))
+            server.release()
+            return sent + await rest_of(ws)
+
+    caplog.set_level(logging.INFO)
+    async with running() as server:
+        held = await client(conversation, server)
+    stream = stream_id(held)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(("transport", "actors"))]
+    assert any(short_id(stream) in line for line in lines if "resumed after seq 3" in line)
+    assert not [line for line in lines if stream in line]
+    assert held_answer(held) == ANSWER
