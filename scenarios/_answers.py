@@ -60,7 +60,8 @@ class Piece:
 
     ``reasoning``/``text``: ``text`` is a piece of reasoning or answer text. ``tool_call``
     opens call ``index`` (``call_id``, ``name``; ``text`` is empty); ``tool_args`` is a piece
-    of that call's JSON arguments. A fault ``at_token=K`` strikes after K pieces of any kind.
+    of that call's JSON arguments (``answer_text`` when the call is how a JSON answer is sent,
+    so a client sees those pieces as text). A fault ``at_token=K`` strikes after K pieces.
     """
 
     kind: PieceKind
@@ -68,6 +69,7 @@ class Piece:
     index: int | None = None
     call_id: str | None = None
     name: str | None = None
+    answer_text: bool = False  # tool_args that are the answer's text (a JSON answer as tool input)
 
 
 @attrs.frozen
@@ -147,6 +149,20 @@ def plan_calls(
         call_id = ("toolu_" if kind == "anthropic" else "call_") + suffix
         calls.append(PlannedCall(id=call_id, name=name, arguments=orjson.dumps(arguments).decode()))
     return tuple(calls)
+
+
+def json_answer_call(
+    messages: Sequence[Message],
+    params: Mapping[str, Any],
+    text: Sequence[str],
+    *,
+    kind: str = "openai",
+    seed: int = 0,
+) -> PlannedCall:
+    """The tool call a JSON answer ``text`` is sent as, to the tool ``params["json_tool"]``."""
+    suffix = hashlib.sha256(orjson.dumps([seed, _basis_key(messages), "json"])).hexdigest()[:24]
+    call_id = ("toolu_" if kind == "anthropic" else "call_") + suffix
+    return PlannedCall(id=call_id, name=str(params["json_tool"]), arguments="".join(text))
 
 
 def value_for(schema: Mapping[str, Any], draws: _Draws, words: Words, depth: int = 0) -> Any:

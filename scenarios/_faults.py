@@ -25,10 +25,12 @@ from actors import Failure, FailureKind, Message, UpstreamRequest
 from ._answers import (
     Piece,
     PlannedCall,
+    json_answer_call,
     plan_calls,
     reasoning_tokens,
     split_arguments,
     text_answer,
+    wants_json,
     wants_reasoning,
 )
 from ._textgen import ContinuationMode, Words, continuation
@@ -371,13 +373,21 @@ def plan_attempt(
     """Decide what a provider of ``kind`` does with ``messages`` under ``behaviour``.
 
     ``params`` are the request's other fields in OpenAI's names (tools, tool_choice,
-    parallel_tool_calls, response_format, reasoning_effort); see ``scenarios._answers``.
+    parallel_tool_calls, response_format, reasoning_effort); see ``scenarios._answers``. A
+    simulator's own ``json_tool`` there names the tool a JSON answer is the input of (how
+    Baton asks Anthropic for JSON): the answer is then that one tool call, its arguments the
+    JSON text in the same pieces a text answer would have.
     """
     params = params or {}
     calls = plan_calls(messages, params, kind=kind, seed=seed, words=words)
     answer: tuple[str, ...] = ()
+    json_call: PlannedCall | None = None
     if not calls:
         answer = tuple(text_answer(messages, params, seed=seed, words=words))
+    if not calls and wants_json(params) and params.get("json_tool"):
+        # The JSON answer goes out as the input of the tool Baton forced for it (Anthropic).
+        json_call = json_answer_call(messages, params, answer, kind=kind, seed=seed)
+        answer = ()
     prompt_tokens = sum(len(m.text.split()) + 3 for m in messages)
     rejection: Failure | None = None
     trailing_assistant = bool(messages) and messages[-1].role == "assistant"
@@ -400,6 +410,12 @@ def plan_attempt(
     for i, call in enumerate(calls):
         pieces.append(Piece("tool_call", "", index=i, call_id=call.id, name=call.name))
         pieces += [Piece("tool_args", text, index=i) for text in split_arguments(call.arguments)]
+    if json_call is not None:
+        calls = (json_call,)
+        pieces.append(Piece("tool_call", "", index=0, call_id=json_call.id, name=json_call.name))
+        # In the JSON text's own pieces, so a failover between kinds splits it alike.
+        json_pieces = text_answer(messages, params, seed=seed, words=words)
+        pieces += [Piece("tool_args", text, index=0, answer_text=True) for text in json_pieces]
     finish_reason = "tool_calls" if calls else "stop"
     if max_tokens is not None:
         counted = 0
@@ -432,7 +448,8 @@ class AttemptRecord:
     ``finished`` (a finish reason was sent), ``eof`` (ended without one), ``reset``,
     ``stream_error`` or ``abandoned`` (the client left first, including by cancellation).
     ``start``/``mode`` say where in the answer this attempt began and why. ``pieces_sent``
-    is every piece sent in order (reasoning, text, tool calls); ``tokens_sent`` the text ones.
+    is every piece sent in order (reasoning, text, tool calls); ``tokens_sent`` the ones a
+    client sees as the answer's text (text, and a JSON answer sent as a tool's input).
     """
 
     index: int
@@ -463,7 +480,7 @@ class AttemptRecord:
     def record(self, piece: Piece) -> None:
         """Note that ``piece`` was sent."""
         self.pieces_sent.append(piece)
-        if piece.kind == "text":
+        if piece.kind == "text" or piece.answer_text:
             self.tokens_sent.append(piece.text)
 
 

@@ -13,7 +13,8 @@ checked on recorded facts only: the events each client took, the ``AttemptRecord
 - ``splice``: each stretch of text between failovers is what the serving provider really sent
   right after the text already held (the delivered prefix, then what the continuation added);
 - ``events``: failovers name the provider that was serving; ``done`` names the last one; a
-  ``reset`` only for clients that can take one; the phase says whether text was held;
+  ``reset`` only for clients that can take one; the phase says whether output (text,
+  reasoning, tool calls) was held;
 - ``outcome``: only legitimate error codes (``cancelled`` only for a client that left, never
   ``internal_error``/``shutting_down``); ``upstream_rejected`` only after a provider really
   rejected the request with a 4xx (never for a refused prefill, which is retried);
@@ -33,16 +34,37 @@ checked on recorded facts only: the events each client took, the ``AttemptRecord
   failures (as logged, and as many failed attempts or probes really happened) or a credential
   trip; it rests at least its ``cooldown`` and at most ``max_cooldown`` before it is tried
   again; the last logged state is the state ``statistics()`` shows (and a provider that is not
-  healthy at the end had its transitions logged: the recorder missed nothing).
+  healthy at the end had its transitions logged: the recorder missed nothing);
+- ``tools``: every tool call a client got is complete (an id and a function name) and its
+  arguments parse as a JSON object; each call (by id, and by index) appears exactly once; a
+  ``done`` stream holds exactly the calls the answer makes (names and arguments, in order),
+  with finish reason ``tool_calls``, and a text answer holds none;
+- ``json``: a ``done`` answer to a JSON-mode request parses as JSON (an object for
+  ``json_object``; matching the schema when ``strict``);
+- ``reasoning``: reasoning is shown only to a client that asked for it, and none of it ever
+  appears in the answer's text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import attrs
+import jsonschema
+import orjson
 
-from actors import Delta, Done, Failover, Started, StreamError, is_terminal
+from actors import (
+    Delta,
+    Done,
+    Failover,
+    Reasoning,
+    Started,
+    StreamError,
+    ToolCall,
+    ToolCallPart,
+    is_terminal,
+)
 
 from ._faults import PREFILL_REJECTED_MESSAGE, AttemptRecord
 from ._play import ClientRun, History, Transition
@@ -50,10 +72,13 @@ from ._strategies import stays_healthy
 
 INVARIANTS = (
     "no_crash", "no_hang", "shape", "text", "splice", "events", "outcome", "healthy_target",
-    "continued", "closed", "attempts", "statistics", "health",
+    "continued", "closed", "attempts", "statistics", "health", "tools", "json", "reasoning",
 )  # fmt: skip
 _ALWAYS_WRONG = ("internal_error", "shutting_down")
 _EPSILON = 1e-6
+# A reasoning piece this long (without its spaces) found in the text is a leak, not a chance
+# match of one common word.
+REASONING_LEAK_MIN = 12
 
 
 @attrs.frozen
@@ -108,6 +133,9 @@ def _client(history: History, run: ClientRun) -> Iterator[Violation]:
         return
     answer = "".join(history.scenario.answer(run.index))
     yield from (v(*item) for item in _text(history, run, answer))
+    yield from (v(*item) for item in _tools(history, run))
+    yield from (v(*item) for item in _json(history, run))
+    yield from (v(*item) for item in _reasoning(history, run))
     yield from (v(*item) for item in _outcome(history, run))
     yield from (v(*item) for item in _attempts(history, run))
 
@@ -116,6 +144,7 @@ def _text(history: History, run: ClientRun, answer: str) -> Iterator[tuple[str, 
     terminal = run.events[-1]
     text = ""
     serving = None
+    shown = False  # the client holds reasoning or tool calls of the answer
     segment_prefix, segment = "", ""
     segments: list[tuple[str | None, str, str]] = []
     for event in run.events:
@@ -126,16 +155,19 @@ def _text(history: History, run: ClientRun, answer: str) -> Iterator[tuple[str, 
                 yield "events", f"a failover from {event.from_provider} while {serving} was serving"
             if event.mode == "reset" and not run.spec.can_reset:
                 yield "events", "a reset failover reached a client that cannot take one"
-            if (event.phase == "midstream") != bool(text):
+            if (event.phase == "midstream") != (bool(text) or shown):
                 yield (
                     "events",
-                    f"a {event.phase} failover while the client held {len(text)} characters",
+                    f"a {event.phase} failover while the client held {len(text)} characters"
+                    + (" and other output (reasoning, tool calls)" if shown else ""),
                 )
             segments.append((serving, segment_prefix, segment))
             serving = event.to_provider
             if event.mode == "reset":
-                text = ""
+                text, shown = "", False
             segment_prefix, segment = text, ""
+        elif isinstance(event, Reasoning | ToolCall | ToolCallPart):
+            shown = True
         elif isinstance(event, Delta):
             text += event.text
             segment += event.text
@@ -166,6 +198,87 @@ def _text(history: History, run: ClientRun, answer: str) -> Iterator[tuple[str, 
                     f"characters the client held (...{prefix[-30:]!r})"
                 ),
             )
+
+
+def _tools(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:
+    calls = [e for e in run.events if isinstance(e, ToolCall)]
+    ids = [c.id for c in calls]
+    indexes = [c.index for c in calls]
+    if len(set(ids)) != len(ids):
+        yield "tools", f"a tool call id came more than once: {ids}"
+    if len(set(indexes)) != len(indexes):
+        yield "tools", f"a tool call index came more than once: {indexes}"
+    for call in calls:
+        if not call.id or not call.name:
+            yield "tools", f"tool call {call.index} has no id or no function name: {call!r}"
+        try:
+            arguments = orjson.loads(call.arguments)
+        except orjson.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            yield (
+                "tools",
+                f"tool call {call.index} ({call.name}) has arguments that are not a JSON object: "
+                + repr(call.arguments[:80]),
+            )
+    terminal = run.events[-1]
+    if not isinstance(terminal, Done):
+        return
+    expected = [(c.name, c.arguments) for c in history.scenario.plan(run.index).calls]
+    got = [(c.name, c.arguments) for c in run.tool_calls]
+    if got != expected:
+        yield (
+            "tools",
+            f"done with tool calls {_calls(got)}, but the answer makes {_calls(expected)}",
+        )
+    if expected and terminal.finish_reason != "tool_calls":
+        yield "tools", f"done with tool calls, but finish reason {terminal.finish_reason!r}"
+
+
+def _calls(calls: list[tuple[str, str]]) -> str:
+    return "[" + ", ".join(f"{name}({arguments[:40]})" for name, arguments in calls) + "]"
+
+
+def _json(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:
+    response_format = history.scenario.params(run.index).get("response_format")
+    if not isinstance(run.events[-1], Done) or not isinstance(response_format, Mapping):
+        return
+    problem = _json_problem(run.text, response_format)
+    if problem is not None:
+        yield "json", f"done, but {problem}: {run.text[:80]!r}"
+
+
+def _json_problem(text: str, response_format: Mapping[str, Any]) -> str | None:
+    """Why ``text`` is not the JSON ``response_format`` asks for (its schema checked always)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return f"the answer is not valid JSON ({exc})"
+    if response_format.get("type") == "json_object" and not isinstance(value, dict):
+        return "the answer is not a JSON object"
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if response_format.get("type") == "json_schema" and schema:
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as exc:
+            return f"the answer does not match the schema ({exc.message})"
+    return None
+
+
+def _reasoning(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:
+    shown = [e.text for e in run.events if isinstance(e, Reasoning)]
+    if not shown:
+        return
+    if "reasoning_effort" not in history.scenario.params(run.index):
+        yield "reasoning", "reasoning was shown to a client that did not ask for it"
+    text = run.text
+    for piece in shown:
+        if len(piece.strip()) >= REASONING_LEAK_MIN and piece in text:
+            yield "reasoning", f"reasoning {piece[:40]!r} appears in the answer's text"
+            return
+    whole = "".join(shown).strip()
+    if whole and whole in text:
+        yield "reasoning", f"the reasoning {whole[:40]!r}... appears in the answer's text"
 
 
 def _sent_by(history: History, client: int, provider: str, text: str) -> bool:
@@ -421,6 +534,10 @@ def describe(run: ClientRun, *, limit: int = 400) -> str:
                 parts.append(f"started({provider})")
             case Delta(text=text):
                 parts.append(repr(text if len(text) <= 40 else text[:18] + "…" + text[-18:]))
+            case Reasoning(text=text):
+                parts.append(f"reasoning({text[:18]!r})")
+            case ToolCall(index=index, name=name, arguments=arguments):
+                parts.append(f"tool_call({index}, {name}, {arguments[:24]!r})")
             case Failover():
                 route = f"{event.from_provider}→{event.to_provider}"
                 parts.append(f"failover({route} {event.reason} {event.mode} {event.phase})")

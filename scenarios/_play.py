@@ -33,9 +33,11 @@ from actors import (
     Delta,
     Failover,
     HealthTransition,
+    Reasoning,
     RequestError,
     RouteConfig,
     StreamStatistics,
+    ToolCall,
     is_terminal,
     open_baton,
 )
@@ -52,6 +54,22 @@ SPACING_SLACK = 1.5
 SETTLE_STEP = 0.01  # seconds (mock time) between looks at whether the sessions have ended
 SHUTDOWN_GRACE = 60.0  # seconds (mock time) the system may take to stop after the last stream
 CLOSE_GRACE = 30.0  # seconds the simulators may take to see every attempt closed
+
+
+def client_tool_calls(events: Sequence[ClientEvent]) -> list[ToolCall]:
+    """The complete tool calls a client holds after ``events`` (a ``reset`` discards them)."""
+    calls: list[ToolCall] = []
+    for event in events:
+        if isinstance(event, Failover) and event.mode == "reset":
+            calls = []
+        elif isinstance(event, ToolCall):
+            calls.append(event)
+    return calls
+
+
+def client_reasoning(events: Sequence[ClientEvent]) -> str:
+    """All the reasoning text a client was shown, in order."""
+    return "".join(event.text for event in events if isinstance(event, Reasoning))
 
 
 def client_text(events: Sequence[ClientEvent]) -> str:
@@ -83,6 +101,16 @@ class ClientRun:
     def text(self) -> str:
         """The answer as the client holds it (see ``client_text``)."""
         return client_text(self.events)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The tool calls the client holds (see ``client_tool_calls``)."""
+        return client_tool_calls(self.events)
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning the client was shown."""
+        return client_reasoning(self.events)
 
 
 @attrs.frozen(kw_only=True)
@@ -198,9 +226,10 @@ def _first_error(exc: BaseException) -> str:
 async def _play(history: History) -> None:
     scenario, config = history.scenario, history.config
     history.started_at = t0 = trio.current_time()
+    pieces = [len(scenario.plan(i).pieces) for i in range(len(scenario.clients))]
     bounds = [
         spec.start_at
-        + stream_bound(config.routes[spec.route], config, len(scenario.answer(i)), spec.read_delay)
+        + stream_bound(config.routes[spec.route], config, pieces[i], spec.read_delay)
         if spec.route in config.routes else 0.0
         for i, spec in enumerate(scenario.clients)
     ]  # fmt: skip
@@ -287,7 +316,10 @@ async def _client(baton: Any, run: ClientRun, scenario: Scenario, t0: float, bou
     )
     try:
         handle = baton.start_stream(
-            route=spec.route, messages=client_prompt(run.index), can_reset=spec.can_reset
+            route=spec.route,
+            messages=client_prompt(run.index),
+            params=scenario.params(run.index),
+            can_reset=spec.can_reset,
         )
     except RequestError as exc:
         run.start_error = f"{exc.code}: {exc.message}"

@@ -7,7 +7,8 @@ approach as ``FaultSchedule.to_blob``):
 - ``providers``: per provider name, its API kind and its ``FaultSchedule``;
 - ``clients``: the streams, each a ``ClientSpec`` (when it starts, how slowly it reads, when it
   disconnects, whether it can take a ``reset``); client ``i`` asks ``client_prompt(i)``, so its
-  answer is known in advance (``answer_tokens``);
+  answer is known in advance (``Scenario.plan``); what it ``asks`` for beyond text (tools,
+  JSON, reasoning) is in ``client_params(i, asks)``;
 - ``provider_settings`` / ``route_settings``: the suite's configuration knobs, laid over the
   suite's defaults (a scenario drawn against the user's ``--config`` has none: that file is
   the configuration);
@@ -25,8 +26,7 @@ import orjson
 
 from actors import BatonConfig, Message, config_from_dict
 
-from ._faults import FaultSchedule, _short_repr
-from ._textgen import answer_tokens
+from ._faults import HEALTHY, AttemptPlan, FaultSchedule, _short_repr, plan_attempt
 
 BLOB_VERSION = 1
 _TOPICS = (
@@ -40,6 +40,73 @@ _TOPICS = (
 def client_prompt(index: int) -> tuple[Message, ...]:
     """The conversation client ``index`` sends; unique per client, so attempts can be traced."""
     return (Message(role="user", content=f"Client {index}: {_TOPICS[index % len(_TOPICS)]}"),)
+
+
+#: What a client may ask for beyond plain text (``ClientSpec.asks``).
+ASKS = ("text", "tools", "json", "reasoning")
+CLIENT_TOOLS: tuple[Mapping[str, Any], ...] = (
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                    "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                    "detail": {
+                        "type": "object",
+                        "properties": {"hourly": {"type": "boolean"}},
+                        "required": ["hourly"],
+                    },
+                },
+                "required": ["city", "unit"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"type": "string"}},
+                "required": ["zone"],
+            },
+        },
+    },
+)
+CLIENT_JSON_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "steps": {"type": "array", "items": {"type": "string"}},
+        "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+    "required": ["title", "steps", "confidence"],
+    "additionalProperties": False,
+}
+
+
+def client_params(index: int, asks: str) -> dict[str, Any]:
+    """The request parameters client ``index`` sends when it ``asks`` for tools, JSON or
+    reasoning (they vary with the index: one tool or two, json_object or a strict schema)."""
+    if asks == "tools":
+        tools = list(CLIENT_TOOLS[: 1 + index % 2])
+        params: dict[str, Any] = {"tools": tools}
+        if index % 3 == 2:
+            params["parallel_tool_calls"] = False
+        return params
+    if asks == "json":
+        if index % 2:
+            return {"response_format": {"type": "json_object"}}
+        spec = {"name": "plan", "schema": dict(CLIENT_JSON_SCHEMA), "strict": True}
+        return {"response_format": {"type": "json_schema", "json_schema": spec}}
+    if asks == "reasoning":
+        return {"reasoning_effort": ("low", "medium", "high")[index % 3]}
+    return {}
 
 
 def client_of(messages: tuple[Message, ...] | list[Message]) -> int | None:
@@ -58,7 +125,8 @@ class ClientSpec:
 
     ``cancel_at_token``: the client disconnects once its text holds that many answer tokens
     (0: right after starting; None: never). ``read_delay``: a slow reader sleeps this long
-    between reads (the stream's log merges the deltas it falls behind on).
+    between reads (the stream's log merges the deltas it falls behind on). ``asks``: one of
+    ``ASKS``, what the request asks for beyond text (``client_params``).
     """
 
     start_at: float = 0.0
@@ -66,6 +134,7 @@ class ClientSpec:
     cancel_at_token: int | None = None
     read_delay: float = 0.0
     can_reset: bool = True
+    asks: str = "text"
 
     def __repr__(self) -> str:
         return _short_repr(self, ())
@@ -136,9 +205,24 @@ class Scenario:
                 return spec.schedule
         return FaultSchedule()
 
+    def params(self, client: int) -> dict[str, Any]:
+        """The request parameters client ``client`` sends."""
+        asks = self.clients[client].asks if client < len(self.clients) else "text"
+        return client_params(client, asks)
+
+    def plan(self, client: int) -> AttemptPlan:
+        """What a healthy provider answers client ``client``: its pieces, text and tool calls."""
+        return plan_attempt(
+            HEALTHY,
+            client_prompt(client),
+            seed=self.seed,
+            words=self.words,  # type: ignore[arg-type]
+            params=self.params(client),
+        )
+
     def answer(self, client: int) -> list[str]:
-        """The tokens of client ``client``'s deterministic answer."""
-        return answer_tokens(client_prompt(client), seed=self.seed, words=self.words)  # type: ignore[arg-type]
+        """The tokens of client ``client``'s deterministic answer text (none for tool calls)."""
+        return list(self.plan(client).tokens)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -27,6 +27,9 @@ HEALTHY = Behaviour()
 TRANSIENT_STATUSES = (500, 502, 503, 504, 529)
 AUTH_STATUSES = (401, 403)
 MAX_AT_TOKEN = 60
+# What drawn clients ask for: half plain text (the suites' original meaning), the rest tools,
+# JSON or reasoning. The first entry is what hypothesis shrinks towards.
+CLIENT_ASKS = ("text", "text", "text", "tools", "json", "reasoning")
 
 
 @attrs.frozen
@@ -172,8 +175,10 @@ def clients(
     spread: float = 2.0,
     cancels: bool = True,
     slow: bool = True,
+    asks: Sequence[str] = CLIENT_ASKS,
 ) -> st.SearchStrategy[tuple[ClientSpec, ...]]:
-    """Streams started over ``spread`` seconds; some read slowly, some leave early."""
+    """Streams started over ``spread`` seconds; some read slowly, some leave early; some ask
+    for tools, JSON or reasoning (``asks``, drawn; shrinks towards plain text)."""
     one = st.builds(
         ClientSpec,
         start_at=st.one_of(st.just(0.0), st.floats(0.0, spread).map(lambda x: round(x, 2))),
@@ -181,6 +186,7 @@ def clients(
         cancel_at_token=st.one_of(st.none(), st.integers(0, 40)) if cancels else st.none(),
         read_delay=st.sampled_from([0.0, 0.05, 1.5]) if slow else st.just(0.0),
         can_reset=st.booleans(),
+        asks=st.sampled_from(list(asks)),
     )
     return st.lists(one, min_size=min_size, max_size=max_size).map(tuple)
 

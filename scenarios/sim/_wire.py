@@ -17,6 +17,12 @@ from actors import Failure, FunctionCall, Message, RequestError, parse_messages
 
 from .._answers import Piece
 
+# How Baton's Anthropic adapter asks for a JSON answer (``transport.providers._anthropic``):
+# a forced tool of this name (a suffix of "_" when a client tool has it), or, continuing a
+# JSON answer, a system prompt paragraph that begins with this sentence.
+JSON_TOOL = "baton_json_answer"
+JSON_INSTRUCTION = "Answer with JSON only"
+JSON_SCHEMA_MARKER = "; it must match this JSON schema: "
 _MARK = "\x00baton-text\x00"  # stands for the token text in pre-rendered chunk templates
 SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
 _OPENAI_ERROR_TYPES = {429: "requests"}
@@ -78,7 +84,7 @@ def parse_chat(raw: bytes, api: str) -> ChatRequest:
         model=body["model"],
         messages=tuple(messages),
         params=params,
-        plan_params=_anthropic_params(params) if api == "anthropic" else params,
+        plan_params=_anthropic_params(params, body.get("system")) if api == "anthropic" else params,
         stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         has_stream_options="stream_options" in body,
@@ -95,7 +101,9 @@ def _anthropic_messages(system: Any, raw_messages: list[Any]) -> list[Message]:
     ``image`` blocks ``image_url`` parts; ``thinking`` blocks are dropped."""
     messages = []
     if system:
-        messages.append(Message(role="system", content=_text_of(system)))
+        text, _ = _json_instruction(_text_of(system))
+        if text:
+            messages.append(Message(role="system", content=text))
     for item in raw_messages:
         if not isinstance(item, dict) or "role" not in item:
             raise BadRequest("each message needs a role and content")
@@ -143,9 +151,18 @@ def _image_url(block: dict[str, Any]) -> str:
     return f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
 
 
-def _anthropic_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The answer-deciding fields of an Anthropic request in OpenAI's names."""
+def _anthropic_params(params: dict[str, Any], system: Any = None) -> dict[str, Any]:
+    """The answer-deciding fields of an Anthropic request in OpenAI's names.
+
+    Baton's ways of asking Anthropic for JSON are read back as ``response_format``: the forced
+    ``JSON_TOOL`` (``_json_answer_tool``) and, when it continues a JSON answer, the system
+    prompt's "Answer with JSON only" paragraph (``_json_instruction``).
+    """
     out: dict[str, Any] = {}
+    if system:
+        _, response_format = _json_instruction(_text_of(system))
+        if response_format is not None:
+            out["response_format"] = response_format
     tools = [
         {
             "type": "function",
@@ -170,7 +187,51 @@ def _anthropic_params(params: dict[str, Any]) -> dict[str, Any]:
     thinking = params.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         out["reasoning_effort"] = "medium"
+    _json_answer_tool(out)
     return out
+
+
+def _json_answer_tool(out: dict[str, Any]) -> None:
+    """Read a forced tool named ``JSON_TOOL`` (Baton's way to ask Anthropic for a JSON answer)
+    as the request for a JSON answer it is: ``response_format`` from its input schema, and
+    ``json_tool`` naming the tool the answer's JSON goes through as tool input."""
+    choice = out.get("tool_choice")
+    forced = choice["function"]["name"] if isinstance(choice, dict) else None
+    tools = out.get("tools") or []
+    named = [t for t in tools if str(t["function"]["name"]).startswith(JSON_TOOL)]
+    if not named or (forced is not None and forced != named[0]["function"]["name"]):
+        return
+    tool = named[0]["function"]
+    out["tools"] = [t for t in tools if t["function"] is not tool]
+    if not out["tools"]:
+        del out["tools"]
+    if forced is not None or choice == "required":
+        out.pop("tool_choice", None)
+    out["json_tool"] = tool["name"]
+    out["response_format"] = _format_for(tool.get("parameters") or {})
+
+
+def _format_for(schema: Any) -> dict[str, Any]:
+    """``response_format`` for a JSON schema: ``json_object`` when it says no more than that."""
+    if not isinstance(schema, dict) or set(schema) <= {"type"}:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+def _json_instruction(system: str) -> tuple[str, dict[str, Any] | None]:
+    """Split Baton's "answer with JSON only" paragraph (sent to continue a JSON answer) off
+    an Anthropic system prompt: the rest of the prompt, and the ``response_format`` it asks."""
+    head, sep, tail = system.rpartition(JSON_INSTRUCTION)
+    if not sep:
+        return system, None
+    _, marker, schema_text = tail.partition(JSON_SCHEMA_MARKER)
+    schema: Any = {"type": "object"}
+    if marker:
+        try:
+            schema = orjson.loads(schema_text.rstrip().removesuffix("."))
+        except orjson.JSONDecodeError:
+            pass
+    return head.rstrip(), _format_for(schema)
 
 
 def _text_of(content: Any) -> str:

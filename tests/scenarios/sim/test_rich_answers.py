@@ -287,14 +287,17 @@ async def test_openai_tool_result_and_image_and_json_non_streaming(sim: Simulate
 
 @pytest.mark.trio
 async def test_anthropic_stream_has_thinking_and_tool_use_blocks(sim: SimulatedProvider) -> None:
-    async with _anthropic(sim) as client, client.messages.stream(
-        model="claude-test",
-        max_tokens=1000,
-        messages=[{"role": "user", "content": USER}],
-        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
-        tool_choice={"type": "tool", "name": "get_time"},
-        thinking={"type": "enabled", "budget_tokens": 1024},
-    ) as stream:
+    async with (
+        _anthropic(sim) as client,
+        client.messages.stream(
+            model="claude-test",
+            max_tokens=1000,
+            messages=[{"role": "user", "content": USER}],
+            tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+            tool_choice={"type": "tool", "name": "get_time"},
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        ) as stream,
+    ):
         events = [event async for event in stream]
         message = await stream.get_final_message()
     types = [b.type for b in message.content]
