@@ -417,7 +417,7 @@ class _Connection:
             self._name, stream_id, resume.after, len(replay),
         )  # fmt: skip
         stream = _streams.get(handle.log)
-        if stream is None:  # started by the HTTP API
+        if stream is None:  # started over HTTP (SSE)
             stream = _streams[handle.log] = _Stream(None, self._auth.meter(self._client))
         assert self._nursery is not None
         self._nursery.start_soon(partial(self._pump, handle, stream, replay=replay))
@@ -466,7 +466,9 @@ class _Connection:
                     batch = await handle.take()
                 except StreamDisplaced:
                     log.debug(
-                        "connection %s: stream %s was resumed elsewhere", self._name, stream_id
+                        "connection %s: stream %s was handed to another reader",
+                        self._name,
+                        stream_id,
                     )
                     return
                 except trio.EndOfChannel:
