@@ -364,3 +364,49 @@ async def test_a_reset_inside_tool_arguments_on_the_wire() -> None:
     assert sim.log[0].outcome == "reset" and 0 < len(sent) < len(plan.calls[0].arguments)
     assert [p for p in sim.log[0].pieces_sent] == list(plan.pieces[: len(sim.log[0].pieces_sent)])
     assert isinstance(plan.pieces[0], Piece)
+
+
+async def test_anthropic_json_through_batons_json_tool_is_the_openai_json_text(
+    sim: SimulatedProvider,
+) -> None:
+    schema = {"name": "w", "schema": WEATHER, "strict": True}
+    fmt = {"type": "json_schema", "json_schema": schema}
+    async with _openai(sim) as client:
+        openai_answer = await client.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "user", "content": USER}],
+            response_format=fmt,  # type: ignore[arg-type]
+        )
+    json_tool = {"name": "baton_json_answer", "input_schema": WEATHER}
+    async with _anthropic(sim) as client:
+        async with client.messages.stream(
+            model="claude-test",
+            max_tokens=1000,
+            messages=[{"role": "user", "content": USER}],
+            tools=[json_tool],  # type: ignore[list-item]
+            tool_choice={"type": "tool", "name": "baton_json_answer"},
+        ) as stream:
+            partial = [
+                e.delta.partial_json
+                async for e in stream
+                if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+            ]
+        # Continuing it: no tool, the system prompt's JSON-only paragraph, the text so far.
+        half = "".join(partial[: len(partial) // 2])
+        system = (
+            "Answer with JSON only, continuing the JSON text exactly where it stops; it must "
+            "match this JSON schema: " + orjson.dumps(WEATHER).decode() + "."
+        )
+        continued = await client.messages.create(
+            model="claude-test",
+            max_tokens=1000,
+            system=system,
+            messages=[
+                {"role": "user", "content": USER},
+                {"role": "assistant", "content": half},
+            ],
+        )
+    text = openai_answer.choices[0].message.content
+    assert text == "".join(partial) and isinstance(orjson.loads(text), dict)
+    assert continued.content[0].type == "text" and half + continued.content[0].text == text
+    assert sim.log[-1].mode == "prefill"
