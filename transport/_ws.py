@@ -114,8 +114,15 @@ class _Stream:
     """What the server keeps of a stream across the connections that read it."""
 
     ref: str | None  # the start's: the stream's error carries it, resumed elsewhere too
-    # tokens_per_minute: one meter, which counts each seq once, whichever connection sent it.
-    meter: TokenMeter
+    meter: TokenMeter  # tokens_per_minute: one per stream, whichever connection sends it
+    metered: int = -1  # the newest seq counted
+
+    def count(self, events: list[ClientEvent]) -> None:
+        """Count the events not counted yet: a replay repeats ones an earlier reader counted."""
+        fresh = [event for event in events if event.seq > self.metered]
+        if fresh:
+            self.meter.see(fresh)
+            self.metered = fresh[-1].seq
 
 
 # Keyed by the stream's log, so that an entry goes when Baton forgets the stream.
@@ -459,7 +466,7 @@ class _Connection:
         delivered = False  # the terminal event was taken and sent
         try:
             if replay:
-                stream.meter.see(replay)  # what was made while no connection read the stream
+                stream.count(replay)  # and what was made while no connection read the stream
                 await self._send([encode_event(event, ref=ref) for event in replay], handle)
             while True:
                 try:
@@ -474,7 +481,7 @@ class _Connection:
                 except trio.EndOfChannel:
                     delivered = True
                     return
-                stream.meter.see(batch)
+                stream.count(batch)
                 await self._send([encode_event(event, ref=ref) for event in batch], handle)
         except ConnectionClosed:
             # The client is gone, unless the server is being cancelled (that raises here).
