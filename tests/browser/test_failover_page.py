@@ -18,7 +18,6 @@ from .test_baton_js import QUESTION, reference_text
 NEEDS_SIM_FAULTS = pytest.mark.xfail(
     strict=True, reason="the fault buttons need GET/POST /sim/faults in baton serve (wave 2)"
 )
-NEEDS_RESUME = pytest.mark.xfail(strict=True, reason="the server side of WebSocket resume (wave 2)")
 ANSWER_TEXT = "[...document.querySelectorAll('#answer .seg')].map((s) => s.textContent).join('')"
 
 
@@ -52,7 +51,6 @@ def test_reset_now_gives_one_answer_with_one_seam(page: Any, baton: BatonProcess
     assert page.errors == []
 
 
-@NEEDS_RESUME
 def test_offline_mid_answer_resumes_without_loss(page: Any, baton: BatonProcess) -> None:
     ask(page, baton)
     stream = page.evaluate("[...window.batonPage.baton.byId.keys()][0]")
