@@ -206,13 +206,11 @@ class TokenMeter:
     in parts) add their estimates, since a provider counts all of them as completion tokens; a
     ``Done`` with the provider's usage replaces the estimates of the attempt that finished (its
     usage counts only its own output, so a ``Failover`` starts a new attempt's estimates).
-    Each seq counts once: a resumed stream's replay repeats events its first reader counted.
     """
 
     def __init__(self, window: TokenWindow | None) -> None:
         self._window = window
         self._attempt: list[Spent] = []
-        self._seen = -1  # the newest seq counted
 
     def __repr__(self) -> str:
         return f"<TokenMeter {self._window!r}>"
@@ -223,9 +221,6 @@ class TokenMeter:
             return
         now = trio.current_time()
         for event in batch:
-            if event.seq <= self._seen:
-                continue
-            self._seen = event.seq
             match event:
                 case Delta(text=text) | Reasoning(text=text):
                     self._attempt.append(self._window.add(now, estimate_tokens(text)))

@@ -137,7 +137,15 @@ class _Resumable:
 
     def __init__(self, chunks: ChunkStream, meter: TokenMeter) -> None:
         self.chunks = chunks
-        self.meter = meter
+        self._meter = meter
+        self._metered = -1  # the newest seq counted
+
+    def meter(self, batch: list[ClientEvent]) -> None:
+        """Count the batch's events for ``tokens_per_minute``, those a replay repeats once."""
+        new = [event for event in batch if event.seq > self._metered]
+        if new:
+            self._metered = new[-1].seq
+            self._meter.see(new)
 
 
 class HTTPApp:
@@ -393,7 +401,7 @@ class HTTPApp:
                     elif not send.finished:
                         await send.body(b"", more=False)  # displaced: a newer reader took over
                     return
-            resumable.meter.see(batch)  # tokens_per_minute
+            resumable.meter(batch)  # tokens_per_minute
             out: list[bytes] = []
             ended = False
             for event in batch:

@@ -46,12 +46,12 @@ class Responder:
     async def whole(
         self, status: int, body: bytes, *, headers: Any = (), content_type: bool = True
     ) -> None:
-        """Send a complete response; ``content_type``: add ``application/json``."""
-        all_headers = [
-            *(JSON_HEADERS if content_type else ()),
-            *headers,
-            (b"content-length", str(len(body)).encode()),
-        ]
+        """Send a complete response; ``content_type``: add ``application/json``.
+
+        A 204 carries no Content-Length (RFC 9110 forbids it) and must have an empty body.
+        """
+        length = () if status == 204 else ((b"content-length", str(len(body)).encode()),)
+        all_headers = [*(JSON_HEADERS if content_type else ()), *headers, *length]
         await self.start(status, all_headers)
         await self.body(body, more=False)
 

@@ -190,6 +190,7 @@ async def test_a_stream_that_ended_while_detached_gives_its_end_and_nothing_afte
         # After the terminal event there is nothing left: 204, which stops an EventSource.
         empty = await resume(client, server, second, last_event_id=terminal)
         assert empty.status_code == 204 and empty.content == b""
+        assert "content-length" not in empty.headers
         # A client that has read the end holds everything: nothing is kept.
         assert server.baton.statistics().detached_streams == 0
         for stream_id in (first, second):
