@@ -19,7 +19,18 @@ import trio
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk
 
-from actors import config_from_dict, open_baton
+from actors import (
+    ClientEvent,
+    Delta,
+    Done,
+    Failover,
+    Reasoning,
+    Started,
+    ToolCallPart,
+    Usage,
+    config_from_dict,
+    open_baton,
+)
 from scenarios import Behaviour, FakeProvider, FaultSchedule
 from tests.transport.test_http import (
     ANSWER,
@@ -35,6 +46,7 @@ from tests.transport.test_http import (
     wait_for,
 )
 from transport import serve_http
+from transport._openai_codec import ChunkStream
 
 DRIP = FaultSchedule.always(Behaviour("drip", token_delay=0.01))
 BODY = {"model": "r", "messages": PROMPT, "stream": True}
@@ -361,3 +373,55 @@ async def test_the_page_and_its_files_are_served(
     assert int(response.headers["content-length"]) == len(response.content)
     assert needle in response.content
     assert b"{{ws_port}}" not in response.content
+
+
+# --- the chunks of a resume are the chunks the first reader wrote ---------------------------------
+
+
+def story() -> list[ClientEvent]:
+    """A stream with a reasoning start, a failover that changes the model, two live tool
+    calls (the second's fragments numbered by the provider as index 0 again) and an end."""
+    s = "st_story"
+    usage = Usage(prompt_tokens=3, completion_tokens=9, total_tokens=12)
+    return [
+        Started(stream=s, seq=0, ref=None, route="r", provider="a", model="ma"),
+        Reasoning(stream=s, seq=1, text="Let me think."),
+        Delta(stream=s, seq=2, text="Hello"),
+        Failover(
+            stream=s,
+            seq=3,
+            from_provider="a",
+            to_provider="b",
+            to_model="mb",
+            reason="reset",
+            mode="continue",
+            phase="midstream",
+        ),
+        Delta(stream=s, seq=4, text=", world"),
+        ToolCallPart(stream=s, seq=5, index=0, id="call_a", name="sum", arguments='{"a"'),
+        ToolCallPart(stream=s, seq=6, index=0, id=None, name=None, arguments=": 1}"),
+        ToolCallPart(stream=s, seq=7, index=0, id="call_b", name="mul", arguments="{}"),
+        Done(stream=s, seq=8, finish_reason="tool_calls", provider="b", model="mb", usage=usage),
+    ]
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_a_resumed_writer_writes_byte_for_byte_what_the_first_one_wrote(
+    include_usage: bool,
+) -> None:
+    events = story()
+    chunks = ChunkStream(
+        completion_id="chatcmpl-st_story", created=1700000000, model="r",
+        include_usage=include_usage,
+    )  # fmt: skip
+    first = chunks.writer()
+    written = [first.write(event) for event in events]
+    assert [ended for _, ended in written] == [False] * 8 + [True]
+    whole = b"".join(data for data, _ in written)
+    assert whole.count(b'"role":"assistant"') == 1
+    assert b'"model":"ma"' in whole and b'"model":"mb"' in whole
+    for after in range(-1, len(events)):
+        resumed = chunks.writer(after)
+        rest = b"".join(resumed.write(event)[0] for event in events[after + 1 :])
+        expected = b"".join(data for data, _ in written[after + 1 :])
+        assert rest == expected, after
