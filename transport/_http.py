@@ -407,6 +407,7 @@ class HTTPApp:
             for event in batch:
                 if isinstance(event, StreamError) and not writer.opened:
                     await _send_stream_error(send, handle, event)
+                    await _took_the_end(handle)
                     return
                 data, ended = writer.write(event)
                 out.append(data)
@@ -420,13 +421,7 @@ class HTTPApp:
                     await send.start(200, (*SSE_HEADERS, *headers))
                 await send.body(body, more=not ended)
             if ended:
-                # Take past the terminal event, so Baton knows the client has it all (a resume
-                # is then unknown_stream); it raises at once.
-                with trio.move_on_after(0):
-                    try:
-                        await handle.take()
-                    except trio.EndOfChannel:
-                        pass
+                await _took_the_end(handle)
                 return
             batch = []
 
@@ -631,6 +626,20 @@ def _resume_after(scope: Scope) -> int:
 
 def _model_object(route: str) -> dict[str, Any]:
     return {"id": route, "object": "model", "created": 0, "owned_by": "baton"}
+
+
+async def _took_the_end(handle: StreamHandle) -> None:
+    """Take past the terminal event just sent, so that Baton keeps nothing of the stream for a
+    resume: its client holds it all (a resume is then ``unknown_stream``).
+
+    The take raises ``EndOfChannel`` at once after the terminal event; the zero timeout only
+    guards against a handle that would wait.
+    """
+    with trio.move_on_after(0):
+        try:
+            await handle.take()
+        except trio.EndOfChannel:
+            pass
 
 
 async def _send_stream_error(send: Responder, handle: StreamHandle, error: StreamError) -> None:

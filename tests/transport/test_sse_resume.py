@@ -254,6 +254,18 @@ def _sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+async def test_a_stream_that_failed_before_any_text_keeps_nothing_for_a_resume() -> None:
+    reject = FaultSchedule.always(Behaviour("status", status=422, code="nope", message="No."))
+    providers = {"a": FakeProvider("a", reject), "b": FakeProvider("b")}
+    async with running(two_targets(), providers) as server, client_for_tests() as client:
+        response = await client.post(server.url + "/v1/chat/completions", json=BODY)
+        assert_error(response, 422, "nope", None)
+        stream_id = response.headers["x-request-id"]
+        await wait_for(lambda: server.baton.statistics().active_streams == 0)
+        assert server.baton.statistics().detached_streams == 0
+        assert_error(await resume(client, server, stream_id, after=-1), 404, "unknown_stream")
+
+
 # --- the window ---------------------------------------------------------------------------------
 
 
