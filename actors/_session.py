@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import trio
@@ -23,25 +23,18 @@ from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
 from ._config import RouteConfig, Target
 from ._context import SessionContext
 from ._errors import Failure, FailureKind
-from ._features import answer_format, check_json, lacking, needs
+from ._features import lacking, needs
 from ._hedge import Claim, HedgeRace, hedge_delay, pick_hedge, wants_hedge
 from ._messages import (
     Done,
-    Failover,
-    Finish,
-    FunctionCall,
     Message,
-    Reasoning,
     Started,
     StreamError,
-    ToolCall,
-    ToolCallDelta,
-    ToolCallPart,
-    Usage,
 )
+from ._output import StreamOutput
 from ._router import Picked, PickResult, Unavailable
 from ._streamlog import StreamLog, short_id
-from ._vocab import StreamEnd, StreamErrorCode
+from ._vocab import StreamEnd
 from .policy._failover import FailOver, Reject, Retry, decide, explain
 from .policy._fair import ANONYMOUS, ClientTag
 from .policy._health_view import HealthSnapshot
@@ -49,8 +42,6 @@ from .policy._report import report_for
 from .policy._route import candidates
 
 log = logging.getLogger(__name__)
-
-Phase = Literal["prestream", "midstream"]
 
 
 @attrs.frozen(kw_only=True)
@@ -100,25 +91,17 @@ class StreamSession:
         self._messages = tuple(messages)
         self._params = dict(params)
         self._ref = ref
-        self._can_reset = can_reset
         self._transport = transport
         self._ctx = context
         self._client = client  # whose stream: its turn in the pool's fair admission
         self.cancel_scope = trio.CancelScope()
         self._shutting_down = False
-        self._delivered: list[str] = []
-        self._serving: Target | None = None
-        self._pending: tuple[str, Phase] | None = None  # the failover to announce: reason, phase
-        self._restarting = False  # the client's text is dropped: the next text comes as a reset
+        self.out = StreamOutput(
+            stream_log, route=route.name, params=self._params, can_reset=can_reset,
+            telemetry=context.telemetry,
+        )  # fmt: skip
         self._attempts: list[AttemptStatistics] = []
-        self._failovers = 0
         self._retrying = False  # a retry attempt holds a place in the route's retry budget
-        self._delivered_deltas = 0
-        self._started_at = 0.0
-        self._first_text_at: float | None = None
-        self._answer_format = answer_format(self._params)
-        self._tool_parts_sent = False  # live tool call fragments the client holds
-        self._shown = False  # the client holds output of this answer (text, reasoning, calls)
         # Targets that cannot serve this request (tools to a server without them, ...): out
         # from the start, and named if the stream ends without an answer.
         self._unable = lacking(route, context.provider_configs, needs(self._messages, self._params))
@@ -140,14 +123,14 @@ class StreamSession:
             outcome = terminal.code
         return StreamStatistics(
             stream=self.id, route=self._route.name, attempts=tuple(self._attempts),
-            failovers=self._failovers, outcome=outcome,
+            failovers=self.out.failovers, outcome=outcome,
         )  # fmt: skip
 
     # --- the stream's life -------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the stream. Cancelling ``cancel_scope`` is the client cancelling it."""
-        self._started_at = trio.current_time()
+        self.out.started_at = trio.current_time()
         telemetry = self._ctx.telemetry
         telemetry.active_streams.add(1, {"transport": self._transport})
         self._ctx.router.start_request_nowait(self._route.name)
@@ -155,21 +138,21 @@ class StreamSession:
             with self.cancel_scope:
                 await self._serve()
             if self.cancel_scope.cancelled_caught and self._shutting_down:
-                self._error(
+                self.out.error(
                     "shutting_down", "Baton is shutting down; please retry.", retryable=True
                 )
             elif self.cancel_scope.cancelled_caught:
-                self._error("cancelled", "The client cancelled the stream.", retryable=False)
+                self.out.error("cancelled", "The client cancelled the stream.", retryable=False)
         except Exception:
             log.exception("stream %s crashed", short_id(self.id))
-            self._error(
+            self.out.error(
                 "internal_error",
                 "Baton failed while serving this stream; please retry.",
                 retryable=True,
             )
         finally:
             # Shutdown cancels us from outside: the client still gets its one terminal event.
-            self._error("shutting_down", "Baton is shutting down; please retry.", retryable=True)
+            self.out.error("shutting_down", "Baton is shutting down; please retry.", retryable=True)
             self._end_retry()
             self._ctx.router.end_request_nowait(self._route.name)
             telemetry.active_streams.add(-1, {"transport": self._transport})
@@ -213,7 +196,7 @@ class StreamSession:
             return True
         self._begin(target)
         hedge = None
-        if wants_hedge(route, attempts=tries.count, delivered=bool(self._delivered)):
+        if wants_hedge(route, attempts=tries.count, delivered=bool(self.out.delivered)):
             hedge = await pick_hedge(self._ctx, route, index)
         while True:
             tries.start(index, trio.current_time())
@@ -237,7 +220,7 @@ class StreamSession:
                     tries.excluded.add(index)
                     busy = f"{target.provider} ({target.model}): all upstream slots busy"
                     tries.failures.append(busy)
-                    self._pending = self._pending or ("pool_full", self._phase())
+                    self.out.pending = self.out.pending or ("pool_full", self.out.phase())
                     return True
             decision = self._settle(picked, outcome, tries, trial=trial)
             if decision is None:
@@ -272,7 +255,7 @@ class StreamSession:
         client holds is never refused.
         """
         route = self._route.name
-        refused = self._ctx.router.start_retry_nowait(route, continuation=bool(self._delivered))
+        refused = self._ctx.router.start_retry_nowait(route, continuation=bool(self.out.delivered))
         if refused is not None:
             self._ctx.telemetry.retry_budget_exhausted.add(1, {"route": route})
             self._exhausted(tries.failures, _unavailable_sentence(refused), refused.snapshots)
@@ -311,8 +294,8 @@ class StreamSession:
 
     def _begin(self, target: Target) -> None:
         """Tell the client which target starts the stream (once, with the first admitted one)."""
-        if self._serving is None:
-            self._serving = target
+        if self.out.serving is None:
+            self.out.serving = target
             self.log.append(
                 Started, ref=self._ref, route=self._route.name, provider=target.provider,
                 model=target.model,
@@ -346,7 +329,7 @@ class StreamSession:
         return outcome
 
     def _hedge_won(self) -> None:
-        self._pending = ("hedge", "prestream")
+        self.out.pending = ("hedge", "prestream")
 
     def _settle(
         self, picked: Picked, outcome: AttemptOutcome, tries: _Tries, *, trial: bool = False
@@ -361,7 +344,7 @@ class StreamSession:
         snapshots = ctx.board.all()
         others = candidates(self._route, snapshots, frozenset(tries.excluded | {picked.index}))
         decision = decide(
-            failure, produced_text=outcome.produced_text, midstream=bool(self._delivered),
+            failure, produced_text=outcome.produced_text, midstream=bool(self.out.delivered),
             was_prefill=outcome.form == "prefill",
             previous_starts=tuple(tries.starts[picked.index]),
             config=ctx.provider_configs[target.provider], now=trio.current_time(),
@@ -377,24 +360,20 @@ class StreamSession:
         if isinstance(decision, Reject):
             self._reject(target, failure)
             return None
-        if self._pending is None:
-            self._pending = (decision.reason, self._phase())
+        if self.out.pending is None:
+            self.out.pending = (decision.reason, self.out.phase())
         why = self._cannot_continue(target, failure)
         if why is not None:
             # The next target answers afresh, if the client can drop what it holds.
-            if not self._can_reset:
-                self._error("stream_diverged", why, retryable=True)
+            if not self.out.can_reset:
+                self.out.error("stream_diverged", why, retryable=True)
                 return None
-            self._restarting = True
-            self._delivered.clear()
-            self._delivered_deltas = 0
-            self._tool_parts_sent = False
-            self._shown = False
+            self.out.drop_answer()
         return decision
 
     def _cannot_continue(self, target: Target, failure: Failure) -> str | None:
         """Why what the client holds of the answer cannot be continued; None: it can."""
-        if failure.kind is FailureKind.ANSWER_TOO_LARGE and self._delivered:
+        if failure.kind is FailureKind.ANSWER_TOO_LARGE and self.out.delivered:
             # The continuation request would carry all of it.
             return (
                 f"{target.provider}'s answer grew past its limit ({failure.message}) and "
@@ -407,7 +386,7 @@ class StreamSession:
                 f"not the JSON the request asks for ({failure.message}); the partial answer "
                 "is incomplete. Retry the request."
             )
-        if self._tool_parts_sent:
+        if self.out.tool_parts_sent:
             return (
                 f"{target.provider} broke off inside a tool call that was streaming live "
                 '(the route has tool_streaming = "live"), which cannot be continued; the '
@@ -422,7 +401,7 @@ class StreamSession:
         client = self._client
         refusal = queue.enter_nowait(client)
         if refusal == "queue_full":
-            self._error(
+            self.out.error(
                 "overloaded",
                 f"Route {route.name!r} has no usable provider and {queue.size} "
                 "requests are already waiting for one; retry later.",
@@ -430,7 +409,7 @@ class StreamSession:
             )
             return None
         if refusal == "share_full":
-            self._error(
+            self.out.error(
                 "overloaded",
                 f"Route {route.name!r} has no usable provider and client {client.name!r} "
                 f"already has its share of the outage queue waiting for one "
@@ -448,9 +427,6 @@ class StreamSession:
             queue.leave(client)
         return picked
 
-    def _phase(self) -> Phase:
-        return "midstream" if self._delivered or self._shown else "prestream"
-
     # --- one attempt ---------------------------------------------------------------------------
 
     async def _attempt(
@@ -459,8 +435,8 @@ class StreamSession:
         """Run one attempt on ``target``; it reports to health itself as it ends."""
         attempt = Attempt(
             self._ctx, target, messages=self._messages, params=self._params,
-            delivered="".join(self._delivered), prefill_rejected=prefill_rejected,
-            sink=self, claim=claim, client=self._client,
+            delivered="".join(self.out.delivered), prefill_rejected=prefill_rejected,
+            sink=self.out, claim=claim, client=self._client,
             tool_streaming=self._route.tool_streaming,
         )  # fmt: skip
         try:
@@ -470,7 +446,7 @@ class StreamSession:
             self._attempts.append(attempt.statistics)
         if outcome.kind == "client_too_slow":
             limit = self._ctx.provider_configs[target.provider].max_stream_duration
-            self._error(
+            self.out.error(
                 "client_too_slow",
                 f"The answer waited {attempt.client_wait:.0f} s of its {limit:g} s "
                 f"(max_stream_duration of {target.provider}) for this client to read it; "
@@ -479,109 +455,8 @@ class StreamSession:
             )
         return outcome
 
-    # --- what the client sees ------------------------------------------------------------------
-
-    def _announce(self, target: Target, mode: Literal["continue", "reset"]) -> None:
-        """Emit the pending failover event, once, before the new target's first text."""
-        pending = self._pending
-        self._pending = None
-        serving = self._serving
-        if pending is None or serving is None:
-            return
-        reason, phase = pending
-        if target == serving and phase == "prestream" and mode == "continue":
-            return  # a retry of the same target before any text: invisible to the client
-        self._failovers += 1
-        self.log.append(
-            Failover, from_provider=serving.provider, to_provider=target.provider,
-            to_model=target.model, reason=reason, mode=mode, phase=phase,
-        )  # fmt: skip
-        self._ctx.telemetry.failovers.add(
-            1, {"route": self._route.name, "from": serving.provider, "to": target.provider,
-                "phase": phase, "reason": reason},
-        )  # fmt: skip
-        log.warning(
-            "stream %s: failover %s -> %s (%s, %s, %s)",
-            short_id(self.id), serving.provider, target.provider, reason, phase, mode,
-        )  # fmt: skip
-        self._serving = target
-
-    def _output(self, target: Target) -> None:
-        """Output of ``target`` for the client: after a failover, announce it first."""
-        if self._pending is not None:
-            self._announce(target, "reset" if self._restarting else "continue")
-            self._restarting = False
-        self._shown = True
-
-    def deliver(self, target: Target, text: str, logprobs: tuple[Any, ...] | None = None) -> None:
-        self._output(target)
-        if self._first_text_at is None:
-            self._first_text_at = trio.current_time()
-            self._ctx.telemetry.ttft.record(
-                self._first_text_at - self._started_at,
-                {"route": self._route.name, "provider": target.provider, "model": target.model},
-            )
-        self._delivered.append(text)
-        self._delivered_deltas += 1
-        self.log.append_text(text, logprobs)
-
-    def reason(self, target: Target, text: str) -> None:
-        self._output(target)
-        self.log.append(Reasoning, text=text)
-
-    def tool_part(self, target: Target, part: ToolCallDelta) -> None:
-        self._output(target)
-        self._tool_parts_sent = True
-        self.log.append(
-            ToolCallPart, index=part.index, id=part.id, name=part.name, arguments=part.arguments
-        )
-
-    def tool_calls(self, target: Target, calls: Sequence[tuple[int, FunctionCall]]) -> None:
-        self._output(target)
-        for index, call in calls:
-            self.log.append(
-                ToolCall, index=index, id=call.id, name=call.name, arguments=call.arguments
-            )
-
-    def answer_problem(self) -> str | None:
-        """Why the answer's text, continued after a failover, is not the JSON asked for."""
-        if self._answer_format == "text":
-            return None
-        return check_json("".join(self._delivered), self._params)
-
-    def diverged(self, target: Target, text: str) -> bool:
-        """The continuation cannot be joined; reset the client's text if it can take that."""
-        if not self._can_reset:
-            self._error(
-                "stream_diverged",
-                f"The answer broke off and {target.provider} could not continue it exactly; "
-                "the partial answer is incomplete. Retry the request.",
-                retryable=True,
-            )
-            return False
-        if self._pending is None:
-            self._pending = ("stream_diverged", "midstream")
-        self._announce(target, "reset")
-        self._delivered.clear()
-        self._delivered_deltas = 0
-        if text:
-            self._delivered.append(text)
-            self._delivered_deltas += 1
-            self.log.append_text(text)
-        return True
-
-    def done(self, target: Target, finish: Finish, usage: Usage | None) -> None:
-        self._output(target)
-        # The finishing attempt's usage as its provider reported it, or None: never a count
-        # of our own. After a failover its prompt includes the delivered text it continued;
-        # every attempt's own usage is in the stream's statistics and the token metrics.
-        self.log.append(
-            Done, finish_reason=finish.reason, provider=target.provider,
-            model=finish.model or target.model, usage=usage,
-        )  # fmt: skip
-
     def _reject(self, target: Target, failure: Failure) -> None:
-        self._error(
+        self.out.error(
             "upstream_rejected",
             f"{target.provider} rejected the request ({failure.status}"
             f"{', ' + failure.code if failure.code else ''}): {failure.message}",
@@ -603,35 +478,34 @@ class StreamSession:
                 + ", ".join(_describe_state(name, snap, now) for name, snap in snapshots.items())
                 + "."
             )
-        self._error(
+        self.out.error(
             "all_providers_unavailable",
             f"No provider of route {self._route.name!r} could answer ({why}): {detail}.{states}",
             retryable=True,
         )
 
-    def _error(self, code: StreamErrorCode, message: str, *, retryable: bool, **extra: Any) -> None:
-        self.log.append(StreamError, code=code, message=message, retryable=retryable, **extra)
-
     def _record_end(self) -> None:
         terminal = self.log.terminal
-        provider = self._serving.provider if self._serving else "none"
-        model = self._serving.model if self._serving else "none"
+        provider = self.out.serving.provider if self.out.serving else "none"
+        model = self.out.serving.model if self.out.serving else "none"
         outcome = "done" if isinstance(terminal, Done) else getattr(terminal, "code", "unknown")
-        duration = trio.current_time() - self._started_at
+        duration = trio.current_time() - self.out.started_at
         attrs_ = {"route": self._route.name, "provider": provider, "model": model}
         if self._client.name is not None:
             attrs_["client"] = self._client.name  # with client keys: whose stream, by name
         tel = self._ctx.telemetry
         tel.requests.add(1, {**attrs_, "outcome": outcome})
         tel.request_duration.record(duration, attrs_)
-        ttft = None if self._first_text_at is None else self._first_text_at - self._started_at
+        ttft = (
+            None if self.out.first_text_at is None else self.out.first_text_at - self.out.started_at
+        )
         client = "" if self._client.name is None else f" client={self._client.name}"
         log.info(
             "stream %s finished:%s route=%s providers=%s outcome=%s ttft=%s duration=%.3f "
             "deltas=%d",
             short_id(self.id), client, self._route.name,
             ",".join(a.provider for a in self._attempts) or "-", outcome,
-            "-" if ttft is None else f"{ttft:.3f}", duration, self._delivered_deltas,
+            "-" if ttft is None else f"{ttft:.3f}", duration, self.out.delivered_deltas,
         )  # fmt: skip
 
 
