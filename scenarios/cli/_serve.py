@@ -2,7 +2,9 @@
 
 ``baton serve --config baton.toml`` serves the file's providers and routes. Without ``--config``
 it starts two simulated providers on 127.0.0.1 (one speaking OpenAI's API, one Anthropic's) and
-a ``default`` route over them, so Baton can be tried with nothing else installed.
+a ``default`` route over them, so Baton can be tried with nothing else installed; only then
+does the HTTP port answer the page's fault buttons (``/sim/faults``: a ``SimulatorFaults`` over
+the two simulators), since only then are the providers Baton's own to break.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import trio
 from actors import BatonConfig, ConfigError, ServerConfig, config_from_dict
 from transport import build_providers, configure_logging, load_config, run_baton
 
-from ..sim import SimulatedProvider
+from ..sim import SimulatedProvider, SimulatorFaults
 
 POINTERS = """\
 Baton is serving two simulated providers (no network, no keys needed):
@@ -55,7 +57,7 @@ def default_config(
 
 
 async def serve_default(host: str, ws_port: int, http_port: int) -> None:
-    """Run Baton over two simulated providers until interrupted."""
+    """Run Baton over two simulated providers, with their fault buttons, until interrupted."""
     openai_sim, anthropic_sim = SimulatedProvider(), SimulatedProvider()
     async with trio.open_nursery() as nursery:
         await nursery.start(openai_sim.serve)
@@ -64,11 +66,13 @@ async def serve_default(host: str, ws_port: int, http_port: int) -> None:
             openai_sim.base_url_openai, anthropic_sim.base_url_anthropic,
             host=host, ws_port=ws_port, http_port=http_port,
         )  # fmt: skip
+        faults = SimulatorFaults({"sim-openai": openai_sim, "sim-anthropic": anthropic_sim})
 
         async def run_then_stop(task_status: trio.TaskStatus[tuple[int, int]]) -> None:
             await run_baton(
-                config, build_providers(config), handle_signals=True, task_status=task_status
-            )
+                config, build_providers(config), handle_signals=True, task_status=task_status,
+                faults=faults,
+            )  # fmt: skip
             nursery.cancel_scope.cancel()  # drained after a signal: stop the simulators too
 
         ports = await nursery.start(run_then_stop)

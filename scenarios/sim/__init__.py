@@ -5,5 +5,6 @@ generator, so a suite can run the same scenario in memory or over real sockets.
 """
 
 from ._fake import FakeProvider as FakeProvider
+from ._live import SimulatorFaults as SimulatorFaults
 from ._simulated import SimulatedProvider as SimulatedProvider
 from ._simulated import open_simulated_provider as open_simulated_provider

@@ -25,6 +25,11 @@ request asks for it (``stream_options.include_usage``). ``stream_options`` plays
 OpenAI-compatible servers that differ: ``"ignored"`` never reports usage on a stream, and
 ``"rejected"`` refuses any request that carries the field with a 400, as strict servers do.
 
+Faults can also be injected while it runs (``inject``; the page's fault buttons, see
+``SimulatorFaults``): ``reset`` aborts every response being sent now, as a connection reset;
+``stall`` holds every token of open and new answers for a while; ``status503`` answers every new
+request, probes too, with a 503 for a while. These override the schedule.
+
 Every chat request is recorded as an ``AttemptRecord`` in ``log``; ``closed_at`` is stamped
 when the response ends, the connection is aborted, or the server sees the client go away.
 ``usage_sent`` maps a request's index to the usage object it was answered with, in the wire's
@@ -83,6 +88,9 @@ _MODELS_PATHS = ("/v1/models", "/models")
 
 #: How a simulated OpenAI-compatible server treats ``stream_options`` (see the module docstring).
 StreamOptions = Literal["honoured", "ignored", "rejected"]
+#: A fault injected at run time (``SimulatedProvider.inject``), the names of ``/sim/faults``.
+LiveFault = Literal["reset", "stall", "status503"]
+LIVE_FAULTS: tuple[LiveFault, ...] = ("reset", "stall", "status503")
 
 
 class _Abort(Exception):
@@ -95,6 +103,14 @@ class _HttpRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+
+
+@attrs.define(eq=False)
+class _Responding:
+    """A response being sent; ``reset`` (``inject``) cancels ``scope`` and aborts it."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    reset: bool = False
 
 
 class SimulatedProvider:
@@ -132,6 +148,10 @@ class SimulatedProvider:
         # A wire timestamp for the "created" fields, not used for any decision.
         self._created = int(time.time())
         self._attempt_closed = trio.Event()
+        # Faults injected at run time (``inject``): trio times they last until.
+        self._stalled_until = float("-inf")
+        self._unavailable_until = float("-inf")
+        self._responding: set[_Responding] = set()
 
     def __repr__(self) -> str:
         return f"SimulatedProvider({self.schedule!r}, port={self.port})"
@@ -159,6 +179,35 @@ class SimulatedProvider:
         """
         while self.open_attempts:
             await self._attempt_closed.wait()
+
+    def inject(self, fault: LiveFault, seconds: float) -> None:
+        """Break this server now, overriding its schedule (call it inside its trio run).
+
+        ``reset``: every response being sent now is aborted with a TCP reset, mid-answer
+        (``seconds`` is not used). ``stall``: for ``seconds``, no token is sent on any answer,
+        open or new (heads and opening events still go out, as a stuck model's do), then they
+        carry on. ``status503``: for ``seconds``, every new chat request and ``/models`` probe
+        is answered 503. ``ValueError`` for another fault or a ``seconds`` that is not above 0.
+        """
+        if fault not in LIVE_FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; one of {', '.join(LIVE_FAULTS)}")
+        if not seconds > 0:
+            raise ValueError(f"a fault lasts more than 0 seconds, not {seconds!r}")
+        until = trio.current_time() + seconds
+        if fault == "reset":
+            for responding in self._responding:
+                responding.reset = True
+                responding.scope.cancel()
+        elif fault == "stall":
+            self._stalled_until = max(self._stalled_until, until)
+        else:
+            self._unavailable_until = max(self._unavailable_until, until)
+        logger.info("simulated provider on port %s: injected %s (%gs)", self.port, fault, seconds)
+
+    async def _unstalled(self) -> None:
+        """Return once no injected stall holds tokens back (a stall may be extended meanwhile)."""
+        while trio.current_time() < self._stalled_until:
+            await trio.sleep_until(self._stalled_until)
 
     def _bound_port(self) -> int:
         if self.port is None:
@@ -225,6 +274,8 @@ class SimulatedProvider:
     def _behaviour_now(self, index: int) -> tuple[float, Behaviour]:
         now = trio.current_time()
         assert self.epoch is not None
+        if now < self._unavailable_until:
+            return now, _UNAVAILABLE
         return now, self.schedule.behaviour_for(index, now - self.epoch)
 
     async def _models(self, stream: trio.SocketStream, conn: h11.Connection, api: str) -> bool:
@@ -294,8 +345,18 @@ class SimulatedProvider:
             else:
                 wire = AnthropicWire(f"msg_baton{index:06d}", model, plan.prompt_tokens)
             body = _stream_body if chat.stream else _complete_body
-            respond = functools.partial(body, stream, conn, record, plan, wire, api)
-            result = await _watching_peer(stream, conn, respond)
+            respond = functools.partial(
+                body, stream, conn, record, plan, wire, api, self._unstalled
+            )
+            responding = _Responding()
+            self._responding.add(responding)
+            try:
+                with responding.scope:
+                    result = await _watching_peer(stream, conn, respond)
+            finally:
+                self._responding.discard(responding)
+            if responding.reset:
+                record.outcome, result = "reset", "reset"
             if wire.usage_sent is not None and record.outcome == "finished":
                 self.usage_sent[index] = wire.usage_sent
             if result == "reset":
@@ -309,6 +370,12 @@ class SimulatedProvider:
             self._attempt_closed = trio.Event()
 
 
+_UNAVAILABLE = Behaviour(
+    "status", status=503,
+    message="The simulated provider is unavailable (a 503 injected by the fault buttons).",
+)  # fmt: skip
+
+
 async def _stream_body(
     stream: trio.SocketStream,
     conn: h11.Connection,
@@ -316,11 +383,13 @@ async def _stream_body(
     plan: AttemptPlan,
     wire: Wire,
     api: str,
+    unstalled: Callable[[], Awaitable[None]],
 ) -> str:
     """Stream the answer as server-sent events, playing the behaviour's fault.
 
     Returns ``end`` (the HTTP message ended), ``reset`` (abort the connection) or ``broken``
-    (the client went away). One write per token.
+    (the client went away). One write per token; ``unstalled()`` is awaited before each token
+    write (an injected stall).
     """
     b = record.behaviour
     pieces = plan.pieces
@@ -336,6 +405,7 @@ async def _stream_body(
             while True:
                 if b.token_delay > 0:
                     await trio.sleep(b.token_delay)
+                await unstalled()
                 sent = [next(cycle) for _ in range(burst)]
                 data = b"".join(wire.token(token) for token in sent)
                 await stream.send_all(conn.send(h11.Data(data=data)))
@@ -363,6 +433,7 @@ async def _stream_body(
                 break
             if b.token_delay > 0:
                 await trio.sleep(b.token_delay)
+            await unstalled()
             await stream.send_all(conn.send(h11.Data(data=wire.piece(pieces[i]))))
             record.record(pieces[i])
         if b.kind == "no_finish":
@@ -371,6 +442,7 @@ async def _stream_body(
             return "end"
         done = b.kind != "no_done"
         reasoning = sum(1 for p in record.pieces_sent if p.kind == "reasoning")
+        await unstalled()
         tail = wire.finish(
             plan.finish_reason, plan.prompt_tokens, record.completion_pieces, done, reasoning
         )
@@ -388,8 +460,10 @@ async def _complete_body(
     plan: AttemptPlan,
     wire: Wire,
     api: str,
+    unstalled: Callable[[], Awaitable[None]],
 ) -> str:
-    """Answer ``stream: false``: the whole answer, after the time it would have streamed for.
+    """Answer ``stream: false``: the whole answer, after the time it would have streamed for
+    (and after any injected stall, ``unstalled()``).
 
     ``reset`` aborts, ``stream_error`` becomes an error status, ``malformed`` cuts the JSON.
     """
@@ -404,6 +478,7 @@ async def _complete_body(
             return "reset"
         stalled = b.stall if b.kind in ("stall", "keepalive_stall") else 0.0
         await trio.sleep(stalled + b.token_delay * len(tokens))
+        await unstalled()
         if b.kind == "stream_error":
             record.outcome = "stream_error"
             await _send_failure(stream, conn, api, stream_error_failure(b))
