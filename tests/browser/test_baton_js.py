@@ -218,7 +218,16 @@ def test_page_streams_an_answer_and_is_screenshotted(page: Any, baton: BatonProc
     # The provider panel shows both simulated providers from /status.
     page.wait_for_selector("#providers tbody tr[data-provider='sim-anthropic']")
     assert page.inner_text("#providers tr[data-provider='sim-openai'] .state") == "healthy"
-    assert page.locator("#faults").is_hidden()  # no /sim/faults (yet): no fault buttons
+    # The embedded default's simulators take faults: a button per provider and fault.
+    page.wait_for_selector("#faults", state="visible")
+    buttons = page.eval_on_selector_all(
+        "#fault-buttons button", "(bs) => bs.map((b) => b.dataset.provider + ':' + b.dataset.fault)"
+    )
+    assert buttons == [
+        f"{provider}:{fault}"
+        for provider in ("sim-openai", "sim-anthropic")
+        for fault in ("reset", "stall", "status503")
+    ]
     shot = artifacts_dir() / "page-answer.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

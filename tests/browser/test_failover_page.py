@@ -1,8 +1,8 @@
 """Issue 18's four browser tests of the page at ``GET /``, in Chromium against ``baton serve``.
 
-The failover of the screenshot test is scheduled in the simulator (``failing_baton``); those
-marked xfail need server parts of wave 2 (``/sim/faults`` in the embedded default, and
-resume on the WebSocket); remove the mark when they land: strict, so a pass shows it is time.
+The failover of the screenshot test is scheduled in the simulator (``failing_baton``); the
+"reset now" and "503 for 20 s" tests press the page's fault buttons, which break the embedded
+default's own simulators through ``/sim/faults``.
 """
 
 from __future__ import annotations
@@ -10,14 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
-
 from .conftest import BatonProcess, artifacts_dir
 from .test_baton_js import QUESTION, reference_text
 
-NEEDS_SIM_FAULTS = pytest.mark.xfail(
-    strict=True, reason="the fault buttons need GET/POST /sim/faults in baton serve (wave 2)"
-)
 ANSWER_TEXT = "[...document.querySelectorAll('#answer .seg')].map((s) => s.textContent).join('')"
 
 
@@ -38,7 +33,6 @@ def reset_now_mid_answer(page: Any, baton: BatonProcess) -> str:
     return str(writer)
 
 
-@NEEDS_SIM_FAULTS
 def test_reset_now_gives_one_answer_with_one_seam(page: Any, baton: BatonProcess) -> None:
     writer = reset_now_mid_answer(page, baton)
     assert page.evaluate(ANSWER_TEXT) == reference_text(baton)  # exactly once, nothing lost
@@ -107,4 +101,40 @@ def test_the_page_marks_a_failover_at_its_seam_and_is_screenshotted(
     shot = artifacts_dir() / "page-failover.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    assert page.errors == []
+
+
+ASK_JS = """
+async () => {
+  const res = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "default", messages: [{ role: "user", content: "Hi?" }] }),
+  });
+  return [res.status, (await res.json()).model];
+}
+"""
+STATE_OF = "document.querySelector(\"#providers tr[data-provider='{}'] .state\")?.textContent"
+BREAKER_TIMEOUT = 40_000  # ms: the breaker rests its 30 s cooldown before it tests recovery
+
+
+def test_503_for_20_s_opens_the_breaker_and_the_panel_shows_it_recover(
+    page: Any, baton: BatonProcess
+) -> None:
+    page.goto(baton.http + "/")
+    page.wait_for_selector("#faults", state="visible", timeout=5_000)
+    page.click("#fault-buttons button[data-provider='sim-openai'][data-fault='status503']")
+    page.wait_for_function("document.querySelector('#fault-result').textContent.includes('sent')")
+    # Live requests meet the 503s and fail over: enough failures in a row open the breaker.
+    for _ in range(3):
+        assert page.evaluate(ASK_JS) == [200, "sim-claude"]
+    state = STATE_OF.format("sim-openai")
+    page.wait_for_function(f"({state} ?? '').startsWith('unhealthy')")
+    assert page.evaluate(STATE_OF.format("sim-anthropic")) == "healthy"
+    assert page.evaluate(ASK_JS) == [200, "sim-claude"]  # an open breaker gets no traffic
+    # After its cooldown the breaker tests recovery (the 503s are over by then): the panel
+    # shows it probing, and a live request, its trial, finds sim-openai answering again.
+    page.wait_for_function(f"{state} === 'probing'", timeout=BREAKER_TIMEOUT)
+    assert page.evaluate(ASK_JS) == [200, "sim-gpt"]
+    page.wait_for_function(f"{state} === 'healthy'")
     assert page.errors == []
