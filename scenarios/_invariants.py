@@ -42,7 +42,14 @@ checked on recorded facts only: the events each client took, the ``AttemptRecord
 - ``json``: a ``done`` answer to a JSON-mode request parses as JSON (an object for
   ``json_object``; matching the schema when ``strict``);
 - ``reasoning``: reasoning is shown only to a client that asked for it, and none of it ever
-  appears in the answer's text.
+  appears in the answer's text;
+- ``resume``: a client whose connection dropped holds, once it resumed, what it would have held
+  had it never dropped (the invariants above judge ``ClientRun.events``, the events it holds
+  by seq: nothing lost, seqs gapless, one terminal event); every replayed event it already
+  held was identical to the one held; a resume inside ``[server] resume_window`` is never
+  refused. One after the window may get ``unknown_stream``: that is excused, the client holds
+  a gapless prefix of the answer, and every upstream attempt of its stream was closed by the
+  window's end (the stream was abandoned, not left running).
 """
 
 from __future__ import annotations
@@ -67,18 +74,23 @@ from actors import (
 )
 
 from ._faults import PREFILL_REJECTED_MESSAGE, AttemptRecord
-from ._play import ClientRun, History, Transition
+from ._play import ClientRun, History, Resume, Transition
 from ._strategies import stays_healthy
 
 INVARIANTS = (
     "no_crash", "no_hang", "shape", "text", "splice", "events", "outcome", "healthy_target",
     "continued", "closed", "attempts", "statistics", "health", "tools", "json", "reasoning",
+    "resume",
 )  # fmt: skip
 _ALWAYS_WRONG = ("internal_error", "shutting_down")
 _EPSILON = 1e-6
 # A reasoning piece this long (without its spaces) found in the text is a leak, not a chance
 # match of one common word.
 REASONING_LEAK_MIN = 12
+# Mock seconds an abandoned stream's upstream attempt may take to close after its window ends
+# (in memory the close is immediate; a simulator sees it over a socket, a little later).
+ABANDON_SLACK = 0.5
+ABANDON_SLACK_SOCKETS = 5.0
 
 
 @attrs.frozen
@@ -122,6 +134,10 @@ def _client(history: History, run: ClientRun) -> Iterator[Violation]:
         return
     if run.hung:
         yield v("no_hang", f"no terminal event within its bound; it saw: {describe(run)}")
+        return
+    yield from (v(*item) for item in _resumes(history, run))
+    if run.gave_up is not None:
+        yield from (v(*item) for item in _abandoned(history, run, run.gave_up))
         return
     events = run.events
     if [e.seq for e in events] != list(range(len(events))):
@@ -198,6 +214,53 @@ def _text(history: History, run: ClientRun, answer: str) -> Iterator[tuple[str, 
                     f"characters the client held (...{prefix[-30:]!r})"
                 ),
             )
+
+
+def _resumes(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:
+    """Replays repeat held events exactly; a resume inside the window is never refused."""
+    for mismatch in run.mismatches:
+        yield "resume", f"a replayed event differs from the one the client held: {mismatch}"
+    window = history.config.server.resume_window
+    for r in run.resumes:
+        if r.error is None:
+            continue
+        away = r.resumed_at - r.detached_at
+        if r.code != "unknown_stream":
+            yield (
+                "resume",
+                f"the resume after seq {r.after} ({away:g} s away) was refused: {r.error}",
+            )
+        elif away <= window + _EPSILON:
+            yield (
+                "resume",
+                f"unknown_stream {away:g} s after the drop, inside the {window:g} s resume window",
+            )
+
+
+def _abandoned(history: History, run: ClientRun, r: Resume) -> Iterator[tuple[str, str]]:
+    """A client that came back too late: what it holds is sound, and its stream was closed."""
+    events = run.events
+    if [e.seq for e in events] != list(range(len(events))):
+        yield "shape", f"seqs held are not 0..{len(events) - 1}: {[e.seq for e in events]}"
+    answer = "".join(history.scenario.answer(run.index))
+    if history.scenario.params(run.index).get("response_format") is None and not answer.startswith(
+        run.text
+    ):
+        yield "text", f"the text held is not a prefix of the answer: {_around(run.text, answer)}"
+    window = history.config.server.resume_window
+    slack = ABANDON_SLACK_SOCKETS if history.real_sockets else ABANDON_SLACK
+    deadline = r.detached_at + window + slack
+    for name, record in history.attempts_of(run.index):
+        if record.closed_at is None or record.closed_at > deadline:
+            closed = "never" if record.closed_at is None else _t(history, record.closed_at)
+            message = (
+                f"attempt {record.index} at {name} was closed {closed}, not by the end of the "
+                f"resume window ({_t(history, r.detached_at + window)}) its client left it in"
+            )
+            yield "resume", message
+    limit = history.config.routes[run.spec.route].max_attempts
+    if len(history.attempts_of(run.index)) > limit:
+        yield "attempts", f"more upstream requests than max_attempts = {limit}"
 
 
 def _tools(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:

@@ -8,6 +8,11 @@ saw, what each provider saw (``AttemptRecord``s, probes), every health transitio
 proxy's statistics once the streams were over. The invariants are checked on that history
 (``_invariants``), never during the run, so a run never stops half way.
 
+A client whose network drops (``ClientSpec.drop_at_event``) does what a transport does for it:
+``Baton.detach`` when the connection goes, ``Baton.resume`` when it comes back, and it holds
+events as a client must, by seq: a replayed event it already holds is dropped (and recorded if
+it differs from the one held), so ``ClientRun.events`` is what the client finally holds.
+
 Health transitions are recorded through ``open_baton``'s ``on_transition`` hook: the health
 actor reports each state change once, with the provider, the old and new state, the
 consecutive-failure count, the time, and whether rejected credentials opened the breaker (a
@@ -83,6 +88,23 @@ def client_text(events: Sequence[ClientEvent]) -> str:
     return text
 
 
+@attrs.frozen(kw_only=True)
+class Resume:
+    """One drop of a client's connection and its resume; times are trio times.
+
+    ``held``: the last seq the client held when its connection dropped; ``after``: the seq it
+    resumed after; ``error``: ``code: message`` when the proxy refused the resume.
+    """
+
+    detached_at: float
+    resumed_at: float
+    held: int
+    after: int
+    replayed: int = 0
+    error: str | None = None
+    code: str | None = None
+
+
 @attrs.define
 class ClientRun:
     """What one client saw of its stream; times are trio times."""
@@ -96,6 +118,14 @@ class ClientRun:
     ended_at: float | None = None  # when the client took the terminal event
     cancelled_at: float | None = None  # when the client disconnected
     hung: bool = False  # no terminal event within the bound
+    resumes: list[Resume] = attrs.field(factory=list)
+    duplicates: int = 0  # replayed events dropped because the client held their seq
+    mismatches: list[str] = attrs.field(factory=list)  # replayed events unlike the ones held
+
+    @property
+    def gave_up(self) -> Resume | None:
+        """The resume the proxy refused (the client then gave up on its stream), if any."""
+        return next((r for r in self.resumes if r.error is not None), None)
 
     @property
     def text(self) -> str:
@@ -216,6 +246,11 @@ def play(
     return history
 
 
+def _time_away(spec: ClientSpec) -> float:
+    """How long a client may spend with its connection down, at most."""
+    return spec.drops * spec.away if spec.drop_at_event is not None else 0.0
+
+
 def _first_error(exc: BaseException) -> str:
     """The innermost first exception of a (nested) group, as one line."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -230,6 +265,7 @@ async def _play(history: History) -> None:
     bounds = [
         spec.start_at
         + stream_bound(config.routes[spec.route], config, pieces[i], spec.read_delay)
+        + _time_away(spec)
         if spec.route in config.routes else 0.0
         for i, spec in enumerate(scenario.clients)
     ]  # fmt: skip
@@ -306,8 +342,50 @@ async def _providers(stack: AsyncExitStack, history: History) -> Mapping[str, An
     return adapters
 
 
+class _Holder:
+    """What a client holds of its stream, by seq: new events kept, repeats checked and dropped."""
+
+    def __init__(self, run: ClientRun, cancel_at: int | None) -> None:
+        self.run = run
+        self.cancel_at = cancel_at
+        self.text_length = 0
+        self.by_seq: dict[int, ClientEvent] = {}
+
+    @property
+    def last_seq(self) -> int:
+        return max(self.by_seq, default=-1)
+
+    def hold(self, events: Sequence[ClientEvent], now: float) -> None:
+        run = self.run
+        for event in events:
+            held = self.by_seq.get(event.seq)
+            if held is not None:
+                run.duplicates += 1
+                if held != event:
+                    run.mismatches.append(f"seq {event.seq}: held {held!r}, replayed {event!r}")
+                continue
+            self.by_seq[event.seq] = event
+            run.events.append(event)
+            if isinstance(event, Failover) and event.mode == "reset":
+                self.text_length = 0
+            elif isinstance(event, Delta):
+                self.text_length += len(event.text)
+            if is_terminal(event):
+                run.ended_at = now
+
+    def wants_cancel(self) -> bool:
+        run = self.run
+        return (
+            self.cancel_at is not None
+            and run.cancelled_at is None
+            and run.ended_at is None
+            and self.text_length >= self.cancel_at
+        )
+
+
 async def _client(baton: Any, run: ClientRun, scenario: Scenario, t0: float, bound: float) -> None:
-    """One client: start at its offset, read (slowly, if so), disconnect at its token."""
+    """One client: start at its offset, read (slowly, if so), drop and resume, disconnect at its
+    token."""
     spec = run.spec
     await trio.sleep_until(t0 + spec.start_at)
     tokens = scenario.answer(run.index)
@@ -328,7 +406,9 @@ async def _client(baton: Any, run: ClientRun, scenario: Scenario, t0: float, bou
     if cancel_at == 0:
         handle.cancel()
         run.cancelled_at = run.started_at
-    text_length = 0
+    holder = _Holder(run, cancel_at)
+    drops_left = spec.drops if spec.drop_at_event is not None else 0
+    next_drop = spec.drop_at_event or 0
     with trio.move_on_after(bound) as scope:
         while True:
             try:
@@ -336,17 +416,24 @@ async def _client(baton: Any, run: ClientRun, scenario: Scenario, t0: float, bou
             except trio.EndOfChannel:
                 break
             now = trio.current_time()
-            for event in batch:
-                run.events.append(event)
-                if isinstance(event, Failover) and event.mode == "reset":
-                    text_length = 0
-                elif isinstance(event, Delta):
-                    text_length += len(event.text)
-                if is_terminal(event):
-                    run.ended_at = now
+            dropping = (
+                drops_left > 0
+                and run.ended_at is None
+                and len(run.events) + len(batch) >= next_drop
+            )
+            if dropping:
+                batch = batch[: max(0, next_drop - len(run.events))]  # the rest is lost
+            holder.hold(batch, now)
+            if dropping and run.ended_at is None:
+                drops_left -= 1
+                resumed = await _drop_and_resume(baton, handle, holder)
+                if resumed is None:
+                    return  # the proxy forgot the stream: the client gives up on it
+                handle = resumed
+                next_drop = len(run.events) + (spec.drop_at_event or 0)
             if run.ended_at is not None:
                 continue
-            if cancel_at is not None and run.cancelled_at is None and text_length >= cancel_at:
+            if holder.wants_cancel():
                 handle.cancel()
                 run.cancelled_at = now
             if spec.read_delay:
@@ -355,3 +442,36 @@ async def _client(baton: Any, run: ClientRun, scenario: Scenario, t0: float, bou
         run.hung = True
         handle.cancel()
     run.statistics = handle.statistics()
+
+
+async def _drop_and_resume(baton: Any, handle: Any, holder: _Holder) -> Any:
+    """The client's connection drops, it is away for a while, then it resumes its stream.
+
+    Returns the new handle, with the replay held, or None when the proxy refused the resume.
+    """
+    run, spec = holder.run, holder.run.spec
+    detached_at = trio.current_time()
+    baton.detach(handle)
+    await trio.sleep(spec.away)
+    held = holder.last_seq
+    after = max(-1, held - spec.stale)
+    resumed_at = trio.current_time()
+    try:
+        new_handle, replay = baton.resume(handle.id, after, client=None)
+    except RequestError as exc:
+        run.resumes.append(
+            Resume(
+                detached_at=detached_at, resumed_at=resumed_at, held=held, after=after,
+                error=f"{exc.code}: {exc.message}", code=exc.code,
+            )
+        )  # fmt: skip
+        run.statistics = handle.statistics()
+        return None
+    run.resumes.append(
+        Resume(
+            detached_at=detached_at, resumed_at=resumed_at, held=held, after=after,
+            replayed=len(replay),
+        )
+    )  # fmt: skip
+    holder.hold(replay, resumed_at)
+    return new_handle

@@ -78,6 +78,7 @@ class SuiteReport:
     failing_runs: int = 0
     failure: Failure | None = None
     providers: dict[str, set[str]] = attrs.field(factory=dict)  # every provider drawn: its kinds
+    resumes: Counter[str] = attrs.field(factory=Counter)  # dropped connections: how they came back
 
     @property
     def violations(self) -> int:
@@ -98,6 +99,12 @@ class SuiteReport:
             self.failovers += sum(isinstance(e, Failover) for e in run.events)
             terminal = run.events[-1] if run.events else None
             outcome = "done" if isinstance(terminal, Done) else getattr(terminal, "code", "no end")
+            if run.gave_up is not None:
+                outcome = f"gave up ({run.gave_up.code})"
+            for resume in run.resumes:
+                self.resumes[
+                    resume.code or ("stale" if resume.after < resume.held else "resumed")
+                ] += 1
             self.outcomes[outcome] += 1
 
 
@@ -183,6 +190,11 @@ def format_suite(
         ),
         ("streams", f"{report.streams}" + (f"  ({outcomes})" if outcomes else "")),
         ("failovers", f"{report.failovers}"),
+        *(
+            [("resumes", ", ".join(f"{kind} {n}" for kind, n in report.resumes.most_common()))]
+            if report.resumes
+            else []
+        ),
         (
             "violations",
             f"{report.violations}"
@@ -214,6 +226,12 @@ def format_failure(
     lines.append("  what the clients saw:")
     for run in failure.history.clients:
         lines.append(f"    client {run.index}: {describe(run)}")
+        for r in run.resumes:
+            came_back = f"refused: {r.error}" if r.error else f"{r.replayed} events replayed"
+            lines.append(
+                f"      dropped holding seq {r.held}, back {r.resumed_at - r.detached_at:g} s "
+                f"later after seq {r.after}: {came_back}"
+            )
     lines += [
         "  replay:",
         f"    {failure.command(config_path=config_path, real_sockets=real_sockets)}",

@@ -127,6 +127,14 @@ class ClientSpec:
     (0: right after starting; None: never). ``read_delay``: a slow reader sleeps this long
     between reads (the stream's log merges the deltas it falls behind on). ``asks``: one of
     ``ASKS``, what the request asks for beyond text (``client_params``).
+
+    A client whose network drops (``drop_at_event``, None: never): once it holds that many
+    events its connection goes (events of the same batch beyond them are lost on the way), the
+    proxy is told (``Baton.detach``), and ``away`` seconds later it resumes (``Baton.resume``)
+    with ``after`` = the last seq it holds minus ``stale`` (a client that lost track of its
+    position), dropping the replayed events it already holds. It drops up to ``drops`` times,
+    every ``drop_at_event`` events. Away longer than the resume window, it is told
+    ``unknown_stream`` and gives up.
     """
 
     start_at: float = 0.0
@@ -135,6 +143,10 @@ class ClientSpec:
     read_delay: float = 0.0
     can_reset: bool = True
     asks: str = "text"
+    drop_at_event: int | None = None
+    away: float = 0.0
+    stale: int = 0
+    drops: int = 1
 
     def __repr__(self) -> str:
         return _short_repr(self, ())

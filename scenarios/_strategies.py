@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 from hypothesis import strategies as st
@@ -189,6 +190,23 @@ def clients(
         asks=st.sampled_from(list(asks)),
     )
     return st.lists(one, min_size=min_size, max_size=max_size).map(tuple)
+
+
+def drops(window: float) -> st.SearchStrategy[dict[str, Any]]:
+    """How a client's network drops (``ClientSpec``'s resume fields): after 1 to 12 events,
+    away briefly, for most of the ``window``, or beyond it; resuming from where it is, a few
+    events back, or from the start (``stale`` past the first seq); up to three times."""
+    away = st.one_of(
+        st.sampled_from([0.0, 0.5, 3.0]),
+        st.sampled_from([round(window / 2, 2), max(0.0, window - 1.0)]),
+        st.sampled_from([window + 1.0, window + 20.0]),
+    )
+    return st.builds(
+        lambda at, away, stale, times: {
+            "drop_at_event": at, "away": away, "stale": stale, "drops": times
+        },
+        st.integers(1, 12), away, st.sampled_from([0, 1, 3, 1000]), st.integers(1, 3),
+    )  # fmt: skip
 
 
 # --- what "stays healthy" means ---------------------------------------------------------------

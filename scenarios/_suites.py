@@ -16,6 +16,9 @@ over its routes). The "first" provider is the first target of the first route.
   slots, short pool timeouts and a small outage queue.
 - ``chaos``: every fault at random request indexes and random rates, flapping, drawn routing
   (strategy, hedging, attempts, retry budget and its floor), clients of every kind.
+- ``resume``: clients whose network drops after some events and who resume (``Baton.detach``,
+  ``Baton.resume``) a moment later, near the end of the resume window or after it, from their
+  last seq or a stale one, while providers break mid-answer or answer slowly.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ._strategies import (
     any_behaviour,
     clients,
     continuers,
+    drops,
     first_then,
     flapping,
     midstream_faults,
@@ -288,6 +292,35 @@ def _chaos(user_config: BatonConfig | None) -> st.SearchStrategy[Scenario]:
     return draw_scenario()
 
 
+def _resume(user_config: BatonConfig | None) -> st.SearchStrategy[Scenario]:
+    @st.composite
+    def draw_scenario(draw: Draw) -> Scenario:
+        f = _frame(draw, user_config, providers=(1, 3), provider_settings=_continuation())
+        slow = st.sampled_from([0.5, 1.5]).map(lambda d: Behaviour("drip", token_delay=d))
+        schedules = []
+        for i, name in enumerate(f.names):
+            t = f.timeouts(name)
+            faults = midstream_faults(t) if i == 0 else continuers(t)
+            schedules.append(
+                draw(
+                    st.one_of(
+                        st.just(FaultSchedule()),
+                        slow.map(FaultSchedule.always),
+                        faults.map(FaultSchedule.always),
+                        first_then(faults, st.one_of(st.just(HEALTHY), slow)),
+                    )
+                )
+            )
+        window = f.config.server.resume_window
+        drawn = draw(clients(list(f.config.routes), max_size=4, spread=5.0))
+        resuming = tuple(
+            attrs.evolve(c, **draw(st.one_of(st.just({}), drops(window)))) for c in drawn
+        )
+        return f.scenario(draw, "resume", schedules, resuming)
+
+    return draw_scenario()
+
+
 SUITES: Mapping[str, Suite] = {
     suite.name: suite
     for suite in (
@@ -306,5 +339,10 @@ SUITES: Mapping[str, Suite] = {
             _overload,
         ),
         Suite("chaos", "every fault at random rates, with drawn routing and clients", _chaos),
+        Suite(
+            "resume",
+            "clients drop their connection and resume, inside the window or too late",
+            _resume,
+        ),
     )
 }
