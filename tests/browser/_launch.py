@@ -5,7 +5,9 @@
 ``--token-delay`` its simulated providers pause before each token, so a browser sees an answer
 stream for a few seconds and can cancel it or go offline in the middle; with
 ``--first-reset-at K`` the OpenAI simulator's first answer is cut (a TCP reset) after K tokens,
-so that answer fails over mid-stream.
+so that answer fails over mid-stream. The simulators it makes are the ones ``serve_default``
+hands its ``SimulatorFaults``, so the page's fault buttons break them as they would in
+``baton serve``.
 
 Until Baton's HTTP app serves the page itself (``transport/_http.py`` importing
 ``static_file``), the app is wrapped here to answer ``transport/_static.py``'s paths on the
