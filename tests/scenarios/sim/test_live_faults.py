@@ -8,19 +8,25 @@ arrives" is checked after every task has been blocked for a short real cushion.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.testing
 
+from actors import Delta, Done, Failover, open_baton
 from scenarios import Behaviour, FaultSchedule, open_simulated_provider
+from scenarios.cli._serve import default_config
 from scenarios.sim import SimulatedProvider, SimulatorFaults
+from transport import build_providers
 
 from .test_simulated_provider import (
     ANSWER,
     ANTHROPIC_BODY,
     OPENAI_BODY,
+    USER,
     Sse,
     anthropic_text,
     openai_text,
@@ -214,3 +220,86 @@ async def test_simulator_faults_names_its_simulators_only(
         async with client() as http:
             assert (await http.get(f"{a.base_url_openai}/models")).status_code == 200
             assert (await http.get(f"{b.base_url_openai}/models")).status_code == 503
+
+
+# --- through Baton: the embedded default's route over its two simulators ---------------------
+
+
+@asynccontextmanager
+async def embedded_default(token_delay: float = 0.0) -> AsyncIterator[tuple[Any, SimulatorFaults]]:
+    """Baton in process over the embedded default's config, its simulators and their faults."""
+    schedule = FaultSchedule(default=Behaviour(token_delay=token_delay))
+    async with (
+        open_simulated_provider(schedule) as openai_sim,
+        open_simulated_provider(schedule) as anthropic_sim,
+    ):
+        config = default_config(
+            openai_sim.base_url_openai, anthropic_sim.base_url_anthropic,
+            host="127.0.0.1", ws_port=0, http_port=0,
+        )  # fmt: skip
+        faults = SimulatorFaults({"sim-openai": openai_sim, "sim-anthropic": anthropic_sim})
+        providers = build_providers(config)
+        try:
+            async with open_baton(config, providers) as baton:
+                yield baton, faults
+        finally:
+            for adapter in providers.values():
+                await adapter.aclose()  # type: ignore[attr-defined]
+
+
+async def read(handle: Any, *, until_text: int | None = None) -> tuple[list[Any], str]:
+    """The stream's events (until its text is that long, or to its end) and its text."""
+    events: list[Any] = []
+    async for event in handle:
+        events.append(event)
+        text = "".join(e.text for e in events if isinstance(e, Delta))
+        if until_text is not None and len(text) >= until_text:
+            break
+    return events, "".join(e.text for e in events if isinstance(e, Delta))
+
+
+def ask(baton: Any) -> Any:
+    return baton.start_stream(route="default", messages=list(USER))
+
+
+async def test_through_baton_reset_now_fails_over_mid_answer_to_the_whole_answer_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with embedded_default(token_delay=0.05) as (baton, faults):
+        handle = ask(baton)
+        _, text = await read(handle, until_text=30)
+        faults.inject("sim-openai", "reset", 20)
+        after, rest = await read(handle)
+    [failover] = [e for e in after if isinstance(e, Failover)]
+    assert (failover.from_provider, failover.to_provider) == ("sim-openai", "sim-anthropic")
+    assert failover.phase == "midstream" and failover.reason == "reset"
+    assert text + rest == "".join(ANSWER)  # exactly once
+    assert isinstance(after[-1], Done) and after[-1].provider == "sim-anthropic"
+
+
+async def test_through_baton_a_stall_fires_the_first_token_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with embedded_default() as (baton, faults):
+        faults.inject("sim-openai", "stall", 600)
+        events, text = await read(ask(baton))
+    [failover] = [e for e in events if isinstance(e, Failover)]
+    assert failover.from_provider == "sim-openai" and failover.reason == "first_token_timeout"
+    assert text == "".join(ANSWER) and events[-1].provider == "sim-anthropic"
+
+
+async def test_through_baton_503s_open_the_breaker_until_they_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with embedded_default() as (baton, faults):
+        faults.inject("sim-openai", "status503", 20)
+        for _ in range(3):
+            events, text = await read(ask(baton))
+            assert events[-1].provider == "sim-anthropic" and text == "".join(ANSWER)
+        await trio.testing.wait_all_tasks_blocked()
+        assert baton.statistics().providers["sim-openai"].health.status == "unhealthy"
+        await trio.sleep(60)  # the 503s are over, the breaker's cooldown too: it probes
+        events, _ = await read(ask(baton))
+        assert events[-1].provider == "sim-openai"  # a live trial, answered: closed again
+        await trio.testing.wait_all_tasks_blocked()  # the health actor has the report
+        assert baton.statistics().providers["sim-openai"].health.status == "healthy"
