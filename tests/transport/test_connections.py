@@ -281,9 +281,11 @@ async def test_over_the_limit_http_gets_503_while_healthz_and_open_streams_carry
             rest = await streaming.rest()
         events = (first + rest).decode()
         assert events.endswith("data: [DONE]\n\n")
+        # Each SSE event is an ``id: <seq>`` line (for resuming) and its ``data:`` line.
         text = "".join(
             orjson.loads(line[len("data: ") :])["choices"][0]["delta"].get("content", "")
-            for line in events.split("\n\n")
+            for event in events.split("\n\n")
+            for line in event.split("\n")
             if line.startswith("data: {")
         )
         assert text == ANSWER
@@ -452,7 +454,8 @@ async def test_a_client_that_leaves_early_is_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="transport._http")
-    async with running(FakeProvider("a", DRIP)) as servers:
+    # resume_window = 0: a stream whose client left is cancelled at once (no resume).
+    async with running(FakeProvider("a", DRIP), resume_window=0) as servers:
         client = HTTPClient(await connect(servers.http_port))
         with trio.fail_after(BOUND):
             await client.request("POST", "/v1/chat/completions", chat_body(stream=True))

@@ -289,7 +289,10 @@ class HttpxStream:
     def events(self) -> list[str]:
         """The ``data`` of each SSE event; the body must end with a whole event."""
         assert self.body.endswith("\n\n"), self.body[-300:]
-        return [block.removeprefix("data: ") for block in self.body[:-2].split("\n\n")]
+        # An event may start with its ``id: <seq>`` line (for resuming): the data is the rest.
+        return [
+            block.split("\n")[-1].removeprefix("data: ") for block in self.body[:-2].split("\n\n")
+        ]
 
 
 def assert_ends_with_shutting_down_event(stream: HttpxStream) -> None:
