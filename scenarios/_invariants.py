@@ -218,6 +218,8 @@ def _text(history: History, run: ClientRun, answer: str) -> Iterator[tuple[str, 
 
 def _resumes(history: History, run: ClientRun) -> Iterator[tuple[str, str]]:
     """Replays repeat held events exactly; a resume inside the window is never refused."""
+    if run.repeated:
+        yield "shape", f"a live read repeated seqs {run.repeated} (only a replay may)"
     for mismatch in run.mismatches:
         yield "resume", f"a replayed event differs from the one the client held: {mismatch}"
     window = history.config.server.resume_window

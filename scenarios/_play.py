@@ -121,6 +121,7 @@ class ClientRun:
     resumes: list[Resume] = attrs.field(factory=list)
     duplicates: int = 0  # replayed events dropped because the client held their seq
     mismatches: list[str] = attrs.field(factory=list)  # replayed events unlike the ones held
+    repeated: list[int] = attrs.field(factory=list)  # seqs a live read (not a replay) repeated
 
     @property
     def gave_up(self) -> Resume | None:
@@ -355,10 +356,14 @@ class _Holder:
     def last_seq(self) -> int:
         return max(self.by_seq, default=-1)
 
-    def hold(self, events: Sequence[ClientEvent], now: float) -> None:
+    def hold(self, events: Sequence[ClientEvent], now: float, *, replay: bool = False) -> None:
+        """Keep the events the client does not hold yet; only a replay may repeat a seq."""
         run = self.run
         for event in events:
             held = self.by_seq.get(event.seq)
+            if held is not None and not replay:
+                run.repeated.append(event.seq)
+                continue
             if held is not None:
                 run.duplicates += 1
                 if held != event:
@@ -473,5 +478,5 @@ async def _drop_and_resume(baton: Any, handle: Any, holder: _Holder) -> Any:
             replayed=len(replay),
         )
     )  # fmt: skip
-    holder.hold(replay, resumed_at)
+    holder.hold(replay, resumed_at, replay=True)
     return new_handle

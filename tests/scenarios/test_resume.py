@@ -126,3 +126,19 @@ def test_a_planted_resume_that_skips_one_event_is_found_shrunk_and_replayed(
     ]
     monkeypatch.setattr(actors._system.Baton, "resume", REAL_RESUME)
     assert replay(failure.blob)[2] == []
+
+
+def test_a_seq_repeated_outside_a_replay_is_a_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_take = actors._system.StreamHandle.take
+    taken: list[Any] = []
+
+    async def take(self: Any) -> list[Any]:
+        batch = await real_take(self)
+        taken.extend(batch)
+        return [taken[0], *batch] if len(taken) > len(batch) else batch  # seq 0 again
+
+    monkeypatch.setattr(actors._system.StreamHandle, "take", take)
+    history = play(scenario(ClientSpec()))
+    violations = check(history)
+    assert [v.invariant for v in violations] == ["shape"]
+    assert "a live read repeated seqs [0" in str(violations[0])
