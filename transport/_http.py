@@ -9,7 +9,8 @@ A raw ASGI application (``build_app``) served by hypercorn's trio worker (``serv
                                 (``"status": "draining"`` while Baton shuts down)
     GET  /status                providers' health and pools, routes, active streams (JSON)
     GET  /metrics               Prometheus text (with a ``MetricsEndpoint``)
-    GET  /v1/streams/{stream}   resume a streamed answer after a dropped connection (below)
+    GET  /v1/streams/{stream}   resume a streamed answer after a dropped connection
+                                (``transport._sse_resume``)
     GET  /, /client/...         the failover page and ``baton.js`` (``transport._static``)
     GET  /sim/faults            the fault buttons' endpoint, only with a ``FaultInjector``
 
@@ -19,16 +20,6 @@ error status (which OpenAI's SDKs raise as ``APIStatusError``) rather than a 200
 inside. A stream that breaks after output ends with an ``error`` event and no ``[DONE]``, so
 SDKs raise instead of presenting a cut-off answer as complete. Failovers are invisible except
 for the chunks' ``model``.
-
-Resuming: every SSE event carries ``id: <seq>`` (the seq of the stream event it encodes) and
-the response ``x-baton-stream: st_...``. A client whose connection drops asks ``GET
-/v1/streams/{stream}`` with ``Last-Event-ID: N`` (what a browser's ``EventSource`` sends by
-itself) or ``?after=N`` and gets the same chunk stream from after event N: same completion
-id, ``created`` and model (``ChunkStream``), no loss, no repeat. Meanwhile the stream runs on
-without a reader for ``[server] resume_window`` seconds (``Baton.detach``); 0 cancels it when
-its client leaves. Errors: 404 ``unknown_stream``, 410 ``resume_unavailable``; with client
-keys only the stream's own client may resume it. A resume after the stream's last event
-answers 204, which tells an ``EventSource`` to stop reconnecting.
 
 Every request field but Baton's own goes upstream (``parse_chat_request``); reasoning, tool
 calls and log probabilities come back in OpenAI's shapes (``ChunkEncoder``, ``Answer``). When
@@ -40,11 +31,9 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 import trio
@@ -52,7 +41,6 @@ from hypercorn.config import Config as HypercornConfig
 
 from actors import (
     Baton,
-    ClientEvent,
     Delta,
     Done,
     Failover,
@@ -70,23 +58,20 @@ from ._accept import serve_asgi
 from ._admin import admin_only
 from ._auth import Client, ClientAuth, Refused, TokenMeter
 from ._faults import FaultInjector, fault_list, parse_fault
-from ._http_response import ClientGone, Responder, Send
+from ._http_response import ClientGone, Receive, Responder, Scope, Send, send_stream_error
 from ._http_status import status_document
 from ._limits import server_connection_limiter
 from ._metrics import MetricsEndpoint
 from ._openai_codec import (
-    SSE_HEADERS,
+    REQUEST_ERROR_CODES,
     Answer,
     APIError,
     ChatRequest,
-    ChunkStream,
-    ChunkWriter,
     completion_body,
     parse_chat_request,
-    stream_error_body,
-    stream_error_status,
 )
 from ._origin import ORIGIN_REFUSED, OriginPolicy, preflight_headers, require_json
+from ._sse_resume import STREAMS_PATH, ChunkStream, ResumableStreams
 from ._static import static_file, static_headers, static_paths
 from .providers._anthropic import dropped_fields
 
@@ -96,8 +81,6 @@ log = logging.getLogger(__name__)
 # the event loop is busy: the kernel then resets connections before Baton ever sees them.
 LISTEN_BACKLOG = 4096
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Handler = Callable[[Scope, Receive, "Responder"], Awaitable[None]]
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -123,29 +106,7 @@ _INTERNAL_ERROR_EVENT = (
 
 
 _CLIENT_LEFT = "stream %s: the client closed its connection before the answer ended"
-STREAMS_PATH = "/v1/streams/"
 FAULTS_PATH = "/sim/faults"
-
-
-class _Resumable:
-    """What a resume of one streamed answer needs besides its log: its chunks' shared parts
-    and its client's token meter (which counts each seq once, whichever reader sends it).
-
-    Kept by the HTTP app weakly keyed by the stream's log, so it lives as long as Baton keeps
-    the stream; it must hold no reference to the log or a handle.
-    """
-
-    def __init__(self, chunks: ChunkStream, meter: TokenMeter) -> None:
-        self.chunks = chunks
-        self._meter = meter
-        self._metered = -1  # the newest seq counted
-
-    def meter(self, batch: list[ClientEvent]) -> None:
-        """Count the batch's events for ``tokens_per_minute``, those a replay repeats once."""
-        new = [event for event in batch if event.seq > self._metered]
-        if new:
-            self._metered = new[-1].seq
-            self._meter.see(new)
 
 
 class HTTPApp:
@@ -188,12 +149,7 @@ class HTTPApp:
             # Operator-level: they change how providers behave (of Baton's own simulators).
             self._routes[FAULTS_PATH] = ("GET", admin_only(baton.config.server, self._faults))
         self._fault_post = admin_only(baton.config.server, self._inject)
-        # The streamed answers a resume can continue, by log (alive while Baton keeps the
-        # stream) and by id (for the lookup before the resume itself).
-        self._resumable: weakref.WeakKeyDictionary[Any, _Resumable] = weakref.WeakKeyDictionary()
-        self._resumable_ids: weakref.WeakValueDictionary[str, _Resumable] = (
-            weakref.WeakValueDictionary()
-        )
+        self._resumable = ResumableStreams(baton)  # the streamed answers a resume can continue
 
     def __repr__(self) -> str:
         return f"<HTTPApp routes={sorted(self.baton.config.routes)}>"
@@ -300,7 +256,7 @@ class HTTPApp:
                 return
             if exc.code == "unknown_model":
                 raise APIError(404, "model_not_found", exc.message, param="model") from None
-            code = _REQUEST_ERROR_CODES.get(exc.code, exc.code)
+            code = REQUEST_ERROR_CODES.get(exc.code, exc.code)
             raise APIError(exc.status, code, exc.message) from None
         handle.log.wake_for_text_only = True  # Started and Failover alone send nothing here
         meter = self.auth.meter(client)
@@ -314,12 +270,9 @@ class HTTPApp:
                 completion_id="chatcmpl-" + handle.id, created=int(time.time()),
                 model=request.route, include_usage=request.include_usage,
             )  # fmt: skip
-            resumable = _Resumable(chunks, meter)
-            self._resumable[handle.log] = resumable
-            self._resumable_ids[handle.id] = resumable
+            answer = self._resumable.keep(handle, chunks, meter)
             headers = (*headers, (b"x-baton-stream", handle.id.encode()))
-            await self._read(handle, partial(self._stream, resumable, chunks.writer()),
-                             receive, send, headers, stream=True)  # fmt: skip
+            await self._read(handle, answer, receive, send, headers, stream=True)
         else:
             await self._read(handle, partial(self._complete, meter), receive, send, headers,
                              stream=False)  # fmt: skip
@@ -375,56 +328,6 @@ class HTTPApp:
         dropped = dropped_fields(request.params, messages=request.messages)
         return ((b"x-baton-dropped-fields", ", ".join(dropped).encode()),) if dropped else ()
 
-    async def _stream(
-        self,
-        resumable: _Resumable,
-        writer: ChunkWriter,
-        handle: StreamHandle,
-        send: Responder,
-        headers: tuple[tuple[bytes, bytes], ...],
-        replay: list[ClientEvent] | None = None,
-    ) -> None:
-        """Relay the stream as SSE chunks, one ``send`` per batch, until its end is sent.
-
-        ``replay``: a resume's missed events, sent first. Headers wait for the first output;
-        a stream that ends before any (a resume after its last event, or a reader displaced by
-        another resume) is answered 204.
-        """
-        batch = replay or []
-        while True:
-            if not batch:
-                try:
-                    batch = await handle.take()
-                except trio.EndOfChannel:
-                    if not send.started:
-                        await send.whole(204, b"", headers=headers, content_type=False)
-                    elif not send.finished:
-                        await send.body(b"", more=False)  # displaced: a newer reader took over
-                    return
-            resumable.meter(batch)  # tokens_per_minute
-            out: list[bytes] = []
-            ended = False
-            for event in batch:
-                if isinstance(event, StreamError) and not writer.opened:
-                    await _send_stream_error(send, handle, event)
-                    await _took_the_end(handle)
-                    return
-                data, ended = writer.write(event)
-                out.append(data)
-                if isinstance(event, StreamError):
-                    log.info("stream %s broke after text: %s", short_id(handle.id), event.code)
-                if ended:
-                    break
-            body = b"".join(out)
-            if body:
-                if not send.started:
-                    await send.start(200, (*SSE_HEADERS, *headers))
-                await send.body(body, more=not ended)
-            if ended:
-                await _took_the_end(handle)
-                return
-            batch = []
-
     async def _complete(
         self,
         meter: TokenMeter,
@@ -463,7 +366,7 @@ class HTTPApp:
                         return
                     case StreamError():
                         handle.release()
-                        await _send_stream_error(send, handle, event)
+                        await send_stream_error(send, handle, event)
                         return
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -503,27 +406,7 @@ class HTTPApp:
 
     async def _resume(self, scope: Scope, receive: Receive, send: Responder) -> None:
         """``GET /v1/streams/{stream}``: the rest of a streamed answer after the client's event."""
-        stream_id = scope["path"][len(STREAMS_PATH) :]
-        after = _resume_after(scope)
-        client: Client = scope["baton.client"]
-        resumable = self._resumable_ids.get(stream_id)
-        if resumable is None:  # not a streamed chat completion of this app, or forgotten
-            raise APIError(
-                404, "unknown_stream",
-                f"No stream {clip(short_id(stream_id))} can be resumed here: it never existed, "
-                "it was not a streamed chat completion, or its resume window is over. Start "
-                "the request again.",
-            )  # fmt: skip
-        try:
-            handle, replay = self.baton.resume(stream_id, after, client=client.name)
-        except RequestError as exc:
-            param = "after" if exc.code == "bad_request" else None
-            code = _REQUEST_ERROR_CODES.get(exc.code, exc.code)
-            raise APIError(exc.status, code, exc.message, param=param) from None
-        handle.log.wake_for_text_only = True
-        headers = ((b"x-request-id", handle.id.encode()), (b"x-baton-stream", handle.id.encode()))
-        writer = resumable.chunks.writer(after)
-        answer = partial(self._stream, resumable, writer, replay=replay)
+        handle, answer, headers = self._resumable.resume(scope)
         await self._read(handle, answer, receive, send, headers, stream=True)
 
     # --- the page and the fault buttons --------------------------------------------------------
@@ -599,63 +482,8 @@ class HTTPApp:
         await send.whole(200, self.metrics.render(), headers=headers, content_type=False)
 
 
-# Baton's request error codes as the HTTP API names them (OpenAI's where it has one).
-_REQUEST_ERROR_CODES = {"bad_request": "invalid_value", "unsupported": "unsupported_capability"}
-
-
-def _resume_after(scope: Scope) -> int:
-    """The seq of the last event a resuming client holds: ``Last-Event-ID`` (which an
-    ``EventSource`` updates as it reads) over ``?after=`` (fixed in its URL); -1 if neither."""
-    raw: str | None = None
-    for name, value in scope["headers"]:
-        if name == b"last-event-id":
-            raw = value.decode("latin-1").strip()
-    if raw is None:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("after")
-        raw = query[-1].strip() if query else None
-    if raw is None or raw == "":
-        return -1
-    if not raw.lstrip("-").isdigit() or len(raw) > 20 or int(raw) < -1:
-        raise APIError(
-            400, "invalid_value",
-            f"Last-Event-ID / 'after' must be the seq of the last event you hold (an integer, "
-            f"-1: none), not {clip(raw)}.", param="after",
-        )  # fmt: skip
-    return int(raw)
-
-
 def _model_object(route: str) -> dict[str, Any]:
     return {"id": route, "object": "model", "created": 0, "owned_by": "baton"}
-
-
-async def _took_the_end(handle: StreamHandle) -> None:
-    """Take past the terminal event just sent, so that Baton keeps nothing of the stream for a
-    resume: its client holds it all (a resume is then ``unknown_stream``).
-
-    The take raises ``EndOfChannel`` at once after the terminal event; the zero timeout only
-    guards against a handle that would wait.
-    """
-    with trio.move_on_after(0):
-        try:
-            await handle.take()
-        except trio.EndOfChannel:
-            pass
-
-
-async def _send_stream_error(send: Responder, handle: StreamHandle, error: StreamError) -> None:
-    """Answer a stream that failed before any text with a plain error status."""
-    status = stream_error_status(error)
-    log.info(
-        "stream %s failed before any text: %s (HTTP %d)", short_id(handle.id), error.code, status
-    )
-    # OpenAI's SDKs retry 5xx and 429 unless told otherwise; say whether a retry can help.
-    headers: tuple[tuple[bytes, bytes], ...] = (
-        (b"x-request-id", handle.id.encode()),
-        (b"x-should-retry", b"true" if error.retryable else b"false"),
-    )
-    if error.code == "shutting_down":
-        headers += ((b"retry-after", b"1"),)
-    await send.whole(status, stream_error_body(error), headers=headers)
 
 
 async def _watch_disconnect(

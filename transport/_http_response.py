@@ -1,6 +1,7 @@
 """One HTTP response over ASGI ``send``: whether it began or ended, and a client that left.
 
-``transport._http`` answers every request through a ``Responder``.
+``transport._http`` answers every request through a ``Responder``; ``send_stream_error``
+answers a stream that failed before any output with a plain error status.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._openai_codec import error_body
+from actors import StreamError, StreamHandle, short_id
+
+from ._openai_codec import error_body, stream_error_body, stream_error_status
 
 log = logging.getLogger("transport._http")
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 
@@ -70,3 +75,19 @@ class Responder:
         except OSError as exc:
             # ASGI 2.4: a server may raise OSError for a send to a client that left.
             raise ClientGone from exc
+
+
+async def send_stream_error(send: Responder, handle: StreamHandle, error: StreamError) -> None:
+    """Answer a stream that failed before any text with a plain error status."""
+    status = stream_error_status(error)
+    log.info(
+        "stream %s failed before any text: %s (HTTP %d)", short_id(handle.id), error.code, status
+    )
+    # OpenAI's SDKs retry 5xx and 429 unless told otherwise; say whether a retry can help.
+    headers: tuple[tuple[bytes, bytes], ...] = (
+        (b"x-request-id", handle.id.encode()),
+        (b"x-should-retry", b"true" if error.retryable else b"false"),
+    )
+    if error.code == "shutting_down":
+        headers += ((b"retry-after", b"1"),)
+    await send.whole(status, stream_error_body(error), headers=headers)

@@ -4,14 +4,14 @@
 takes; ``ChunkEncoder`` writes a stream's events as ``chat.completion.chunk`` SSE events with
 the constant parts of each chunk encoded once per stream (text, reasoning, tool calls, log
 probabilities); ``Answer`` puts a stream together for ``completion_body``, and ``error_body``
-builds error answers. Everything here is pure: the ASGI app
-(``transport._http``) does the I/O.
+builds error answers. Everything here is pure: the ASGI app (``transport._http``) does the
+I/O, and ``transport._sse_resume`` keeps a streamed answer's chunks resumable.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -19,14 +19,8 @@ import orjson
 
 from actors import (
     BatonError,
-    ClientEvent,
-    Delta,
-    Done,
-    Failover,
     Message,
-    Reasoning,
     RequestError,
-    Started,
     StreamError,
     StreamErrorCode,
     ToolCall,
@@ -187,6 +181,10 @@ def _developer_as_system(message: Any) -> Any:
     return message
 
 
+# Baton's request error codes as the HTTP API names them (OpenAI's where it has one).
+REQUEST_ERROR_CODES = {"bad_request": "invalid_value", "unsupported": "unsupported_capability"}
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 # The HTTP status a stream's error answers with when no text was sent yet.
@@ -237,13 +235,6 @@ def stream_error_body(error: StreamError) -> bytes:
 
 
 # --- answers -----------------------------------------------------------------------------------
-
-DONE_EVENT = b"data: [DONE]\n\n"
-SSE_HEADERS: Sequence[tuple[bytes, bytes]] = (
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # nginx would otherwise hold the stream back
-)
 
 
 def usage_object(usage: Usage) -> dict[str, Any]:
@@ -485,119 +476,3 @@ def completion_body(
             "system_fingerprint": None,
         }
     )
-
-
-# --- a stream's chunks, resumable ----------------------------------------------------------------
-
-
-class ChunkStream:
-    """What every chunk of one streamed answer shares, kept with the stream for a resume.
-
-    A resumed stream (``GET /v1/streams/{id}``) must be byte-compatible with the one the
-    client began to read: the same completion id, ``created`` and ``include_usage``, the model
-    the chunks named at the client's last event, no second role chunk if the first was sent,
-    and live tool calls numbered on from where they were. The first reader records here,
-    per seq, the few events that change that state (model changes, the first output, the
-    beginnings of live calls); ``writer(after)`` rebuilds it as it was after event ``after``.
-    Holds nothing of the stream's log (the HTTP app keys these by it, weakly).
-    """
-
-    def __init__(
-        self, *, completion_id: str, created: int, model: str, include_usage: bool
-    ) -> None:
-        self.completion_id = completion_id
-        self.created = created
-        self.include_usage = include_usage
-        self._models: list[tuple[int, str]] = [(-1, model)]  # (seq, the model from then on)
-        self._opened_at: int | None = None  # seq of the first event that sent output
-        self._calls: list[ToolCallPart] = []  # the parts that began a live call, in seq order
-        self._recorded = -1  # the newest seq recorded
-
-    def __repr__(self) -> str:
-        return f"<ChunkStream {self.completion_id} recorded={self._recorded}>"
-
-    def writer(self, after: int = -1) -> ChunkWriter:
-        """A writer in the state the chunks were in once event ``after`` was written."""
-        model = next(m for seq, m in reversed(self._models) if seq <= after)
-        encoder = ChunkEncoder(
-            completion_id=self.completion_id, created=self.created, model=model,
-            include_usage=self.include_usage,
-        )  # fmt: skip
-        for part in self._calls:
-            if part.seq <= after:
-                encoder.tool_call_part(part)  # numbers the call as the first reader did
-        opened = self._opened_at is not None and self._opened_at <= after
-        return ChunkWriter(self, encoder, opened=opened)
-
-    def _record(self, event: ClientEvent, *, model: str | None, opens: bool, call: bool) -> None:
-        if event.seq <= self._recorded:
-            return  # a replayed event: recorded when it was first written
-        self._recorded = event.seq
-        if model is not None and model != self._models[-1][1]:
-            self._models.append((event.seq, model))
-        if opens and self._opened_at is None:
-            self._opened_at = event.seq
-        if call:
-            assert isinstance(event, ToolCallPart)
-            self._calls.append(event)
-
-
-class ChunkWriter:
-    """Writes one reader's share of a stream as SSE chunk events, each with ``id: <seq>``.
-
-    The ``id`` is the seq of the event a chunk encodes: a browser's ``EventSource`` sends the
-    last one back as ``Last-Event-ID`` when it reconnects. An event written as several SSE
-    events (the role chunk and the first text; the finish, usage and ``[DONE]``) carries it
-    on the last only, so a client cut off inside the group asks for the whole group again;
-    an event that writes nothing (``started``, ``failover``) carries none.
-    """
-
-    def __init__(self, stream: ChunkStream, encoder: ChunkEncoder, *, opened: bool) -> None:
-        self._stream = stream
-        self._encoder = encoder
-        self.opened = opened  # the role chunk went out: the client holds (possibly empty) text
-
-    def write(self, event: ClientEvent) -> tuple[bytes, bool]:
-        """The SSE bytes of ``event`` (possibly none), and whether it ends the stream.
-
-        A ``StreamError`` before any output is the caller's to answer with an error status.
-        """
-        encoder = self._encoder
-        out: list[bytes] = []
-        model: str | None = None
-        ended = False
-        began_call = False
-        match event:
-            case Delta(text=text, logprobs=logprobs):
-                out.append(encoder.delta(text, logprobs))
-            case Reasoning(text=text):
-                out.append(encoder.reasoning(text))
-            case ToolCall():
-                out.append(encoder.tool_call(event))
-            case ToolCallPart():
-                before = encoder.live_calls
-                out.append(encoder.tool_call_part(event))
-                began_call = encoder.live_calls > before
-            case Started(model=model) | Failover(to_model=model):
-                encoder.set_model(model)
-            case Done():
-                model = event.model
-                encoder.set_model(model)
-                out.append(encoder.finish(event.finish_reason))
-                if self._stream.include_usage:
-                    out.append(encoder.usage(event.usage))
-                out.append(DONE_EVENT)
-                ended = True
-            case StreamError():
-                out.append(encoder.error(event))
-                ended = True
-        opens = bool(out) and not isinstance(event, StreamError)
-        if opens and not self.opened:
-            self.opened = True
-            content = not isinstance(event, (ToolCall, ToolCallPart))
-            out.insert(0, encoder.role(content=content))
-        self._stream._record(event, model=model, opens=opens, call=began_call)
-        if not out:
-            return b"", ended
-        out[-1] = b"id: " + str(event.seq).encode() + b"\n" + out[-1]
-        return b"".join(out), ended

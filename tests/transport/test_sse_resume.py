@@ -46,7 +46,7 @@ from tests.transport.test_http import (
     wait_for,
 )
 from transport import serve_http
-from transport._openai_codec import ChunkStream
+from transport._sse_resume import ChunkStream
 
 DRIP = FaultSchedule.always(Behaviour("drip", token_delay=0.01))
 BODY = {"model": "r", "messages": PROMPT, "stream": True}
