@@ -198,6 +198,7 @@ class Baton:
         transport: str = "embedded",
         client: str | None = None,
         priority: int | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> StreamHandle:
         """Start a stream on ``route`` and return its handle; never blocks.
 
@@ -207,6 +208,12 @@ class Baton:
         ``client``: whose stream (a ``[clients]`` name; None: anonymous) for fair admission to
         upstream slots; ``priority`` is its weight there (None: the client's configured
         ``priority``, else 1).
+
+        ``on_end`` is called exactly once, when the stream's task ends (its terminal event is
+        in the log and its upstream request closed: done, an error, a cancel, the end of its
+        resume window, shutdown), whoever reads it or none; never if this raises. It must not
+        block; an exception it raises is logged, not raised. A transport counts a client's
+        running streams with it (``max_streams``), detached ones included.
         """
         route_config = self.config.routes.get(route)
         if route_config is None:
@@ -251,15 +258,19 @@ class Baton:
             try:
                 await session.run()
             finally:
-                self._ctx.load.stream_ended()
-                del self._streams[stream_id]
-                if not self._streams:
-                    self._all_ended.set()
-                ended = session.statistics()
-                if ended.outcome is not None:
-                    self._finished[ended.outcome] += 1
-                self._failovers += ended.failovers
-                self._keeper.ended(stream_id)
+                try:
+                    self._ctx.load.stream_ended()
+                    del self._streams[stream_id]
+                    if not self._streams:
+                        self._all_ended.set()
+                    ended = session.statistics()
+                    if ended.outcome is not None:
+                        self._finished[ended.outcome] += 1
+                    self._failovers += ended.failovers
+                    self._keeper.ended(stream_id)
+                finally:
+                    if on_end is not None:
+                        _call_on_end(on_end, stream_id)
 
         self._supervisor.start_temporary(run)
         log.debug("stream %s started on route %s", stream_id, route)
@@ -409,6 +420,14 @@ class Baton:
             load=self._ctx.load.statistics(),
             detached_streams=self._keeper.detached,
         )
+
+
+def _call_on_end(on_end: Callable[[], None], stream_id: str) -> None:
+    """Run a stream's ``on_end`` from its task's cleanup, which must not fail because of it."""
+    try:
+        on_end()
+    except Exception:
+        log.exception("stream %s: its on_end callback failed", short_id(stream_id))
 
 
 @asynccontextmanager

@@ -10,6 +10,11 @@ the subprotocols ``baton.v1`` + ``baton.key.KEY``), or, on a WebSocket, with a t
 ``POST /v1/tokens`` (``?token=``): valid for one connection, ``TOKEN_TTL`` seconds, signed
 with HMAC-SHA256 under a secret drawn at start-up, so tokens do not survive a restart.
 
+A client's ``max_streams`` counts its streams from their start to their end, whoever reads
+them: one detached for a resume (its connection dropped; it runs on for ``[server]
+resume_window`` seconds) still counts, and resuming it counts nothing more. The transports
+pass ``partial(auth.release, client)`` as the stream's ``on_end`` (``Baton.start_stream``).
+
 A client's ``tokens_per_minute`` counts the completion tokens its streams sent in the last
 minute (``TokenWindow``), as they stream (``TokenMeter``): an estimate per text delta
 (``estimate_tokens``), replaced at ``done`` by the provider's count when it reports one. Over
@@ -418,7 +423,8 @@ class ClientAuth:
         """Count a new stream of ``client`` on ``route``; returns ``client``.
 
         ``Refused`` 404 if it may not use ``route`` (as if it did not exist), 429 over its
-        limits; then nothing is counted. Every admitted stream must be ``release``d.
+        limits; then nothing is counted. Every admitted stream is ``release``d once, when it
+        ends (its ``on_end``), or at once if it could not start; a resume is not admitted.
         """
         self.check_route(client, route)
         entry = client._entry
@@ -460,7 +466,7 @@ class ClientAuth:
         return TokenMeter(None if client._entry is None else client._entry.tokens)
 
     def release(self, client: Client) -> None:
-        """A stream ``admit`` counted has ended."""
+        """A stream ``admit`` counted has ended (or could not start); call it once per admit."""
         if client._entry is not None:
             client._entry.active -= 1
 

@@ -236,10 +236,7 @@ class HTTPApp:
         require_json(scope)
         request = parse_chat_request(await self._read_body(scope, receive))
         client = self.auth.admit(scope["baton.client"], request.route)
-        try:
-            await self._answer(request, client, receive, send)
-        finally:
-            self.auth.release(client)
+        await self._answer(request, client, receive, send)
 
     async def _answer(
         self, request: ChatRequest, client: Client, receive: Receive, send: Responder
@@ -249,8 +246,13 @@ class HTTPApp:
                 route=request.route, messages=request.messages, params=request.params,
                 # A whole (non-streamed) answer has sent nothing yet, so it can start afresh.
                 can_reset=not request.stream, transport="http", client=client.name,
+                # Counted while the stream runs, read or detached, not while this request is.
+                on_end=partial(self.auth.release, client),
             )  # fmt: skip
-        except RequestError as exc:
+        except BaseException as exc:
+            self.auth.release(client)  # it never started: its on_end will not be called
+            if not isinstance(exc, RequestError):
+                raise
             if exc.code == "shutting_down":
                 await send.error(503, exc.code, exc.message, headers=SHUTTING_DOWN_HEADERS)
                 return

@@ -18,7 +18,9 @@ Decisions of protocol v1:
 - A frame longer than ``config.server.max_request_bytes`` characters gets ``too_large``; one
   longer than ``HARD_LIMIT_FACTOR`` times that closes the connection with 1009, because
   trio-websocket buffers a whole message before we see it.
-- At most ``max_streams`` streams of one connection run at once (resumed ones count).
+- At most ``max_streams`` streams of one connection run at once (resumed ones count). A client
+  key's own ``max_streams`` counts the client's streams until they end, detached ones too
+  (``transport._auth``).
 - A client that disconnects does not cancel its streams: each is detached (``Baton.detach``)
   and runs on for ``[server] resume_window`` seconds, its events logged, waiting for a
   ``resume``; after that with none it is cancelled and its upstream request closed.
@@ -385,9 +387,14 @@ class _Connection:
             handle = self._baton.start_stream(
                 route=start.route, messages=start.messages, params=start.params, ref=start.ref,
                 can_reset=True, transport="ws", client=self._client.name,
+                # Counted while the stream runs, read or detached, not while this connection
+                # reads it: a client cannot pass max_streams by dropping connections.
+                on_end=partial(self._auth.release, self._client),
             )  # fmt: skip
-        except RequestError as exc:
-            self._auth.release(self._client)
+        except BaseException as exc:
+            self._auth.release(self._client)  # it never started: its on_end will not be called
+            if not isinstance(exc, RequestError):
+                raise
             retryable = exc.code == "shutting_down"  # a retry can reach another instance
             raise ClientFrameError(
                 exc.code, exc.message, ref=start.ref, retryable=retryable
@@ -398,7 +405,7 @@ class _Connection:
         stream = _streams[handle.log] = _Stream(start.ref, self._auth.meter(self._client))
         self._active[handle.id] = handle
         assert self._nursery is not None
-        self._nursery.start_soon(partial(self._pump, handle, stream, admitted=True))
+        self._nursery.start_soon(partial(self._pump, handle, stream))
 
     def _resume(self, resume: ResumeRequest) -> None:
         stream_id = resume.stream
@@ -454,13 +461,13 @@ class _Connection:
                 await self._ws.send_message(frame)
 
     async def _pump(
-        self, handle: StreamHandle, stream: _Stream, *, admitted: bool = False,
-        replay: list[ClientEvent] | None = None,
-    ) -> None:  # fmt: skip
+        self, handle: StreamHandle, stream: _Stream, *, replay: list[ClientEvent] | None = None
+    ) -> None:
         """Send one stream's events to the client, batch by batch, up to its terminal event.
 
-        ``replay``: a resumed stream's events the client missed, sent first. ``admitted``: the
-        stream was counted against its client's limits here (a start), to be released.
+        ``replay``: a resumed stream's events the client missed, sent first. The stream's count
+        against its client's ``max_streams`` is not the reader's: ``Baton`` releases it when
+        the stream ends (``start_stream``'s ``on_end``), so a resume is not counted again.
         """
         stream_id, ref = handle.id, stream.ref
         delivered = False  # the terminal event was taken and sent
@@ -503,8 +510,6 @@ class _Connection:
                     # Only a stream without its terminal event is cancelled: cancelling one that
                     # has it could interrupt the session while it closes its upstream request.
                     handle.cancel()  # does nothing from a displaced reader
-            if admitted:
-                self._auth.release(self._client)
             if self._active.get(stream_id) is handle:
                 del self._active[stream_id]
                 self._finished[stream_id] = None
