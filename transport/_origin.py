@@ -50,6 +50,9 @@ _BASE_HEADERS = ("authorization", "content-type")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _PREFLIGHT_MAX_AGE = b"600"
 _VARY = (b"vary", b"Origin")
+# The answer headers a page on an allowed origin may read: the request id, and the stream id
+# it needs to resume a streamed answer after a dropped connection (GET /v1/streams/{id}).
+_EXPOSED = b"x-request-id, x-baton-stream"
 _SCHEMES = ("http", "https")
 
 
@@ -87,7 +90,7 @@ class OriginPolicy:
         if origin is None:
             return ()
         return ((b"access-control-allow-origin", origin.encode()), _VARY,
-                (b"access-control-expose-headers", b"x-request-id"))  # fmt: skip
+                (b"access-control-expose-headers", _EXPOSED))  # fmt: skip
 
 
 def preflight_headers(scope: MutableMapping[str, Any]) -> Headers:

@@ -145,6 +145,29 @@ async def test_a_listed_origin_gets_its_preflight_and_cors_headers_on_answers() 
         assert response.json()["choices"][0]["message"]["content"]
 
 
+async def test_a_listed_origin_may_read_the_stream_id_it_needs_to_resume() -> None:
+    """A page on another allowed origin reads only the headers CORS exposes: without
+    ``x-baton-stream`` it could not name its stream to ``GET /v1/streams/{id}``."""
+    async with running() as servers, httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            servers.http + "/v1/chat/completions", json={**CHAT, "stream": True},
+            headers={"origin": LISTED},
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+        exposed = {h.strip() for h in response.headers["access-control-expose-headers"].split(",")}
+        assert {"x-request-id", "x-baton-stream"} <= exposed
+        stream_id = response.headers["x-baton-stream"]
+        assert stream_id.startswith("st_")
+        # The resume endpoint answers that page with CORS too (this stream was read to its
+        # end, so there is nothing to resume: the page can read why).
+        resumed = await http.get(
+            servers.http + f"/v1/streams/{stream_id}", headers={"origin": LISTED}
+        )
+        assert resumed.status_code == 404
+        assert resumed.headers["access-control-allow-origin"] == LISTED
+        assert resumed.json()["error"]["code"] == "unknown_stream"
+
+
 async def test_baton_s_own_page_and_non_browser_clients_may_post() -> None:
     async with running() as servers, httpx.AsyncClient(timeout=10) as http:
         url = servers.http + "/v1/chat/completions"
