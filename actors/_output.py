@@ -65,7 +65,7 @@ class StreamOutput:
         self.tool_parts_sent = False  # live tool call fragments the client holds
         self.shown = False  # the client holds output of this answer (text, reasoning, calls)
         self.started_at = 0.0
-        self.first_text_at: float | None = None
+        self.first_output_at: float | None = None  # text, reasoning or a tool call
 
     def phase(self) -> Phase:
         return "midstream" if self.delivered or self.shown else "prestream"
@@ -106,21 +106,27 @@ class StreamOutput:
         )  # fmt: skip
         self.serving = target
 
-    def _show(self, target: Target) -> None:
-        """Output of ``target`` for the client: after a failover, announce it first."""
+    def _show(self, target: Target, *, output: bool = True) -> None:
+        """Output of ``target`` for the client: after a failover, announce it first.
+
+        The stream's first output (text, reasoning or a tool call; not the bare end) is its
+        time to first token: a tool-only answer has one too.
+        """
         if self.pending is not None:
             self.announce(target, "reset" if self.restarting else "continue")
             self.restarting = False
+        if not output:
+            return
         self.shown = True
+        if self.first_output_at is None:
+            self.first_output_at = trio.current_time()
+            self._telemetry.ttft.record(
+                self.first_output_at - self.started_at,
+                {"route": self._route, "provider": target.provider, "model": target.model},
+            )
 
     def deliver(self, target: Target, text: str, logprobs: tuple[Any, ...] | None = None) -> None:
         self._show(target)
-        if self.first_text_at is None:
-            self.first_text_at = trio.current_time()
-            self._telemetry.ttft.record(
-                self.first_text_at - self.started_at,
-                {"route": self._route, "provider": target.provider, "model": target.model},
-            )
         self.delivered.append(text)
         self.delivered_deltas += 1
         self.log.append_text(text, logprobs)
@@ -171,7 +177,7 @@ class StreamOutput:
         return True
 
     def done(self, target: Target, finish: Finish, usage: Usage | None) -> None:
-        self._show(target)
+        self._show(target, output=False)
         # The finishing attempt's usage as its provider reported it, or None: never a count
         # of our own. After a failover its prompt includes the delivered text it continued;
         # every attempt's own usage is in the stream's statistics and the token metrics.

@@ -497,7 +497,9 @@ class StreamSession:
         tel.requests.add(1, {**attrs_, "outcome": outcome})
         tel.request_duration.record(duration, attrs_)
         ttft = (
-            None if self.out.first_text_at is None else self.out.first_text_at - self.out.started_at
+            None
+            if self.out.first_output_at is None
+            else self.out.first_output_at - self.out.started_at
         )
         client = "" if self._client.name is None else f" client={self._client.name}"
         log.info(

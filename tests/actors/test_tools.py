@@ -6,6 +6,7 @@ breaks: inside a tool call's arguments, inside a JSON document, after reasoning.
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 import pytest
@@ -441,3 +442,34 @@ def test_bad_params_are_named(params, words):
 def test_unknown_params_can_be_forwarded_as_they_are():
     params = parse_params({"prompt_cache_retention": "24h", **TOOLS}, forward_unknown=True)
     assert params == {"prompt_cache_retention": "24h", **TOOLS}
+
+
+async def test_a_tool_only_answer_has_a_time_to_first_token(autojump_clock, caplog):
+    caplog.set_level(logging.INFO, logger="actors._session")
+
+    class Slow(Script):
+        def stream(self, request, *, read_delay=None):
+            inner = super().stream(request)
+
+            @asynccontextmanager
+            async def attempt():
+                async with inner as events:
+
+                    async def slowly():
+                        async for event in events:
+                            await trio.sleep(0.5)
+                            yield event
+
+                    yield slowly()
+
+            return attempt()
+
+    script = [*call(0, "call_a", ARGS), TOOL_FINISH]
+    providers = {"a": Slow("a", script), "b": Script("b", [])}
+    async with open_baton(make_config(), providers) as baton:
+        run = await run_stream(baton, params=TOOLS)
+    assert len(run.of(ToolCall)) == 1
+    (line,) = [r.getMessage() for r in caplog.records if "finished" in r.getMessage()]
+    # The call reaches the client when the response finished (every event 0.5 s apart): that
+    # is the answer's first output, and its time to first token.
+    assert f"ttft={0.5 * len(script):.3f}" in line, line
