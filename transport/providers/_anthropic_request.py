@@ -17,6 +17,7 @@ import orjson
 
 from actors import Failure, FailureKind, Message, UpstreamError, UpstreamRequest
 
+# Its DEBUG lines (the dropped fields) are the adapter's, under the adapter's logger name.
 logger = logging.getLogger("transport.providers._anthropic")
 
 #: Anthropic requires ``max_tokens``; OpenAI clients often omit it and expect no cap, so the
