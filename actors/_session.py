@@ -43,6 +43,10 @@ from .policy._route import candidates
 
 log = logging.getLogger(__name__)
 
+# Admissions a stream's first attempt may be refused in a row, with no wait for recovery in
+# between, before it leaves the target (see ``StreamSession._wait_again``).
+MAX_REFUSED_IN_A_ROW = 3
+
 
 @attrs.frozen(kw_only=True)
 class StreamStatistics:
@@ -63,6 +67,7 @@ class _Tries:
     starts: dict[int, list[float]] = attrs.field(factory=dict)  # per target: when attempts began
     prefill_rejected: set[int] = attrs.field(factory=set)  # targets to ask in instruct form
     unable: frozenset[int] = frozenset()  # targets that cannot serve what the request needs
+    refused_in_a_row: int = 0  # admissions refused since the stream last waited for recovery
 
     def start(self, index: int, now: float) -> None:
         self.count += 1
@@ -191,6 +196,8 @@ class StreamSession:
         index, target = picked.index, picked.target
         admitted, trial = await self._admit(target)
         if not admitted:
+            if self._wait_again(tries):
+                return True
             tries.excluded.add(index)
             tries.failures.append(f"{target.provider} ({target.model}): not taking traffic now")
             return True
@@ -234,6 +241,21 @@ class StreamSession:
                 continue
             tries.excluded.add(index)
             return True
+
+    def _wait_again(self, tries: _Tries) -> bool:
+        """Whether a stream refused admission picks again instead of leaving the target.
+
+        The router offered a probing target's trial place, and another request or a probe
+        took it first: when a provider recovers, every stream waiting out its outage wakes and
+        wants the one place. A stream's first attempt, before any output, picks again: a target
+        with no place free now sends it back to the outage queue (``_pick``), to wait for the
+        trial's verdict like the rest. A stream refused ``MAX_REFUSED_IN_A_ROW`` times without
+        waiting in between leaves the target, so a health view that lags cannot spin it.
+        """
+        if tries.count > 0 or self.out.shown:
+            return False
+        tries.refused_in_a_row += 1
+        return tries.refused_in_a_row <= MAX_REFUSED_IN_A_ROW
 
     async def _admit(self, target: Target) -> tuple[bool, bool]:
         """Whether the target's health admits an attempt now, and whether as a half-open trial.
@@ -284,6 +306,7 @@ class StreamSession:
             and tries.count == 0
             and tries.excluded == tries.unable
         ):
+            tries.refused_in_a_row = 0
             picked = await self._queue_for_recovery(picked)
             if picked is None:
                 return None
