@@ -126,7 +126,8 @@ class StreamOutput:
             )
 
     def deliver(self, target: Target, text: str, logprobs: tuple[Any, ...] | None = None) -> None:
-        self._show(target)
+        if self.pending is not None or not self.shown:  # per token: call only when it acts
+            self._show(target)
         self.delivered.append(text)
         self.delivered_deltas += 1
         self.log.append_text(text, logprobs)

@@ -23,7 +23,6 @@ from ._attempt import Attempt, AttemptOutcome, AttemptStatistics
 from ._config import RouteConfig, Target
 from ._context import SessionContext
 from ._errors import Failure, FailureKind
-from ._features import lacking, needs
 from ._hedge import Claim, HedgeRace, hedge_delay, pick_hedge, wants_hedge
 from ._messages import (
     Done,
@@ -34,7 +33,7 @@ from ._messages import (
 from ._output import StreamOutput
 from ._router import Picked, PickResult, Unavailable
 from ._streamlog import StreamLog, short_id
-from ._vocab import StreamEnd
+from ._vocab import Capability, StreamEnd
 from .policy._failover import FailOver, Reject, Retry, decide, explain
 from .policy._fair import ANONYMOUS, ClientTag
 from .policy._health_view import HealthSnapshot
@@ -89,6 +88,7 @@ class StreamSession:
         transport: str,
         context: SessionContext,
         client: ClientTag = ANONYMOUS,
+        unable: Mapping[int, frozenset[Capability]] | None = None,
     ) -> None:
         self.log = stream_log
         self.id = stream_log.stream_id
@@ -107,9 +107,10 @@ class StreamSession:
         )  # fmt: skip
         self._attempts: list[AttemptStatistics] = []
         self._retrying = False  # a retry attempt holds a place in the route's retry budget
-        # Targets that cannot serve this request (tools to a server without them, ...): out
-        # from the start, and named if the stream ends without an answer.
-        self._unable = lacking(route, context.provider_configs, needs(self._messages, self._params))
+        # Targets that cannot serve this request (tools to a server without them, ...), as
+        # ``Baton.start_stream`` found them: out from the start, and named if the stream ends
+        # without an answer.
+        self._unable = dict(unable or {})
 
     def __repr__(self) -> str:
         return f"<StreamSession {self.id} route={self._route.name}>"

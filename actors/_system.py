@@ -248,7 +248,7 @@ class Baton:
         session = StreamSession(
             stream_log=stream_log, route=route_config, messages=messages, params=params or {},
             ref=ref, can_reset=can_reset, transport=transport, context=self._ctx,
-            client=self._client_tag(client, priority),
+            client=self._client_tag(client, priority), unable=unable,
         )  # fmt: skip
         self._streams[stream_id] = session
         self._keeper.add(session, client)
