@@ -8,44 +8,19 @@ stream for a few seconds and can cancel it or go offline in the middle; with
 so that answer fails over mid-stream. The simulators it makes are the ones ``serve_default``
 hands its ``SimulatorFaults``, so the page's fault buttons break them as they would in
 ``baton serve``.
-
-Until Baton's HTTP app serves the page itself (``transport/_http.py`` importing
-``static_file``), the app is wrapped here to answer ``transport/_static.py``'s paths on the
-same port, so the page's origin is Baton's own HTTP origin either way.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
 import trio
 
-import transport._http as http
 from scenarios import Behaviour, FaultSchedule, Rule
 from scenarios.cli import _serve
 from scenarios.sim import SimulatedProvider
 from transport import configure_logging
-from transport._static import static_file, static_headers
-
-
-def _shim_static_files() -> None:
-    original = http.HTTPApp.__call__
-
-    async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            found = static_file(scope["path"], ws_port=self.baton.config.server.ws_port)
-            if found is not None:
-                body, content_type = found
-                length = (b"content-length", str(len(body)).encode())
-                headers = (*static_headers(content_type), length)
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await original(self, scope, receive, send)
-
-    http.HTTPApp.__call__ = call  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -57,8 +32,6 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(log_format="text", level="INFO")
     logging.getLogger("transport._ws").setLevel(logging.DEBUG)  # "client cancels stream ..."
-    if not hasattr(http, "static_file"):
-        _shim_static_files()
     if args.token_delay or args.first_reset_at is not None:
         slow = Behaviour(token_delay=args.token_delay)
         schedules = [FaultSchedule(default=slow)] * 2

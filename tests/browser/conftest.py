@@ -8,7 +8,9 @@ Baton runs as a subprocess (``tests/browser/_launch.py``: ``baton serve``'s embe
 on free ports), not in a thread of this process: playwright's sync API runs its own asyncio
 loop in this process, a subprocess cannot share a loop, a signal handler or a logging setup
 with it, it is killed for sure at the end (bounded waits), and its log, which the tests read
-to see what the server saw (a cancel, a finished stream's outcome), is a file.
+to see what the server saw (a cancel, a finished stream's outcome), is a file. A thread
+copies that log from the process's pipe as it comes and wakes whoever waits for a line: no
+test sleeps to poll it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,12 +90,15 @@ def free_port() -> int:
 
 @attrs.define
 class BatonProcess:
-    """A running ``baton serve`` (embedded default) and its log."""
+    """A running ``baton serve`` (embedded default) and its log, as it comes."""
 
     process: subprocess.Popen[bytes]
     ws_port: int
     http_port: int
     log_path: Path
+    _lines: list[str] = attrs.field(factory=list)
+    _arrived: threading.Condition = attrs.field(factory=threading.Condition)
+    _ended: bool = False
 
     @property
     def http(self) -> str:
@@ -105,45 +109,62 @@ class BatonProcess:
         return f"ws://127.0.0.1:{self.ws_port}/v1/stream"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        with self._arrived:
+            return "".join(self._lines)
+
+    def follow(self) -> None:
+        """Copy the process's output to ``log_path`` line by line, waking ``wait_log``."""
+        assert self.process.stdout is not None
+        with self.log_path.open("w") as copy:
+            for raw in self.process.stdout:
+                line = raw.decode(errors="replace")
+                copy.write(line)
+                copy.flush()
+                with self._arrived:
+                    self._lines.append(line)
+                    self._arrived.notify_all()
+        with self._arrived:
+            self._ended = True
+            self._arrived.notify_all()
 
     def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """The first match of ``pattern`` in the log, waiting up to ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(pattern, self.log())
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{pattern!r} not in Baton's log:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
+        found: re.Match[str] | None = None
+
+        def seen() -> bool:
+            nonlocal found
+            found = re.search(pattern, "".join(self._lines))
+            return found is not None or self._ended
+
+        with self._arrived:
+            self._arrived.wait_for(seen, timeout)
+        if found is None:
+            raise AssertionError(f"{pattern!r} not in Baton's log:\n{self.log()[-3000:]}")
+        return found
 
 
 def start_baton(
     tmp_path: Path, token_delay: float, first_reset_at: int | None = None
 ) -> BatonProcess:
     ws_port, http_port = free_port(), free_port()
-    log_path = tmp_path / "baton.log"
     command = [sys.executable, "-m", "tests.browser._launch"]
     command += ["--ws-port", str(ws_port), "--http-port", str(http_port)]
     command += ["--token-delay", str(token_delay)]
     if first_reset_at is not None:
         command += ["--first-reset-at", str(first_reset_at)]
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    baton = BatonProcess(process, ws_port, http_port, log_path)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(baton.http + "/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return baton
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_baton(baton)
-            raise AssertionError(f"Baton did not start:\n{baton.log()[-3000:]}")
-        time.sleep(0.1)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    baton = BatonProcess(process, ws_port, http_port, tmp_path / "baton.log")
+    threading.Thread(target=baton.follow, daemon=True).start()
+    try:
+        # Both servers say when they listen; then Baton must be ready at once.
+        baton.wait_log(r"HTTP API listening", START_TIMEOUT)
+        baton.wait_log(r"WebSocket server listening", START_TIMEOUT)
+        with urllib.request.urlopen(baton.http + "/readyz", timeout=5) as answer:
+            assert answer.status == 200
+    except (AssertionError, OSError) as exc:
+        stop_baton(baton)
+        raise AssertionError(f"Baton did not start ({exc}):\n{baton.log()[-3000:]}") from None
+    return baton
 
 
 def stop_baton(baton: BatonProcess) -> None:
