@@ -38,13 +38,19 @@ class ConfigError(BatonError):
 
 
 class RequestError(BatonError):
-    """A client request is invalid; ``code`` is the stable machine code sent to the client."""
+    """A client request is invalid; ``code`` is the stable machine code sent to the client.
 
-    def __init__(self, code: RequestErrorCode, message: str, *, status: int = 400) -> None:
+    ``param``: the request field at fault, when one is (OpenAI's errors name it).
+    """
+
+    def __init__(
+        self, code: RequestErrorCode, message: str, *, status: int = 400, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.param = param
 
 
 class FailureKind(enum.Enum):

@@ -37,8 +37,8 @@ KNOWN_PARAMS = frozenset({
 _IMAGE_DETAILS = ("auto", "low", "high")
 
 
-def _bad(message: str) -> RequestError:
-    return RequestError("bad_request", message)
+def _bad(message: str, param: str | None = None) -> RequestError:
+    return RequestError("bad_request", message, param=param)
 
 
 def _is_int(value: object) -> bool:
@@ -181,44 +181,56 @@ def parse_params(raw: Any, *, forward_unknown: bool = False) -> dict[str, Any]:
         raise _bad("'params' must be an object.")
     params: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _INTEGERS:
-            if not _is_int(value) or value < (0 if key == "seed" else 1):
-                raise _bad(f"'{key}' must be a positive integer.")
-        elif key in _NUMBER_RANGES:
-            low, high = _NUMBER_RANGES[key]
-            if (
-                not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or not low <= value <= high
-            ):
-                raise _bad(f"'{key}' must be a number from {low:g} to {high:g}.")
-        elif key == "stop":
-            if isinstance(value, str):
-                value = [value]
-            if (
-                not isinstance(value, list)
-                or not all(isinstance(s, str) for s in value)
-                or len(value) > 4
-            ):
-                raise _bad("'stop' must be a string or a list of up to 4 strings.")
-        elif key in _CHECKS:
-            _CHECKS[key](value)
-        elif not forward_unknown:
-            supported = ", ".join(sorted(KNOWN_PARAMS))
-            raise _bad(f"unknown parameter {clip(key)}; supported: {supported}.")
-        params[key] = value
+        try:
+            params[key] = _checked(key, value, forward_unknown=forward_unknown)
+        except RequestError as exc:
+            exc.param = key
+            raise
     if "top_logprobs" in params and params.get("logprobs") is not True:
-        raise _bad("'top_logprobs' needs 'logprobs': true.")
+        raise _bad("'top_logprobs' needs 'logprobs': true.", "top_logprobs")
     choice = params.get("tool_choice")
     if isinstance(choice, Mapping):
         named = choice["function"]["name"]
         names = {t["function"]["name"] for t in params.get("tools") or ()}
         if named not in names:
-            raise _bad(f"'tool_choice' names function {clip(named)}, which 'tools' does not have.")
+            raise _bad(
+                f"'tool_choice' names function {clip(named)}, which 'tools' does not have.",
+                "tool_choice",
+            )
     elif choice == "required" and not params.get("tools"):
-        raise _bad("'tool_choice': 'required' needs at least one tool in 'tools'.")
+        raise _bad("'tool_choice': 'required' needs at least one tool in 'tools'.", "tool_choice")
     return params
+
+
+def _checked(key: str, value: Any, *, forward_unknown: bool) -> Any:
+    """One field's value as it goes upstream; ``RequestError`` when it is wrong."""
+    if key in _INTEGERS:
+        if not _is_int(value) or value < (0 if key == "seed" else 1):
+            raise _bad(f"'{key}' must be a positive integer.")
+    elif key in _NUMBER_RANGES:
+        low, high = _NUMBER_RANGES[key]
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
+            raise _bad(f"'{key}' must be a number from {low:g} to {high:g}.")
+    elif key == "stop":
+        if isinstance(value, str):
+            value = [value]
+        if (
+            not isinstance(value, list)
+            or not all(isinstance(s, str) for s in value)
+            or len(value) > 4
+        ):
+            raise _bad("'stop' must be a string or a list of up to 4 strings.")
+    elif key in _CHECKS:
+        _CHECKS[key](value)
+    elif not forward_unknown:
+        supported = ", ".join(sorted(KNOWN_PARAMS))
+        raise _bad(f"unknown parameter {clip(key)}; supported: {supported}.")
+    return value
 
 
 def _check_tools(value: Any) -> None:

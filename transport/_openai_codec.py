@@ -39,8 +39,6 @@ _LEGACY = {"functions": "tools", "function_call": "tool_choice"}
 # An unknown field is forwarded only if it could be a real API's field name; anything else
 # (a 4 MB key, a key with spaces) is refused here rather than sent to a provider.
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-# How ``actors.parse_params`` names the field it refuses: "'field' must ..." or "tools[3] ...".
-_NAMED_FIELD = re.compile(r"'([A-Za-z_]+)'|(tools)\[")
 
 
 class APIError(BatonError):
@@ -167,11 +165,8 @@ def _params(data: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return parse_params(raw, forward_unknown=True)
     except RequestError as exc:
-        named = _NAMED_FIELD.match(exc.message)
-        param = (named.group(1) or named.group(2)) if named else None
-        raise APIError(
-            400, "invalid_value", exc.message, param=param if param in raw else None
-        ) from None
+        param = exc.param if exc.param in raw else None
+        raise APIError(400, "invalid_value", exc.message, param=param) from None
 
 
 def _developer_as_system(message: Any) -> Any:
